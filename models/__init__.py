@@ -1,0 +1,12 @@
+"""recstream models: synthetic data, SASRec-style training, ONNX export and serving.
+
+Import map (torch is confined to training/export so stream workers stay light):
+
+* ``models.interactions``, ``models.synthetic``, ``models.metadata``: stdlib only.
+* ``models.encoding``, ``models.scorer``: numpy + onnxruntime (serving path).
+* ``models.network``, ``models.train``, ``models.evaluate``, ``models.export``: need torch.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,192 @@
+"""Export a trained model to `model.onnx` + `metadata.json` (torch; offline only).
+
+The export is atomic at directory level: files are written and verified in a sibling
+temporary directory which is then renamed into place, so a reader never sees a
+half-written model (it sees either the old directory, briefly none, or the new one).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from models.metadata import (
+    METADATA_FILENAME,
+    MODEL_FILENAME,
+    ONNX_INPUTS,
+    ONNX_OUTPUTS,
+    ModelMetadata,
+    make_model_version,
+)
+from models.network import MASKED_SCORE, ServingRecommender
+from models.train import TrainedModel
+
+__all__ = ["DEFAULT_OPSET", "ExportError", "export_onnx"]
+
+logger = logging.getLogger("recstream.models.export")
+
+#: ONNX opset used for export (17 has a native LayerNormalization op).
+DEFAULT_OPSET = 17
+
+# Tolerance of the post-export ORT-vs-torch self check (scores are O(10) logits).
+_VERIFY_ATOL = 1e-3
+
+
+class ExportError(RuntimeError):
+    """Raised when the exported graph fails validation or disagrees with torch."""
+
+
+def _example_inputs(
+    n_items: int, max_len: int, batch: int, n_exclude: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, max_len + 1, (batch,), generator=gen)
+    pad = torch.arange(max_len).unsqueeze(0) < (max_len - lengths).unsqueeze(1)
+    items = torch.randint(1, n_items + 1, (batch, max_len), generator=gen).masked_fill(pad, 0)
+    types = torch.randint(1, 4, (batch, max_len), generator=gen).masked_fill(pad, 0)
+    channels = torch.randint(1, 4, (batch, max_len), generator=gen).masked_fill(pad, 0)
+    exclude = torch.randint(0, n_items + 1, (batch, n_exclude), generator=gen)
+    return items, types, channels, exclude
+
+
+def _verify(wrapper: ServingRecommender, model_path: Path, n_items: int, max_len: int) -> None:
+    """Run a batch through ORT and torch and compare (catches exporter regressions)."""
+    onnx.checker.check_model(str(model_path), full_check=True)
+    # A batch/exclude shape different from the tracing example exercises the dynamic axes.
+    inputs = _example_inputs(n_items, max_len, batch=5, n_exclude=7)
+    with torch.no_grad():
+        ref_scores, _ = wrapper(*inputs)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    feeds = {name: t.numpy() for name, t in zip(ONNX_INPUTS, inputs, strict=True)}
+    ort_scores, _ = session.run(list(ONNX_OUTPUTS), feeds)
+    ref = ref_scores.numpy()
+    real = ref > MASKED_SCORE / 2  # compare real scores; masked ones are all ~MASKED_SCORE
+    diff = float(np.max(np.abs(np.asarray(ort_scores)[real] - ref[real]), initial=0.0))
+    if diff > _VERIFY_ATOL:
+        raise ExportError(f"ONNX scores differ from torch by {diff:.3g} (> {_VERIFY_ATOL})")
+
+
+def export_onnx(
+    trained: TrainedModel,
+    out_dir: Path,
+    *,
+    model_version: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write `out_dir/model.onnx` and `out_dir/metadata.json` atomically.
+
+    Graph inputs: item_seq, type_seq, channel_seq (int64 [B, max_len]) and exclude
+    (int64 [B, E], 0-padded, E >= 1); outputs: scores (float32 [B, K]) and items
+    (int64 [B, K]) with K = min(config.max_k, n_items). B and E are dynamic.
+
+    Args:
+        trained: Result of `train_model`.
+        out_dir: Target model directory (replaced if it exists; parent is created).
+        model_version: Version string; default "<UTC timestamp>-<8 hex of fingerprint>".
+        metrics: Metrics to record (default: `trained.metrics`).
+        opset: ONNX opset (>= 17).
+
+    Returns:
+        `out_dir`, ready for `OnnxScorer.load`.
+
+    Raises:
+        ExportError: If the graph fails the ONNX checker or the ORT-vs-torch check.
+        ValueError: If `opset` < 17.
+    """
+    if opset < 17:
+        raise ValueError("opset must be >= 17")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    cfg = trained.config
+    n_items = trained.vocab.n_items
+    max_k = min(cfg.max_k, n_items)
+    # Export a CPU copy so the caller's module keeps its device and train/eval mode.
+    module = copy.deepcopy(trained.module).to("cpu").eval()
+    wrapper = ServingRecommender(module, max_k=max_k).eval()
+
+    meta = ModelMetadata(
+        model_version=model_version or make_model_version(trained.data_fingerprint),
+        items=list(trained.vocab.ids),
+        popularity=list(trained.popularity),
+        max_len=cfg.max_len,
+        max_k=max_k,
+        dim=cfg.dim,
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        training_data_fingerprint=trained.data_fingerprint,
+        opset=opset,
+        metrics=dict(metrics if metrics is not None else trained.metrics),
+    )
+    meta.validate()
+
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        model_path = tmp / MODEL_FILENAME
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter is deprecated upstream but is much faster and
+            # lighter than the dynamo path for this small graph.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.onnx.export(
+                wrapper,
+                _example_inputs(n_items, cfg.max_len, batch=2, n_exclude=3),
+                str(model_path),
+                dynamo=False,
+                input_names=list(ONNX_INPUTS),
+                output_names=list(ONNX_OUTPUTS),
+                dynamic_axes={
+                    "item_seq": {0: "batch"},
+                    "type_seq": {0: "batch"},
+                    "channel_seq": {0: "batch"},
+                    "exclude": {0: "batch", 1: "n_exclude"},
+                    "scores": {0: "batch"},
+                    "items": {0: "batch"},
+                },
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        try:
+            _verify(wrapper, model_path, n_items, cfg.max_len)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"exported ONNX graph is invalid: {exc}") from exc
+        meta.save(tmp / METADATA_FILENAME)
+        with open(model_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported model %s to %s (opset %d)", meta.model_version, out_dir, opset)
+    return out_dir
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename `tmp` to `out_dir`, moving an existing `out_dir` aside first."""
+    old: Path | None = None
+    if out_dir.exists():
+        # rename() cannot replace a non-empty directory; move the old one aside first.
+        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out_dir)  # restore the previous model
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

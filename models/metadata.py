@@ -1,0 +1,200 @@
+"""`metadata.json`: everything the scorer needs next to `model.onnx` (stdlib only).
+
+Item vocabulary convention: `items[i]` is the external id of model index `i`, and
+`items[0]` is stored as JSON `null` because index 0 is the padding item. `popularity`
+is aligned the same way (`popularity[0] == 0`), so both lists have `n_items + 1` entries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.interactions import CHANNELS, EVENT_TYPES
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILENAME",
+    "MODEL_FILENAME",
+    "ONNX_INPUTS",
+    "ONNX_OUTPUTS",
+    "MetadataError",
+    "ModelMetadata",
+    "make_model_version",
+]
+
+#: Version of the metadata.json schema written by this code.
+FORMAT_VERSION = 1
+#: File names inside an exported model directory.
+MODEL_FILENAME = "model.onnx"
+METADATA_FILENAME = "metadata.json"
+#: Graph input / output names, in order.
+ONNX_INPUTS: tuple[str, ...] = ("item_seq", "type_seq", "channel_seq", "exclude")
+ONNX_OUTPUTS: tuple[str, ...] = ("scores", "items")
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class MetadataError(ValueError):
+    """Raised when metadata.json is missing fields, inconsistent, or of an unknown format."""
+
+
+def make_model_version(fingerprint: str, now: datetime | None = None) -> str:
+    """Build a sortable model version such as "20261123T142500Z-1a2b3c4d".
+
+    Args:
+        fingerprint: Hex training-data fingerprint; its first 8 characters are used.
+        now: Timestamp to use (default: current UTC time). Naive datetimes are taken as UTC.
+
+    Returns:
+        "<UTC compact ISO timestamp>-<8 hex>".
+    """
+    moment = now or datetime.now(UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{fingerprint[:8]}"
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class ModelMetadata:
+    """Description of an exported model, serialized as `metadata.json`.
+
+    Attributes:
+        model_version: Unique version string (see `make_model_version`).
+        items: External item ids in index order; `items[0]` is None (padding).
+        popularity: Interaction counts per item index (same alignment as `items`).
+        max_len: Fixed input sequence length.
+        max_k: Number of results the graph returns per row (upper bound for `k`).
+        dim: Embedding / model width.
+        n_layers: Number of transformer blocks.
+        n_heads: Number of attention heads.
+        training_data_fingerprint: sha256 hex digest of the training interactions.
+        opset: ONNX opset of `model.onnx`.
+        created_at: ISO-8601 UTC creation time ("...Z").
+        event_types: Event-type vocabulary (index = position + 1).
+        channels: Channel vocabulary (index = position + 1).
+        onnx_inputs: Graph input names in order.
+        onnx_outputs: Graph output names in order.
+        metrics: Free-form evaluation metrics (e.g. {"hr@10": 0.4}); may be empty.
+        format_version: Schema version of this file.
+    """
+
+    model_version: str
+    items: list[str | None]
+    popularity: list[int]
+    max_len: int
+    max_k: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    training_data_fingerprint: str
+    opset: int
+    created_at: str = field(default_factory=_utc_now_iso)
+    event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
+    channels: list[str] = field(default_factory=lambda: list(CHANNELS))
+    onnx_inputs: list[str] = field(default_factory=lambda: list(ONNX_INPUTS))
+    onnx_outputs: list[str] = field(default_factory=lambda: list(ONNX_OUTPUTS))
+    metrics: dict[str, float] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_items(self) -> int:
+        """Number of real items (excluding the padding index)."""
+        return len(self.items) - 1
+
+    def validate(self) -> None:
+        """Check internal consistency.
+
+        Raises:
+            MetadataError: On an unknown format version or inconsistent fields.
+        """
+        if self.format_version != FORMAT_VERSION:
+            raise MetadataError(
+                f"unsupported metadata format_version {self.format_version} "
+                f"(this code reads {FORMAT_VERSION})"
+            )
+        if not self.items or self.items[0] is not None:
+            raise MetadataError("items[0] must be null (padding index)")
+        real = self.items[1:]
+        if any(not isinstance(i, str) or not i for i in real):
+            raise MetadataError("items[1:] must be non-empty strings")
+        if len(set(real)) != len(real):
+            raise MetadataError("items contains duplicate ids")
+        if len(self.popularity) != len(self.items):
+            raise MetadataError(
+                f"popularity has {len(self.popularity)} entries, expected {len(self.items)}"
+            )
+        if any(c < 0 for c in self.popularity):
+            raise MetadataError("popularity counts must be non-negative")
+        for name in ("max_len", "max_k", "dim", "n_layers", "n_heads", "opset"):
+            if getattr(self, name) < 1:
+                raise MetadataError(f"{name} must be >= 1")
+        if self.max_k > self.n_items:
+            raise MetadataError(f"max_k={self.max_k} exceeds the {self.n_items} items")
+        if not _SHA256_RE.match(self.training_data_fingerprint):
+            raise MetadataError("training_data_fingerprint must be 64 lowercase hex chars")
+        if any(not math.isfinite(v) for v in self.metrics.values()):
+            raise MetadataError("metrics must be finite numbers")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (keys in a stable, readable order)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        """Build and validate metadata from a parsed JSON object.
+
+        Unknown keys are ignored so that newer writers can add optional fields.
+
+        Raises:
+            MetadataError: If required fields are missing or the result is inconsistent.
+        """
+        names = set(cls.__dataclass_fields__)
+        try:
+            meta = cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:  # missing required fields
+            raise MetadataError(f"invalid metadata: {exc}") from exc
+        meta.metrics = {str(k): float(v) for k, v in meta.metrics.items()}
+        meta.validate()
+        return meta
+
+    def save(self, path: Path) -> None:
+        """Validate and write as JSON to `path` (a file path), fsynced.
+
+        Args:
+            path: Destination file, typically `<model_dir>/metadata.json`.
+        """
+        self.validate()
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    @classmethod
+    def load(cls, path: Path) -> ModelMetadata:
+        """Read and validate metadata from a JSON file or a model directory.
+
+        Args:
+            path: `metadata.json` itself or the directory that contains it.
+
+        Raises:
+            MetadataError: If the content is invalid.
+            FileNotFoundError: If the file does not exist.
+        """
+        file = path / METADATA_FILENAME if path.is_dir() else path
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict):
+            raise MetadataError(f"{file}: top-level JSON value must be an object")
+        return cls.from_dict(data)

@@ -1,0 +1,330 @@
+"""Serving-time scorer over an exported model directory (numpy + onnxruntime only).
+
+This module must stay importable without torch: the stream workers load it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import onnxruntime as ort
+
+from models.encoding import encode_exclude, encode_histories, vocab_index
+from models.interactions import HistoryItem
+from models.metadata import MODEL_FILENAME, ModelMetadata
+
+__all__ = [
+    "HistoryItem",
+    "OnnxScorer",
+    "ProviderUnavailableError",
+    "Recommendation",
+    "Scorer",
+    "Strategy",
+]
+
+logger = logging.getLogger("recstream.models.scorer")
+
+#: How a recommendation list was produced.
+Strategy = Literal["sequential", "popular"]
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+# Graph scores at or below this are masked items (pad / excluded), see network.MASKED_SCORE.
+_MASKED_THRESHOLD = -1.0e8
+
+
+class ProviderUnavailableError(RuntimeError):
+    """Raised when an explicitly requested execution provider cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """Top-k result for one user.
+
+    Attributes:
+        items: (item_id, score) pairs, best first. Scores are model logits for
+            "sequential" and interaction counts for "popular"; compare only within a list.
+        strategy: "sequential" (transformer) or "popular" (fallback).
+    """
+
+    items: list[tuple[str, float]]
+    strategy: str
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What the stream code needs from a recommender model."""
+
+    @property
+    def model_version(self) -> str:
+        """Version string of the loaded model."""
+        ...
+
+    @property
+    def provider(self) -> str:
+        """Execution provider in use ("cpu" or "cuda")."""
+        ...
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[HistoryItem]],
+        exclude: Sequence[Collection[str]],
+        k: int,
+    ) -> list[Recommendation]:
+        """Recommend k items per history, never returning ids in the matching exclude set."""
+        ...
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime default
+    return options
+
+
+def _create_session(
+    model_path: Path,
+    provider: Literal["auto", "cuda", "cpu"],
+    intra_op_threads: int,
+) -> tuple[ort.InferenceSession, str]:
+    """Create the session following the provider rules; return it with "cpu"/"cuda"."""
+    available = ort.get_available_providers()
+    path = str(model_path)
+    if provider == "cpu":
+        session = ort.InferenceSession(path, _session_options(intra_op_threads), providers=[_CPU])
+        return session, "cpu"
+    if provider == "cuda":
+        if _CUDA not in available:
+            raise ProviderUnavailableError(
+                f"CUDAExecutionProvider is not available in this onnxruntime build "
+                f"(available: {available}); install onnxruntime-gpu or use provider='cpu'"
+            )
+        try:
+            session = ort.InferenceSession(
+                path, _session_options(intra_op_threads), providers=[_CUDA, _CPU]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
+            raise ProviderUnavailableError(f"creating a CUDA session failed: {exc}") from exc
+        # onnxruntime-gpu lists CUDA as available even without a usable GPU/driver and then
+        # silently falls back to CPU; only the session's own provider list is the truth.
+        if session.get_providers()[:1] != [_CUDA]:
+            raise ProviderUnavailableError(
+                f"CUDAExecutionProvider could not be loaded (session providers: "
+                f"{session.get_providers()}); check the CUDA/cuDNN runtime or use 'cpu'"
+            )
+        return session, "cuda"
+    if provider != "auto":
+        raise ValueError(f"provider must be 'auto', 'cuda' or 'cpu', got {provider!r}")
+    if _CUDA in available:
+        try:
+            session, used = _create_session(model_path, "cuda", intra_op_threads)
+            return session, used
+        except ProviderUnavailableError as exc:
+            logger.warning("CUDA provider unusable, falling back to CPU: %s", exc)
+    return _create_session(model_path, "cpu", intra_op_threads)
+
+
+class OnnxScorer:
+    """`Scorer` backed by an onnxruntime session over an exported model directory.
+
+    Use `OnnxScorer.load`. The session is created once; `recommend` is safe to call
+    from several threads (onnxruntime sessions are thread-safe for `run`).
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, metadata: ModelMetadata, provider: str
+    ) -> None:
+        """Wrap an existing session; prefer `OnnxScorer.load`.
+
+        Args:
+            session: Session over the model described by `metadata`.
+            metadata: The model's metadata.
+            provider: "cpu" or "cuda".
+        """
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        if inputs != metadata.onnx_inputs or outputs != metadata.onnx_outputs:
+            raise ValueError(
+                f"graph I/O {inputs} -> {outputs} does not match metadata "
+                f"{metadata.onnx_inputs} -> {metadata.onnx_outputs}"
+            )
+        self._session = session
+        self._metadata = metadata
+        self._provider = provider
+        self._items: list[str | None] = list(metadata.items)
+        self._item_index = vocab_index(metadata.items)
+        self._type_index = vocab_index([None, *metadata.event_types])
+        self._channel_index = vocab_index([None, *metadata.channels])
+        # Popularity order computed once; a stable sort breaks ties by index (= id order).
+        counts = np.asarray(metadata.popularity[1:], dtype=np.int64)
+        order = np.argsort(-counts, kind="stable")
+        self._popular: list[tuple[str, float]] = [
+            (str(self._items[int(i) + 1]), float(counts[i])) for i in order
+        ]
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        provider: Literal["auto", "cuda", "cpu"] = "auto",
+        intra_op_threads: int = 0,
+    ) -> OnnxScorer:
+        """Load `model_dir/model.onnx` + `metadata.json` and create the session.
+
+        Args:
+            model_dir: Directory written by `models.export.export_onnx`.
+            provider: "cpu"; "cuda" (raise if CUDA is not really used); or "auto" (CUDA
+                when it really works, else CPU).
+            intra_op_threads: onnxruntime intra-op threads (0 = onnxruntime default).
+
+        Returns:
+            The ready scorer.
+
+        Raises:
+            ProviderUnavailableError: If provider="cuda" and CUDA cannot be used.
+            models.metadata.MetadataError: If metadata.json is invalid.
+            FileNotFoundError: If a file is missing.
+        """
+        model_dir = Path(model_dir)
+        metadata = ModelMetadata.load(model_dir)
+        model_path = model_dir / MODEL_FILENAME
+        if not model_path.is_file():
+            raise FileNotFoundError(model_path)
+        session, used = _create_session(model_path, provider, intra_op_threads)
+        logger.info(
+            "loaded model %s from %s with provider %s (session providers: %s)",
+            metadata.model_version,
+            model_dir,
+            used,
+            session.get_providers(),
+        )
+        return cls(session, metadata, used)
+
+    @property
+    def model_version(self) -> str:
+        """Version string from metadata.json."""
+        return self._metadata.model_version
+
+    @property
+    def provider(self) -> str:
+        """Execution provider actually in use: "cpu" or "cuda"."""
+        return self._provider
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """The model's metadata."""
+        return self._metadata
+
+    @property
+    def max_len(self) -> int:
+        """Number of most recent known events the model looks at."""
+        return self._metadata.max_len
+
+    @property
+    def max_k(self) -> int:
+        """Largest supported `k`."""
+        return self._metadata.max_k
+
+    @property
+    def n_items(self) -> int:
+        """Catalog size known to the model (excluding padding)."""
+        return self._metadata.n_items
+
+    def warmup(self, batch_sizes: Sequence[int] = (1, 8, 64)) -> None:
+        """Run dummy batches so allocations / kernel selection happen before traffic."""
+        for batch in batch_sizes:
+            item_seq = np.zeros((batch, self.max_len), dtype=np.int64)
+            item_seq[:, -1] = 1
+            self._run(item_seq, item_seq.copy(), item_seq.copy(), np.zeros((batch, 1), np.int64))
+
+    def _run(
+        self,
+        item_seq: np.ndarray,
+        type_seq: np.ndarray,
+        channel_seq: np.ndarray,
+        exclude: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        names = self._metadata.onnx_inputs
+        feeds = dict(zip(names, (item_seq, type_seq, channel_seq, exclude), strict=True))
+        scores, items = self._session.run(self._metadata.onnx_outputs, feeds)
+        return np.asarray(scores), np.asarray(items)
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[HistoryItem]],
+        exclude: Sequence[Collection[str]],
+        k: int,
+    ) -> list[Recommendation]:
+        """Recommend up to k items per history in a single batched `session.run`.
+
+        Rows with at least one known item get the transformer's top-k ("sequential");
+        the rest get the popularity top-k ("popular"). Items in the row's exclude set
+        are never returned. Unknown item ids (in history or exclude) are ignored. Fewer
+        than k items are returned only if the catalog minus exclusions is that small.
+
+        Args:
+            histories: One oldest-first sequence of (item_id, event_type, channel) per user.
+            exclude: One collection of item ids to exclude per user (e.g. purchases).
+            k: Results per user, 1 <= k <= max_k.
+
+        Returns:
+            One `Recommendation` per history, in input order.
+
+        Raises:
+            ValueError: If k is out of range or the two sequences differ in length.
+        """
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"k must be between 1 and max_k={self.max_k}, got {k}")
+        if len(exclude) != len(histories):
+            raise ValueError(
+                f"exclude has {len(exclude)} entries but there are {len(histories)} histories"
+            )
+        if not histories:
+            return []
+        enc = encode_histories(
+            histories,
+            self._item_index,
+            self.max_len,
+            type_index=self._type_index,
+            channel_index=self._channel_index,
+        )
+        rows = np.flatnonzero(enc.has_known)
+        results: list[Recommendation | None] = [None] * len(histories)
+        if rows.size:
+            excl = encode_exclude([exclude[int(r)] for r in rows], self._item_index)
+            scores, items = self._run(
+                enc.item_seq[rows], enc.type_seq[rows], enc.channel_seq[rows], excl
+            )
+            for j, row in enumerate(rows.tolist()):
+                banned = set(exclude[row])
+                picked: list[tuple[str, float]] = []
+                for score, idx in zip(scores[j].tolist(), items[j].tolist(), strict=True):
+                    if score <= _MASKED_THRESHOLD:
+                        break  # sorted descending: only masked items follow
+                    item = self._items[idx]
+                    if item is None or item in banned:  # defensive; the graph masks these
+                        continue
+                    picked.append((item, float(score)))
+                    if len(picked) == k:
+                        break
+                results[row] = Recommendation(items=picked, strategy="sequential")
+        for row, rec in enumerate(results):
+            if rec is None:
+                results[row] = Recommendation(
+                    items=self._popular_top(exclude[row], k), strategy="popular"
+                )
+        return [rec for rec in results if rec is not None]
+
+    def _popular_top(self, banned: Collection[str], k: int) -> list[tuple[str, float]]:
+        picked: list[tuple[str, float]] = []
+        for item, count in self._popular:
+            if item not in banned:
+                picked.append((item, count))
+                if len(picked) == k:
+                    break
+        return picked

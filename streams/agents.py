@@ -1,0 +1,204 @@
+"""The scoring agent: input events -> profile update -> batched scoring -> output.
+
+Per input record, in stream order:
+
+1. decode and validate (:func:`streams.events.decode_event`); a bad record goes to
+   the dead-letter topic with its reason and original bytes, and is acked;
+2. fold the event into the user's profile in the ``profiles`` table (inside stream
+   iteration, so the write reaches the changelog); a replayed ``event_id`` is not
+   applied twice;
+3. queue a scoring request with a snapshot of the history and the purchased items.
+
+The :class:`~streams.batcher.MicroBatcher` scores queued requests in batches and
+produces one recommendation list per event. Acks are manual (``stream.noack()``):
+an input offset is acked only after its recommendation (or dead letter) has been
+handed to the producer, and Faust flushes the producer before it commits, so a
+committed offset always has its output durably written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from models.scorer import Recommendation, Scorer
+from streams.batcher import MicroBatcher
+from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
+from streams.messages import dead_letter_bytes, recommendation_bytes
+from streams.metrics import Metrics
+from streams.profile import Profile, apply_event
+
+if TYPE_CHECKING:
+    import faust
+    from faust.types import EventT, StreamT, TableT
+
+    from streams.app import StreamConfig
+
+__all__ = ["Pipeline", "ScoreRequest"]
+
+log = logging.getLogger("recstream.agents")
+
+
+@dataclass(slots=True)
+class ScoreRequest:
+    """One event waiting for its recommendation."""
+
+    event: EventT
+    decoded: Event
+    history: list[tuple[str, str, str]]
+    exclude: frozenset[str]
+
+
+class Pipeline:
+    """Wires topics, the profiles table, the scorer and the batcher into one agent."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        config: StreamConfig,
+        scorer: Scorer,
+        profiles: TableT[Any, Any],
+        metrics: Metrics,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.scorer = scorer
+        self.profiles = profiles
+        self.metrics = metrics
+        names = config.topics
+        self._input_types: dict[str, EventType] = names.inputs()
+        self.input_topic = app.topic(
+            *self._input_types, key_serializer="raw", value_serializer="raw"
+        )
+        self.output_topic = app.topic(
+            names.recommendations, key_serializer="raw", value_serializer="raw"
+        )
+        self.dead_letter_topic = app.topic(
+            names.dead_letter, key_serializer="raw", value_serializer="raw"
+        )
+        # One inference thread: batches are scored in order; the event loop keeps
+        # decoding and updating profiles while a batch runs.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.batcher: MicroBatcher[ScoreRequest, Recommendation] = MicroBatcher(
+            self._score,
+            self._deliver,
+            max_batch=config.max_batch,
+            max_wait_s=config.max_wait_ms / 1000.0,
+            executor=self._executor,
+        )
+        self.metrics.model_info.info(
+            {"model_version": scorer.model_version, "provider": scorer.provider}
+        )
+
+    def register(self) -> None:
+        """Register the agent and the web endpoints on the app."""
+        self.app.agent(self.input_topic, name="score_user_events")(self.score_user_events)
+
+    async def score_user_events(self, stream: StreamT[Any]) -> None:
+        """Agent body: consume all three input topics, one event at a time."""
+        self.batcher.start()
+        try:
+            async for event in stream.noack().events():
+                try:
+                    await self._handle(event)
+                except Exception as exc:  # never let one record stop the worker
+                    log.exception("unexpected error on %s[%d]@%d", event.message.topic,
+                                  event.message.partition, event.message.offset)
+                    await self._dead_letter(
+                        event,
+                        InvalidEvent(code=ReasonCode.PROCESSING_ERROR, reason=repr(exc)[:500]),
+                    )
+        finally:
+            await self.batcher.stop()
+
+    async def _handle(self, event: EventT) -> None:
+        msg = event.message
+        event_type = self._input_types.get(msg.topic)
+        if event_type is None:
+            await self._dead_letter(
+                event, InvalidEvent(code=ReasonCode.UNKNOWN_TOPIC, reason=f"topic {msg.topic!r}")
+            )
+            return
+        self.metrics.events_consumed.labels(event_type.value).inc()
+        decoded = decode_event(event_type, msg.value, msg.key)
+        if isinstance(decoded, InvalidEvent):
+            await self._dead_letter(event, decoded)
+            return
+        user = decoded.user_id
+        profile = Profile.from_dict(self.profiles.get(user))
+        if apply_event(profile, decoded, self.config.limits):
+            self.profiles[user] = profile.to_dict()
+            self.metrics.profile_updates.inc()
+        else:
+            self.metrics.duplicate_events.inc()
+        await self.batcher.submit(
+            ScoreRequest(event, decoded, profile.history(), profile.purchased_items())
+        )
+
+    def _score(self, batch: Sequence[ScoreRequest]) -> Sequence[Recommendation]:
+        started = time.perf_counter()
+        recs = self.scorer.recommend(
+            [r.history for r in batch], [r.exclude for r in batch], self.config.top_k
+        )
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        return recs
+
+    async def _deliver(
+        self, batch: Sequence[ScoreRequest], results: Sequence[Recommendation] | BaseException
+    ) -> None:
+        if isinstance(results, BaseException):
+            for req in batch:
+                await self._dead_letter(
+                    req.event,
+                    InvalidEvent(code=ReasonCode.PROCESSING_ERROR,
+                                 reason=f"scoring failed: {results!r}"[:500]),
+                )
+            return
+        model_version = self.scorer.model_version
+        now = time.time()
+        for req, rec in zip(batch, results, strict=True):
+            ev = req.decoded
+            await self.output_topic.send(
+                key=ev.user_id.encode(),
+                value=recommendation_bytes(
+                    user_id=ev.user_id,
+                    items=rec.items,
+                    model_version=model_version,
+                    strategy=rec.strategy,
+                    trigger_event_id=ev.event_id,
+                    trigger_event_type=ev.event_type.value,
+                    event_ts=ev.ts,
+                    produced_ts=now,
+                ),
+            )
+            req.event.ack()
+            self.metrics.recommendations.labels(rec.strategy).inc()
+            record_ts = req.event.message.timestamp
+            if record_ts:
+                self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
+
+    async def _dead_letter(self, event: EventT, invalid: InvalidEvent) -> None:
+        msg = event.message
+        self.metrics.events_invalid.labels(invalid.code.value).inc()
+        log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset,
+                    invalid.code.value, invalid.reason)
+        await self.dead_letter_topic.send(
+            key=msg.key,
+            value=dead_letter_bytes(
+                reason_code=invalid.code.value,
+                reason=invalid.reason,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+                key=msg.key,
+                value=msg.value,
+                failed_at=time.time(),
+            ),
+        )
+        event.ack()

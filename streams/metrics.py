@@ -1,0 +1,61 @@
+"""Every Prometheus metric the worker exports, in one place.
+
+Base units (seconds), ``_total`` counters, and no user ids in labels: label values
+come from small fixed sets (event types, reason codes, strategies).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The worker's metrics, registered on one registry (a fresh one per app in tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "recstream_events_consumed_total", "Input records consumed, by event type.",
+            ["event_type"], registry=r,
+        )
+        self.events_invalid = Counter(
+            "recstream_events_invalid_total", "Input records sent to the dead-letter topic.",
+            ["reason"], registry=r,
+        )
+        self.profile_updates = Counter(
+            "recstream_profile_updates_total", "Events folded into a profile.", registry=r,
+        )
+        self.duplicate_events = Counter(
+            "recstream_duplicate_events_total",
+            "Replayed events recognised by event_id and not applied again.", registry=r,
+        )
+        self.recommendations = Counter(
+            "recstream_recommendations_produced_total", "Recommendation lists produced.",
+            ["strategy"], registry=r,
+        )
+        self.batch_size = Histogram(
+            "recstream_inference_batch_size", "Requests per inference call.",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "recstream_inference_seconds", "Wall time of one inference call (a whole batch).",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.event_to_recommendation_seconds = Histogram(
+            "recstream_event_to_recommendation_seconds",
+            "From the input record's Kafka timestamp to its recommendation being produced.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.model_info = Info(
+            "recstream_model", "Model version and execution provider in use.", registry=r,
+        )
+        self.ready = Gauge(
+            "recstream_ready", "1 when the worker has restored its tables and is serving.",
+            registry=r,
+        )

@@ -1,0 +1,92 @@
+"""Topic names and the full list of topics a deployment needs.
+
+All topics recstream reads or writes are keyed by ``user_id`` and share one
+partition count, so a user's events, profile (table changelog) and
+recommendations always live in the same partition number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streams.events import EventType
+
+__all__ = ["TopicNames", "TopicSpec", "changelog_topic", "required_topics"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create.
+
+    Attributes:
+        name: topic name.
+        partitions: partition count.
+        replication_factor: copies of each partition (capped by cluster size).
+        config: topic-level configs, e.g. ``{"cleanup.policy": "compact"}``.
+    """
+
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Names of the topics the pipeline uses (defaults match the README)."""
+
+    clicks: str = "clicks"
+    browses: str = "browses"
+    purchases: str = "purchases"
+    recommendations: str = "recommendations"
+    dead_letter: str = "events-dlq"
+
+    def inputs(self) -> dict[str, EventType]:
+        """Input topic name -> the event type it carries."""
+        return {
+            self.clicks: EventType.CLICK,
+            self.browses: EventType.BROWSE,
+            self.purchases: EventType.PURCHASE,
+        }
+
+    def for_type(self, event_type: EventType) -> str:
+        """The input topic for an event type."""
+        return {v: k for k, v in self.inputs().items()}[event_type]
+
+
+PROFILES_TABLE = "profiles"
+
+
+def changelog_topic(app_id: str, table: str = PROFILES_TABLE) -> str:
+    """Name Faust gives a table's changelog topic."""
+    return f"{app_id}-{table}-changelog"
+
+
+def required_topics(
+    app_id: str,
+    names: TopicNames,
+    partitions: int,
+    replication_factor: int = 1,
+    *,
+    retention_ms: int = 7 * 24 * 3600 * 1000,
+) -> list[TopicSpec]:
+    """Every topic a worker needs, with matching partition counts.
+
+    Input, output and dead-letter topics are time-retained; the table changelog is
+    compacted (it is the durable copy of every profile and must keep the latest
+    value per user forever).
+    """
+    retained = {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+    specs = [
+        TopicSpec(name, partitions, replication_factor, dict(retained))
+        for name in (*names.inputs(), names.recommendations, names.dead_letter)
+    ]
+    specs.append(
+        TopicSpec(
+            changelog_topic(app_id),
+            partitions,
+            replication_factor,
+            {"cleanup.policy": "compact"},
+        )
+    )
+    return specs

@@ -1,0 +1,187 @@
+"""The whole pipeline through a real Kafka protocol: events -> profile -> model -> topic."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import shutil
+import urllib.request
+from typing import Any
+
+import orjson
+import pytest
+
+from models.synthetic import SyntheticShop
+from streams.client import event_from_dict
+from streams.events import Event, EventType
+from streams.profile import Profile, ProfileLimits, apply_event
+
+from .conftest import Deployment
+
+pytestmark = pytest.mark.integration
+
+REC_FIELDS = {
+    "user_id", "items", "model_version", "strategy", "trigger_event_id",
+    "trigger_event_type", "event_ts", "produced_ts",
+}
+
+
+def shop_events(shop: SyntheticShop, n: int) -> list[Event]:
+    return [event_from_dict(dataclasses.asdict(e)) for e in shop.events[:n]]
+
+
+def reference_profiles(events: list[Event]) -> dict[str, Profile]:
+    profiles: dict[str, Profile] = {}
+    for ev in events:
+        apply_event(profiles.setdefault(ev.user_id, Profile()), ev, ProfileLimits())
+    return profiles
+
+
+def unique_by_trigger(recs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["trigger_event_id"]: r for r in recs}
+
+
+def test_every_event_gets_a_recommendation_without_purchased_items(
+    deployment: Deployment, shop: SyntheticShop
+) -> None:
+    events = shop_events(shop, 400)
+    assert {e.event_type for e in events} == set(EventType)
+    deployment.start_worker()
+    with deployment.producer() as producer:
+        for ev in events:
+            producer.send(ev)
+
+    recs = unique_by_trigger(
+        deployment.read_json(
+            deployment.topics.recommendations,
+            lambda rs: len(unique_by_trigger(rs)) >= len(events),
+        )
+    )
+    assert set(recs) == {e.event_id for e in events}
+
+    strategies = set()
+    for ev in events:
+        rec = recs[ev.event_id]
+        assert REC_FIELDS <= rec.keys()
+        assert rec["user_id"] == ev.user_id
+        assert rec["trigger_event_type"] == ev.event_type.value
+        assert rec["model_version"] == "test-model-1"
+        assert rec["event_ts"] == pytest.approx(ev.ts)
+        assert rec["produced_ts"] >= rec["event_ts"]
+        assert len(rec["items"]) == 20
+        items = [i["item_id"] for i in rec["items"]]
+        assert len(set(items)) == 20
+        scores = [i["score"] for i in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+        strategies.add(rec["strategy"])
+    assert "sequential" in strategies
+
+    # Once a purchase has been processed, the item never comes back for that user.
+    purchased = {u: p.purchased_items() for u, p in reference_profiles(events).items()}
+    buyers = sorted(u for u, items in purchased.items() if items)
+    assert buyers, "the synthetic stream should contain purchases"
+    followups = [
+        event_from_dict({"event_type": "browse", "event_id": f"after-{u}", "user_id": u,
+                         "item_id": next(iter(purchased[u])), "ts": 1_790_000_000})
+        for u in buyers
+    ]
+    with deployment.producer() as producer:
+        for ev in followups:
+            producer.send(ev)
+    recs = unique_by_trigger(
+        deployment.read_json(
+            deployment.topics.recommendations,
+            lambda rs: {f.event_id for f in followups} <= unique_by_trigger(rs).keys(),
+        )
+    )
+    for ev in followups:
+        items = {i["item_id"] for i in recs[ev.event_id]["items"]}
+        assert not items & purchased[ev.user_id], f"{ev.user_id} was recommended a purchased item"
+
+
+def test_unknown_user_and_items_get_the_popularity_fallback(deployment: Deployment) -> None:
+    deployment.start_worker()
+    ev = event_from_dict(
+        {"event_type": "click", "event_id": "cold-1", "user_id": "brand-new-user",
+         "item_id": "item-not-in-catalog", "ts": 1_790_000_000}
+    )
+    with deployment.producer() as producer:
+        producer.send(ev)
+    recs = deployment.read_json(deployment.topics.recommendations, lambda rs: len(rs) >= 1)
+    assert recs[0]["trigger_event_id"] == "cold-1"
+    assert recs[0]["strategy"] == "popular"
+    assert len(recs[0]["items"]) == 20
+
+
+def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_flow(
+    deployment: Deployment, shop: SyntheticShop
+) -> None:
+    worker = deployment.start_worker()
+    good = shop_events(shop, 60)
+    t = deployment.topics
+    bad: list[tuple[str, bytes | None, bytes, str]] = [
+        (t.clicks, b"u-bad", b"{not json", "invalid_json"),
+        (t.browses, b"u-bad", b"\xff\xfe\xfa", "invalid_utf8"),
+        (t.purchases, b"u-bad", orjson.dumps({"event_id": "x", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000}), "schema_violation"),
+        (t.clicks, b"u-bad", orjson.dumps({"event_id": "y", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000_000}), "invalid_timestamp"),
+        (t.clicks, b"someone-else", orjson.dumps({"event_id": "z", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000}), "key_mismatch"),
+        (t.clicks, b"u-bad", b"[]", "not_an_object"),
+    ]
+    with deployment.producer() as producer:
+        for i, ev in enumerate(good):
+            producer.send(ev)
+            if i < len(bad):
+                topic, key, value, _ = bad[i]
+                producer.send_raw(topic, key, value)
+
+    dead = deployment.read_json(t.dead_letter, lambda rs: len(rs) >= len(bad))
+    assert sorted(d["reason_code"] for d in dead) == sorted(code for *_, code in bad)
+    by_value = {base64.b64decode(d["value_base64"]): d for d in dead}
+    for topic, key, value, code in bad:
+        d = by_value[value]  # the original bytes, unchanged
+        assert d["topic"] == topic and d["reason_code"] == code and d["reason"]
+        assert base64.b64decode(d["key_base64"]) == key
+        assert d["offset"] >= 0 and d["partition"] in (0, 1)
+
+    recs = unique_by_trigger(
+        deployment.read_json(t.recommendations, lambda rs: len(unique_by_trigger(rs)) >= len(good))
+    )
+    assert {e.event_id for e in good} <= set(recs)
+    assert worker.proc is not None and worker.proc.poll() is None, "worker died on bad input"
+    metrics = worker.metrics_text()
+    assert 'recstream_events_invalid_total{reason="invalid_json"} 1.0' in metrics
+
+
+def fetch_profiles(url: str, users: set[str]) -> dict[str, Any]:
+    out = {}
+    for user in users:
+        with urllib.request.urlopen(f"{url}/profiles/{user}", timeout=5) as resp:
+            out[user] = json.loads(resp.read())["profile"]
+    return out
+
+
+def test_profiles_are_restored_from_the_changelog_after_losing_local_state(
+    deployment: Deployment, shop: SyntheticShop
+) -> None:
+    events = shop_events(shop, 300)
+    users = {e.user_id for e in events}
+    first = deployment.start_worker(web_profiles=True)
+    with deployment.producer() as producer:
+        for ev in events:
+            producer.send(ev)
+    deployment.read_json(
+        deployment.topics.recommendations, lambda rs: len(unique_by_trigger(rs)) >= len(events)
+    )
+    before = fetch_profiles(first.url, users)
+    expected = {u: p.to_dict() for u, p in reference_profiles(events).items()}
+    assert before == json.loads(json.dumps(expected))
+
+    assert first.stop() == 0
+    state_dir = deployment.workdir / "state"
+    assert state_dir.exists()
+    shutil.rmtree(state_dir)
+
+    second = deployment.start_worker(web_profiles=True)
+    after = fetch_profiles(second.url, users)
+    assert after == before
