@@ -186,6 +186,20 @@ def consume(
 
 
 @app.command()
+def schemas(
+    write: Annotated[bool, typer.Option(help="Rewrite streams/schemas/*.json.")] = False,
+) -> None:
+    """Print (or write) the JSON Schemas of events, recommendations and dead letters."""
+    from streams.schema_files import json_schemas, write_schemas
+
+    if write:
+        for path in write_schemas():
+            console.print(f"wrote {path}")
+        return
+    print(orjson.dumps(json_schemas(), option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command()
 def demo(
     events: Annotated[int, typer.Option(help="Live events to stream.")] = 3000,
     rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 300.0,

@@ -120,10 +120,11 @@ def _stream(
     latencies: list[float] = []
     received: dict[str, RecommendationMessage] = {}
     strategies: dict[str, int] = {}
-    recent: list[RecommendationMessage] = []
+    recent: dict[str, RecommendationMessage] = {}  # latest list of the last few users
     done = threading.Event()
 
     reader = RecommendationReader(client, settings.topic_recommendations, from_beginning=True)
+    reader.wait_assigned()  # so the first events' latencies are not the group join
 
     def consume() -> None:
         while not done.is_set():
@@ -135,8 +136,10 @@ def _stream(
             strategies[rec.strategy] = strategies.get(rec.strategy, 0) + 1
             if rec.trigger_event_id in sent_at:
                 latencies.append(now - sent_at[rec.trigger_event_id])
-            recent.append(rec)
-            del recent[:-8]
+            recent.pop(rec.user_id, None)
+            recent[rec.user_id] = rec
+            while len(recent) > 8:
+                del recent[next(iter(recent))]
 
     consumer_thread = threading.Thread(target=consume, daemon=True)
     consumer_thread.start()
@@ -147,7 +150,7 @@ def _stream(
         table.add_column("after")
         table.add_column("strategy")
         table.add_column("top 3 recommended items")
-        for rec in list(recent)[::-1]:
+        for rec in list(recent.values())[::-1]:
             titles = []
             for item in rec.items[:3]:
                 try:

@@ -127,7 +127,7 @@ class RecommendationReader:
             "group.id": group_id or f"recstream-reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "enable.auto.commit": group_id is not None,
-            "fetch.wait.max.ms": 50,
+            "fetch.wait.max.ms": 10,
         }
         conf.update(config)
         self._consumer = Consumer(conf)
@@ -135,10 +135,27 @@ class RecommendationReader:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._window = dedup_window
         self.duplicates = 0
+        self._early: list[Any] = []
+
+    def wait_assigned(self, timeout_s: float = 30.0) -> bool:
+        """Poll until the group has assigned partitions; ``True`` if it did in time.
+
+        Records that arrive meanwhile are kept and returned by later :meth:`poll` calls.
+        """
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while not self._consumer.assignment():
+            if time.monotonic() > deadline:
+                return False
+            msg = self._consumer.poll(0.05)
+            if msg is not None and not msg.error():
+                self._early.append(msg)
+        return True
 
     def poll(self, timeout_s: float = 1.0) -> RecommendationMessage | None:
         """Next new recommendation list, or ``None`` if none arrived in time."""
-        msg = self._consumer.poll(timeout_s)
+        msg = self._early.pop(0) if self._early else self._consumer.poll(timeout_s)
         if msg is None or msg.error():
             return None
         rec = RecommendationMessage.model_validate_json(msg.value())

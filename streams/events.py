@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -88,9 +88,12 @@ class _EventBase(BaseModel):
     event_id: Id = Field(description="Globally unique id; replays with the same id apply once.")
     user_id: Id = Field(description="Shopper id; must equal the Kafka record key.")
     item_id: Id = Field(description="Catalog item id (the shop's own SKU or product id).")
-    ts: float = Field(
-        description="Event time: Unix epoch seconds (number) or an RFC 3339 string."
-    )
+    ts: Annotated[
+        float,
+        WithJsonSchema(
+            {"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
+        ),
+    ] = Field(description="Event time: Unix epoch seconds (number) or an RFC 3339 string.")
     channel: Channel = Field(Channel.WEB, description="web, app or store.")
 
     @field_validator("ts", mode="before")

@@ -110,7 +110,12 @@ def test_to_interaction(tiny_shop: SyntheticShop) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"n_items": 0}, {"n_users": 0}, {"n_items": 5, "n_categories": 6}, {"sessions_per_user": (3, 2)}],
+    [
+        {"n_items": 0},
+        {"n_users": 0},
+        {"n_items": 5, "n_categories": 6},
+        {"sessions_per_user": (3, 2)},
+    ],
 )
 def test_invalid_arguments(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):

@@ -26,7 +26,9 @@ from models.train import (
 )
 
 
-def _it(user: str, item: str, ts: float, event: str = "browse", channel: str = "web") -> Interaction:
+def _it(
+    user: str, item: str, ts: float, event: str = "browse", channel: str = "web"
+) -> Interaction:
     return Interaction(user, item, event, ts, channel)
 
 
@@ -119,7 +121,11 @@ def test_leave_last_out_has_no_leak() -> None:
     ]
     train, cases = leave_last_out(data)
     assert [(c.user_id, c.target) for c in cases] == [("u", "c")]
-    assert cases[0].history == (("a", "browse", "web"), ("b", "browse", "web"), ("b", "click", "web"))
+    assert cases[0].history == (
+        ("a", "browse", "web"),
+        ("b", "browse", "web"),
+        ("b", "click", "web"),
+    )
     assert [(i.user_id, i.ts) for i in train] == [("u", 1), ("u", 2), ("u", 3), ("w", 1)]
 
 

@@ -1,0 +1,226 @@
+"""OnnxScorer: providers, strategies, exclusions, batching and input handling."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.evaluate import rank_with_model
+from models.scorer import (
+    OnnxScorer,
+    ProviderUnavailableError,
+    Recommendation,
+    Scorer,
+)
+from models.synthetic import SyntheticShop
+from models.train import TrainedModel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# onnxruntime-gpu lists CUDA as available even without a GPU, so look for the device.
+HAS_GPU = Path("/dev/nvidiactl").exists()
+
+
+def _popular_ids(scorer: OnnxScorer) -> list[str]:
+    counts = scorer.metadata.popularity
+    order = sorted(range(1, len(counts)), key=lambda i: (-counts[i], i))
+    return [str(scorer.metadata.items[i]) for i in order]
+
+
+def _history(shop: SyntheticShop, user: str) -> list[tuple[str, str, str]]:
+    return [(e.item_id, e.event_type, e.channel) for e in shop.events if e.user_id == user]
+
+
+def test_cpu_provider(cpu_scorer: OnnxScorer) -> None:
+    assert cpu_scorer.provider == "cpu"
+    assert isinstance(cpu_scorer, Scorer)
+    assert cpu_scorer.model_version == "test-v1"
+    assert (cpu_scorer.max_len, cpu_scorer.max_k, cpu_scorer.n_items) == (20, 50, 200)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present")
+def test_cuda_unavailable_raises(tiny_model_dir: Path) -> None:
+    with pytest.raises(ProviderUnavailableError, match="CUDAExecutionProvider"):
+        OnnxScorer.load(tiny_model_dir, provider="cuda")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present")
+def test_cuda_listed_but_not_loadable(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Simulate onnxruntime-gpu on a machine without a usable GPU: CUDA is "available" but
+    # the session silently runs on CPU.
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    with warnings.catch_warnings():
+        # CPU-only onnxruntime warns that the requested CUDA provider is unknown.
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ProviderUnavailableError, match="could not"):
+            OnnxScorer.load(tiny_model_dir, provider="cuda")
+        caplog.set_level(logging.INFO, logger="recstream.models.scorer")
+        scorer = OnnxScorer.load(tiny_model_dir, provider="auto")
+    assert scorer.provider == "cpu"
+    assert "falling back to CPU" in caplog.text
+
+
+def test_auto_picks_cpu_and_logs(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="recstream.models.scorer")
+    scorer = OnnxScorer.load(tiny_model_dir)  # provider="auto"
+    if not HAS_GPU:
+        assert scorer.provider == "cpu"
+    assert any(
+        r.name == "recstream.models.scorer" and f"provider {scorer.provider}" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_unknown_provider_rejected(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="provider"):
+        OnnxScorer.load(tiny_model_dir, provider="tpu")  # type: ignore[arg-type]
+
+
+def test_unknown_user_gets_popularity(cpu_scorer: OnnxScorer) -> None:
+    popular = _popular_ids(cpu_scorer)
+    [empty, unknown] = cpu_scorer.recommend(
+        [[], [("no-such-sku", "browse", "web")]], [set(), set()], k=10
+    )
+    assert empty.strategy == unknown.strategy == "popular"
+    assert [i for i, _ in empty.items] == popular[:10]
+    assert unknown == empty
+    scores = [s for _, s in empty.items]
+    assert scores == sorted(scores, reverse=True)
+    excluded = cpu_scorer.recommend([[]], [{popular[0], popular[2]}], k=5)[0]
+    assert [i for i, _ in excluded.items] == [popular[1], *popular[3:7]]
+
+
+def test_sequential_strategy_and_scores(cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop) -> None:
+    [rec] = cpu_scorer.recommend([_history(tiny_shop, "user-0001")], [set()], k=10)
+    assert rec.strategy == "sequential"
+    assert len(rec.items) == 10
+    assert len({i for i, _ in rec.items}) == 10
+    assert all(isinstance(s, float) for _, s in rec.items)
+    scores = [s for _, s in rec.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_matches_torch_ranking(
+    cpu_scorer: OnnxScorer, tiny_trained: TrainedModel, tiny_shop: SyntheticShop
+) -> None:
+    histories = [_history(tiny_shop, f"user-{u:04d}") for u in range(1, 41)]
+    recs = cpu_scorer.recommend(histories, [set()] * len(histories), k=10)
+    torch_ranked = rank_with_model(tiny_trained, histories, k=10)
+    same = sum([i for i, _ in r.items] == t for r, t in zip(recs, torch_ranked, strict=True))
+    assert same >= len(histories) - 1  # allow one float-noise tie flip
+
+
+def test_unknown_items_in_history_are_ignored(
+    cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop
+) -> None:
+    history = _history(tiny_shop, "user-0002")[-10:]
+    noisy = [("ghost-1", "browse", "web")]
+    for step in history:
+        noisy += [step, ("ghost-2", "click", "app")]
+    a, b = cpu_scorer.recommend([history, noisy], [set(), set()], k=20)
+    assert a == b
+
+
+def test_long_history_uses_last_max_len(cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop) -> None:
+    history = _history(tiny_shop, "user-0003")
+    assert len(history) > cpu_scorer.max_len
+    a, b = cpu_scorer.recommend([history, history[-cpu_scorer.max_len :]], [set(), set()], k=10)
+    assert a == b
+
+
+def test_batch_equals_single(cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop) -> None:
+    histories = [_history(tiny_shop, f"user-{u:04d}") for u in (4, 5, 6)] + [[]]
+    exclude = [{"sku-00001"}, set(), {"unknown"}, {"sku-00002"}]
+    batched = cpu_scorer.recommend(histories, exclude, k=15)
+    singles = [
+        cpu_scorer.recommend([h], [e], k=15)[0] for h, e in zip(histories, exclude, strict=True)
+    ]
+    for b, s in zip(batched, singles, strict=True):
+        assert b.strategy == s.strategy
+        assert [i for i, _ in b.items] == [i for i, _ in s.items]
+        np.testing.assert_allclose([x for _, x in b.items], [x for _, x in s.items], atol=1e-4)
+
+
+def test_exclude_more_than_max_k_still_fills_k(
+    cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop
+) -> None:
+    # Masking happens inside the graph before TopK, so even 150 exclusions (> max_k)
+    # still leave k valid results.
+    banned = {item.item_id for item in tiny_shop.catalog[:150]}
+    [rec] = cpu_scorer.recommend([_history(tiny_shop, "user-0007")], [banned], k=50)
+    assert len(rec.items) == 50
+    assert not banned & {i for i, _ in rec.items}
+
+
+def test_k_validation(cpu_scorer: OnnxScorer) -> None:
+    with pytest.raises(ValueError, match="max_k"):
+        cpu_scorer.recommend([[]], [set()], k=cpu_scorer.max_k + 1)
+    with pytest.raises(ValueError):
+        cpu_scorer.recommend([[]], [set()], k=0)
+    with pytest.raises(ValueError, match="exclude"):
+        cpu_scorer.recommend([[], []], [set()], k=5)
+    assert cpu_scorer.recommend([], [], k=5) == []
+
+
+def test_warmup_other_sizes(cpu_scorer: OnnxScorer) -> None:
+    cpu_scorer.warmup(batch_sizes=(2, 3))
+
+
+_ITEM_IDS = [f"sku-{i:05d}" for i in range(200)]
+_STEP = st.tuples(
+    st.sampled_from(_ITEM_IDS + ["ghost"]),
+    st.sampled_from(["browse", "click", "purchase", "weird"]),
+    st.sampled_from(["web", "app", "store", "fax"]),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    histories=st.lists(st.lists(_STEP, max_size=30), min_size=1, max_size=6),
+    data=st.data(),
+    k=st.integers(1, 50),
+)
+def test_excluded_items_never_recommended(
+    cpu_scorer: OnnxScorer,
+    histories: list[list[tuple[str, str, str]]],
+    data: st.DataObject,
+    k: int,
+) -> None:
+    exclude = [
+        data.draw(st.sets(st.sampled_from(_ITEM_IDS + ["ghost"]), max_size=120)) for _ in histories
+    ]
+    recs = cpu_scorer.recommend(histories, exclude, k)
+    assert len(recs) == len(histories)
+    for rec, banned, history in zip(recs, exclude, histories, strict=True):
+        assert isinstance(rec, Recommendation)
+        ids = [i for i, _ in rec.items]
+        assert not banned & set(ids)
+        assert len(ids) == len(set(ids)) == k  # 200 items - <=120 banned >= 50 >= k
+        known = any(item != "ghost" for item, _, _ in history)
+        assert rec.strategy == ("sequential" if known else "popular")
+
+
+def test_scorer_import_does_not_load_torch() -> None:
+    code = (
+        "import sys; import models.scorer; "
+        "bad = [m for m in ('torch', 'onnx', 'faust') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
