@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("var/state"), description="RocksDB table directory (local state).")
     model_dir: Path = Field(
         Path("var/models/current"),
-        description="Model directory (model.onnx + metadata.json) or a model store root.",
+        description="Model directory: model.onnx + metadata.json, as written by the exporter.",
     )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="onnxruntime execution provider; auto = CUDA if usable, else CPU."
@@ -75,7 +75,6 @@ class Settings(BaseSettings):
         False, description="Serve /profiles/{user_id} (debugging; exposes user data)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    log_json: bool = Field(False, description="Emit JSON log lines.")
 
     def topic_names(self) -> TopicNames:
         """The configured topic names."""

@@ -212,6 +212,7 @@ class TrainingWindows:
     targets: IntArray
 
     def __len__(self) -> int:
+        """Number of windows (rows)."""
         return int(self.item_seq.shape[0])
 
 

@@ -49,7 +49,10 @@ class ContainerBroker(Broker):
 
     def start(self) -> ContainerBroker:
         """Start the container and wait until Kafka accepts connections."""
-        from testcontainers.kafka import KafkaContainer
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers < 4.14 kept it at the top level
+            from testcontainers.kafka import KafkaContainer
 
         container = KafkaContainer(self._image).with_kraft()
         container.start()
