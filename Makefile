@@ -23,7 +23,7 @@ install: $(STAMP) ## Create .venv and install recstream with training and test e
 demo: $(STAMP) ## Train a small model and run the whole pipeline on the embedded broker
 	$(VENV)/bin/recstream demo
 
-test: $(STAMP) ## Run the whole test-suite (unit, integration on a real Kafka protocol, e2e)
+test: lint ## Lint, then the whole test-suite (unit, integration on a real Kafka protocol, e2e)
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP) ## Unit tests only (no broker)

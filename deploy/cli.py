@@ -39,8 +39,12 @@ def worker() -> None:
 
 @app.command()
 def broker(
-    partitions: Annotated[int | None, typer.Option(help="Partitions per topic (default: settings).")] = None,
-    env_file: Annotated[Path | None, typer.Option(help="Write RECSTREAM_KAFKA_BOOTSTRAP_SERVERS=... here.")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions per topic (default: settings).")
+    ] = None,
+    env_file: Annotated[
+        Path | None, typer.Option(help="Write RECSTREAM_KAFKA_BOOTSTRAP_SERVERS=... here.")
+    ] = None,
 ) -> None:
     """Run the embedded Kafka broker (librdkafka mock cluster) in the foreground.
 
@@ -60,7 +64,9 @@ def broker(
     line = f"RECSTREAM_KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}"
     if env_file is not None:
         env_file.write_text(line + "\n")
-    console.print(f"[bold green]embedded Kafka broker[/] librdkafka {embedded.version} (mock cluster)")
+    console.print(
+        f"[bold green]embedded Kafka broker[/] librdkafka {embedded.version} (mock cluster)"
+    )
     console.print(f"topics: {', '.join(s.name for s in specs)} ({settings.partitions} partitions)")
     console.print("in memory only; Ctrl-C stops it. Point clients at it with:")
     print(f"export {line}", flush=True)
@@ -105,7 +111,9 @@ def _type_of(payload: object) -> str | None:
 @app.command()
 def produce(
     source: Annotated[str, typer.Argument(help="JSON-lines file, or - for stdin.")] = "-",
-    event_type: Annotated[str | None, typer.Option("--type", help="click|browse|purchase for lines without a type.")] = None,
+    event_type: Annotated[
+        str | None, typer.Option("--type", help="click|browse|purchase for lines without a type.")
+    ] = None,
 ) -> None:
     """Send events (one JSON object per line) to the input topic of their type.
 
@@ -153,7 +161,9 @@ def consume(
     json_lines: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     from_beginning: Annotated[bool, typer.Option(help="Start at the earliest offset.")] = False,
     max_messages: Annotated[int, typer.Option("--max", help="Stop after N lists (0 = never).")] = 0,
-    timeout: Annotated[float, typer.Option(help="Stop after this many idle seconds (0 = never).")] = 0.0,
+    timeout: Annotated[
+        float, typer.Option(help="Stop after this many idle seconds (0 = never).")
+    ] = 0.0,
 ) -> None:
     """Tail the recommendations topic (de-duplicated by trigger_event_id)."""
     from streams.client import RecommendationReader
@@ -202,7 +212,9 @@ def schemas(
 @app.command()
 def demo(
     events: Annotated[int, typer.Option(help="Live events to stream.")] = 3000,
-    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 300.0,
+    rate: Annotated[
+        float, typer.Option(help="Events per second (0 = as fast as possible).")
+    ] = 300.0,
     workdir: Annotated[Path, typer.Option(help="Where models, state and logs go.")] = Path(".demo"),
 ) -> None:
     """Whole pipeline on the embedded broker: synthetic shop, training, live stream."""

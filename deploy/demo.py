@@ -35,7 +35,10 @@ __all__ = ["run_demo"]
 
 MALFORMED: list[tuple[str, bytes]] = [
     ("clicks", b'{"event_id": "bad-1", "user_id": "user-0001", "item_id": '),
-    ("purchases", b'{"event_id": "bad-2", "user_id": "user-0001", "item_id": "sku-00001", "ts": 1790000000}'),
+    (
+        "purchases",
+        b'{"event_id": "bad-2", "user_id": "user-0001", "item_id": "sku-00001", "ts": 1790000000}',
+    ),
     ("browses", b"\xff\xfe not utf-8"),
 ]
 
@@ -87,11 +90,20 @@ def run_demo(workdir: Path = Path(".demo"), live_events: int = 3000, rate: float
         **FAST_GROUP_SETTINGS,
     )
     broker.create_topics(topic_specs(settings))
-    console.print(f"broker on {broker.bootstrap_servers} (librdkafka {broker.version} mock cluster)")
+    console.print(
+        f"broker on {broker.bootstrap_servers} (librdkafka {broker.version} mock cluster)"
+    )
     worker_settings = {
         k: getattr(settings, k)
-        for k in ("kafka_bootstrap_servers", "state_dir", "model_dir", "provider",
-                  "fetch_max_wait_ms", "max_wait_ms", *FAST_GROUP_SETTINGS)
+        for k in (
+            "kafka_bootstrap_servers",
+            "state_dir",
+            "model_dir",
+            "provider",
+            "fetch_max_wait_ms",
+            "max_wait_ms",
+            *FAST_GROUP_SETTINGS,
+        )
     }
     worker = WorkerProcess(worker_settings, workdir / "worker.log").start()
     code = 1
@@ -196,20 +208,32 @@ def _stream(
         if line.startswith("recstream_events_invalid_total{")
     )
     provider = next(
-        (line.split('provider="')[1].split('"')[0] for line in metrics.splitlines()
-         if line.startswith("recstream_model_info{")),
+        (
+            line.split('provider="')[1].split('"')[0]
+            for line in metrics.splitlines()
+            if line.startswith("recstream_model_info{")
+        ),
         "?",
     )
     model_version = next(iter(received.values())).model_version if received else "?"
 
     console.rule("[bold]5. Summary")
     summary = Table(show_header=False)
-    summary.add_row("events streamed", f"{len(live)} valid + {len(MALFORMED)} malformed in {send_s:.1f} s")
-    summary.add_row("recommendation lists", f"{len(received)} ({', '.join(f'{k}: {v}' for k, v in sorted(strategies.items()))})")
-    summary.add_row("dead-lettered", f"{invalid:.0f} (malformed events, with reasons, in {settings.topic_dead_letter})")
+    summary.add_row(
+        "events streamed", f"{len(live)} valid + {len(MALFORMED)} malformed in {send_s:.1f} s"
+    )
+    summary.add_row(
+        "recommendation lists",
+        f"{len(received)} ({', '.join(f'{k}: {v}' for k, v in sorted(strategies.items()))})",
+    )
+    summary.add_row(
+        "dead-lettered",
+        f"{invalid:.0f} (malformed events, with reasons, in {settings.topic_dead_letter})",
+    )
     summary.add_row(
         "event -> recommendation latency",
-        f"p50 {_percentile(latencies, 50) * 1000:.0f} ms, p99 {_percentile(latencies, 99) * 1000:.0f} ms "
+        f"p50 {_percentile(latencies, 50) * 1000:.0f} ms, "
+        f"p99 {_percentile(latencies, 99) * 1000:.0f} ms "
         f"(producer send to consumer receive, {len(latencies)} events)",
     )
     summary.add_row("model", f"{model_version}, onnxruntime {provider}")

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RECSTREAM_", env_file=".env", extra="ignore")
 
-    app_id: str = Field("recstream", description="Faust app id: consumer group and changelog prefix.")
+    app_id: str = Field(
+        "recstream", description="Faust app id: consumer group and changelog prefix."
+    )
     kafka_bootstrap_servers: str = Field(
         "localhost:9092", description="Comma-separated host:port list of the Kafka cluster."
     )
@@ -37,8 +39,12 @@ class Settings(BaseSettings):
     )
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
-    kafka_ssl_ca_file: Path | None = Field(None, description="CA bundle for SSL; system CAs if unset.")
-    partitions: int = Field(4, ge=1, description="Partitions of every recstream topic (max workers).")
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle for SSL; system CAs if unset."
+    )
+    partitions: int = Field(
+        4, ge=1, description="Partitions of every recstream topic (max workers)."
+    )
     replication_factor: int = Field(1, ge=1, description="Replication factor for created topics.")
     topic_clicks: str = Field("clicks", description="Input topic for click events.")
     topic_browses: str = Field("browses", description="Input topic for browse events.")
@@ -54,17 +60,25 @@ class Settings(BaseSettings):
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="onnxruntime execution provider; auto = CUDA if usable, else CPU."
     )
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = all cores).")
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads (0 = all cores)."
+    )
     history_len: int = Field(50, ge=1, description="Interactions kept per user profile.")
     max_purchased: int = Field(200, ge=1, description="Purchased items remembered for exclusion.")
-    dedup_window: int = Field(256, ge=1, description="Event ids remembered per user for idempotency.")
+    dedup_window: int = Field(
+        256, ge=1, description="Event ids remembered per user for idempotency."
+    )
     top_k: int = Field(20, ge=1, description="Items per recommendation list.")
     max_batch: int = Field(64, ge=1, description="Most events scored in one inference call.")
-    max_wait_ms: float = Field(5.0, ge=0, description="Longest an event waits for its batch to fill.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="Longest an event waits for its batch to fill."
+    )
     fetch_max_wait_ms: int = Field(
         100, ge=1, description="Consumer fetch wait; bounds latency on quiet partitions."
     )
-    commit_interval_s: float = Field(1.0, gt=0, description="How often consumed offsets are committed.")
+    commit_interval_s: float = Field(
+        1.0, gt=0, description="How often consumed offsets are committed."
+    )
     session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer session timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval.")
     rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout.")
@@ -74,7 +88,9 @@ class Settings(BaseSettings):
     web_profiles: bool = Field(
         False, description="Serve /profiles/{user_id} (debugging; exposes user data)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
 
     def topic_names(self) -> TopicNames:
         """The configured topic names."""

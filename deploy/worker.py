@@ -20,7 +20,9 @@ def build_app(settings: Settings) -> RecstreamApp:
     )
     log.info(
         "model %s loaded from %s; execution provider %s",
-        scorer.model_version, settings.model_dir, scorer.provider,
+        scorer.model_version,
+        settings.model_dir,
+        scorer.provider,
     )
     return create_app(settings.stream_config(), scorer)
 

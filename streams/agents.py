@@ -47,7 +47,7 @@ log = logging.getLogger("recstream.agents")
 class ScoreRequest:
     """One event waiting for its recommendation."""
 
-    event: EventT
+    event: EventT[Any]
     decoded: Event
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
@@ -102,12 +102,17 @@ class Pipeline:
         """Agent body: consume all three input topics, one event at a time."""
         self.batcher.start()
         try:
-            async for event in stream.noack().events():
+            # noack() is on the Stream implementation, not on the StreamT interface.
+            async for event in stream.noack().events():  # type: ignore[attr-defined]
                 try:
                     await self._handle(event)
                 except Exception as exc:  # never let one record stop the worker
-                    log.exception("unexpected error on %s[%d]@%d", event.message.topic,
-                                  event.message.partition, event.message.offset)
+                    log.exception(
+                        "unexpected error on %s[%d]@%d",
+                        event.message.topic,
+                        event.message.partition,
+                        event.message.offset,
+                    )
                     await self._dead_letter(
                         event,
                         InvalidEvent(code=ReasonCode.PROCESSING_ERROR, reason=repr(exc)[:500]),
@@ -115,7 +120,7 @@ class Pipeline:
         finally:
             await self.batcher.stop()
 
-    async def _handle(self, event: EventT) -> None:
+    async def _handle(self, event: EventT[Any]) -> None:
         msg = event.message
         event_type = self._input_types.get(msg.topic)
         if event_type is None:
@@ -155,8 +160,10 @@ class Pipeline:
             for req in batch:
                 await self._dead_letter(
                     req.event,
-                    InvalidEvent(code=ReasonCode.PROCESSING_ERROR,
-                                 reason=f"scoring failed: {results!r}"[:500]),
+                    InvalidEvent(
+                        code=ReasonCode.PROCESSING_ERROR,
+                        reason=f"scoring failed: {results!r}"[:500],
+                    ),
                 )
             return
         model_version = self.scorer.model_version
@@ -182,11 +189,17 @@ class Pipeline:
             if record_ts:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
 
-    async def _dead_letter(self, event: EventT, invalid: InvalidEvent) -> None:
+    async def _dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
         msg = event.message
         self.metrics.events_invalid.labels(invalid.code.value).inc()
-        log.warning("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset,
-                    invalid.code.value, invalid.reason)
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s: %s",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            invalid.code.value,
+            invalid.reason,
+        )
         await self.dead_letter_topic.send(
             key=msg.key,
             value=dead_letter_bytes(

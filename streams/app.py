@@ -74,7 +74,7 @@ class RecstreamApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         cls = transport_with_fetch_wait(self.fetch_max_wait_ms)
-        return cls(self.conf.broker_consumer, self)  # type: ignore[arg-type]
+        return cls(self.conf.broker_consumer, self)
 
 
 def _credentials(security: KafkaSecurity) -> Any:
@@ -97,7 +97,9 @@ def _credentials(security: KafkaSecurity) -> Any:
     )
 
 
-def create_app(config: StreamConfig, scorer: Scorer, metrics: Metrics | None = None) -> RecstreamApp:
+def create_app(
+    config: StreamConfig, scorer: Scorer, metrics: Metrics | None = None
+) -> RecstreamApp:
     """Build the worker application.
 
     Args:

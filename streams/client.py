@@ -37,8 +37,11 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     fields = {k: v for k, v in data.items() if v is not None}
     kind = EventType(fields.pop("event_type", None) or fields.pop("type", None))
     fields.pop("type", None)
-    cls = {EventType.CLICK: ClickEvent, EventType.BROWSE: BrowseEvent, EventType.PURCHASE: PurchaseEvent}[kind]
-    return cls.model_validate(fields)
+    if kind is EventType.CLICK:
+        return ClickEvent.model_validate(fields)
+    if kind is EventType.BROWSE:
+        return BrowseEvent.model_validate(fields)
+    return PurchaseEvent.model_validate(fields)
 
 
 def event_payload(event: Event) -> bytes:
@@ -158,7 +161,10 @@ class RecommendationReader:
         msg = self._early.pop(0) if self._early else self._consumer.poll(timeout_s)
         if msg is None or msg.error():
             return None
-        rec = RecommendationMessage.model_validate_json(msg.value())
+        value = msg.value()
+        if value is None:
+            return None
+        rec = RecommendationMessage.model_validate_json(value)
         if rec.trigger_event_id in self._seen:
             self.duplicates += 1
             return None

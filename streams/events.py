@@ -90,9 +90,7 @@ class _EventBase(BaseModel):
     item_id: Id = Field(description="Catalog item id (the shop's own SKU or product id).")
     ts: Annotated[
         float,
-        WithJsonSchema(
-            {"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}
-        ),
+        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}),
     ] = Field(description="Event time: Unix epoch seconds (number) or an RFC 3339 string.")
     channel: Channel = Field(Channel.WEB, description="web, app or store.")
 
@@ -221,7 +219,9 @@ def decode_event(
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return InvalidEvent(code=ReasonCode.INVALID_UTF8, reason=f"not UTF-8: {exc.reason} at byte {exc.start}")
+        return InvalidEvent(
+            code=ReasonCode.INVALID_UTF8, reason=f"not UTF-8: {exc.reason} at byte {exc.start}"
+        )
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -21,41 +21,58 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events_consumed = Counter(
-            "recstream_events_consumed_total", "Input records consumed, by event type.",
-            ["event_type"], registry=r,
+            "recstream_events_consumed_total",
+            "Input records consumed, by event type.",
+            ["event_type"],
+            registry=r,
         )
         self.events_invalid = Counter(
-            "recstream_events_invalid_total", "Input records sent to the dead-letter topic.",
-            ["reason"], registry=r,
+            "recstream_events_invalid_total",
+            "Input records sent to the dead-letter topic.",
+            ["reason"],
+            registry=r,
         )
         self.profile_updates = Counter(
-            "recstream_profile_updates_total", "Events folded into a profile.", registry=r,
+            "recstream_profile_updates_total",
+            "Events folded into a profile.",
+            registry=r,
         )
         self.duplicate_events = Counter(
             "recstream_duplicate_events_total",
-            "Replayed events recognised by event_id and not applied again.", registry=r,
+            "Replayed events recognised by event_id and not applied again.",
+            registry=r,
         )
         self.recommendations = Counter(
-            "recstream_recommendations_produced_total", "Recommendation lists produced.",
-            ["strategy"], registry=r,
+            "recstream_recommendations_produced_total",
+            "Recommendation lists produced.",
+            ["strategy"],
+            registry=r,
         )
         self.batch_size = Histogram(
-            "recstream_inference_batch_size", "Requests per inference call.",
-            buckets=_BATCH_BUCKETS, registry=r,
+            "recstream_inference_batch_size",
+            "Requests per inference call.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "recstream_inference_seconds", "Wall time of one inference call (a whole batch).",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "recstream_inference_seconds",
+            "Wall time of one inference call (a whole batch).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.event_to_recommendation_seconds = Histogram(
             "recstream_event_to_recommendation_seconds",
             "From the input record's Kafka timestamp to its recommendation being produced.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.model_info = Info(
-            "recstream_model", "Model version and execution provider in use.", registry=r,
+            "recstream_model",
+            "Model version and execution provider in use.",
+            registry=r,
         )
         self.ready = Gauge(
-            "recstream_ready", "1 when the worker has restored its tables and is serving.",
+            "recstream_ready",
+            "1 when the worker has restored its tables and is serving.",
             registry=r,
         )

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from streams.events import BrowseEvent, ClickEvent, PurchaseEvent
 from streams.messages import DeadLetter, RecommendationMessage
 
@@ -18,7 +20,7 @@ __all__ = ["SCHEMA_DIR", "json_schemas", "write_schemas"]
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
-_MODELS = {
+_MODELS: dict[str, type[BaseModel]] = {
     "click.v1": ClickEvent,
     "browse.v1": BrowseEvent,
     "purchase.v1": PurchaseEvent,

@@ -14,7 +14,7 @@ __all__ = ["is_ready", "register_web"]
 
 def is_ready(app: faust.App) -> bool:
     """Ready = partitions assigned, not rebalancing, and table recovery finished."""
-    recovery = app.tables.recovery
+    recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager, not the ABC
     return bool(
         app.consumer.assignment()
         and not app.rebalancing
@@ -50,7 +50,7 @@ def register_web(app: faust.App, metrics: Metrics, profiles: Any = None) -> None
         ready = is_ready(app)
         metrics.ready.set(1 if ready else 0)
         return self.json(
-            {"ready": ready, "recovering": bool(app.tables.recovery.in_recovery)},
+            {"ready": ready, "recovering": bool(app.in_recovery)},
             status=200 if ready else 503,
         )
 

@@ -23,7 +23,7 @@ def docker_available() -> tuple[bool, str]:
     except ImportError:
         return False, "the docker Python package is not installed"
     try:
-        client = docker.from_env(timeout=3)
+        client = docker.from_env(timeout=3)  # type: ignore[attr-defined]
         client.ping()
     except Exception as exc:
         return False, f"no Docker engine answers ({type(exc).__name__}: {exc})"

@@ -59,8 +59,12 @@ def find_librdkafka() -> Path:
     except ImportError as exc:  # pragma: no cover - confluent-kafka is a hard dependency
         raise EmbeddedBrokerError("confluent-kafka is not installed") from exc
     pkg = Path(confluent_kafka.__file__).resolve().parent
-    for pattern in ("../confluent_kafka.libs/librdkafka*.so*", "../confluent_kafka/.dylibs/librdkafka*.dylib",
-                    ".dylibs/librdkafka*.dylib", "librdkafka*.so*"):
+    for pattern in (
+        "../confluent_kafka.libs/librdkafka*.so*",
+        "../confluent_kafka/.dylibs/librdkafka*.dylib",
+        ".dylibs/librdkafka*.dylib",
+        "librdkafka*.so*",
+    ):
         hits = sorted(glob.glob(str(pkg / pattern)))
         if hits:
             return Path(hits[0])
@@ -153,8 +157,11 @@ class EmbeddedBroker(Broker):
             lib.rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, self._rebalance_delay_ms)
             self._lib, self._rk, self._cluster = lib, rk, cluster
             self._bootstrap = lib.rd_kafka_mock_cluster_bootstraps(cluster).decode()
-            log.info("embedded Kafka broker (librdkafka %s mock) on %s",
-                     lib.rd_kafka_version_str().decode(), self._bootstrap)
+            log.info(
+                "embedded Kafka broker (librdkafka %s mock) on %s",
+                lib.rd_kafka_version_str().decode(),
+                self._bootstrap,
+            )
             return self
 
     def stop(self) -> None:

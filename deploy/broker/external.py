@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from deploy.broker.base import Broker, TopicSpec
 
@@ -12,7 +13,7 @@ log = logging.getLogger("recstream.broker")
 
 
 def create_topics_via_admin(
-    client_config: dict[str, str], specs: list[TopicSpec], timeout_s: float = 30.0
+    client_config: dict[str, Any], specs: list[TopicSpec], timeout_s: float = 30.0
 ) -> list[str]:
     """Create topics with the Kafka Admin API; existing topics are left as they are.
 
@@ -23,7 +24,7 @@ def create_topics_via_admin(
         RuntimeError: if the cluster refuses a topic for another reason than
             "already exists", or an existing topic has another partition count.
     """
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(client_config)
     existing = admin.list_topics(timeout=timeout_s).topics
@@ -34,10 +35,13 @@ def create_topics_via_admin(
             if len(meta.partitions) != spec.partitions:
                 raise RuntimeError(
                     f"topic {spec.name!r} has {len(meta.partitions)} partitions, "
-                    f"recstream is configured for {spec.partitions}; co-partitioning needs equal counts"
+                    f"recstream is configured for {spec.partitions}; "
+                    "co-partitioning needs equal counts"
                 )
             continue
-        to_create.append(NewTopic(spec.name, spec.partitions, spec.replication_factor, config=spec.config))
+        to_create.append(
+            NewTopic(spec.name, spec.partitions, spec.replication_factor, config=spec.config)
+        )
     if to_create:
         futures = admin.create_topics(to_create, operation_timeout=timeout_s)
         for name, fut in futures.items():
@@ -50,7 +54,9 @@ def create_topics_via_admin(
     return created
 
 
-def describe_topics_via_admin(client_config: dict[str, str], timeout_s: float = 10.0) -> dict[str, int]:
+def describe_topics_via_admin(
+    client_config: dict[str, Any], timeout_s: float = 10.0
+) -> dict[str, int]:
     """Topic name -> partition count, for every topic the cluster lists."""
     from confluent_kafka.admin import AdminClient
 
@@ -70,7 +76,7 @@ class ExternalBroker(Broker):
 
     def __init__(self, bootstrap_servers: str, client_config: dict[str, str] | None = None) -> None:
         self._bootstrap = bootstrap_servers
-        self._client_config = {"bootstrap.servers": bootstrap_servers, **(client_config or {})}
+        self._client_config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(client_config or {})}
 
     @property
     def bootstrap_servers(self) -> str:

@@ -20,7 +20,9 @@ def cli_broker(tmp_path: Path) -> Iterator[str]:
     env["RECSTREAM_PARTITIONS"] = "2"
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "broker", "--env-file", str(env_file)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while not env_file.exists():

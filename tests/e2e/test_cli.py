@@ -1,4 +1,4 @@
-"""The CLI as a user runs it: `broker`, `worker` (and `faust -A deploy.app worker`), `produce`, `consume`."""
+"""The CLI as a user runs it: broker, worker (also via `faust -A`), produce, consume."""
 
 from __future__ import annotations
 
@@ -15,10 +15,16 @@ from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess, free_port, settin
 pytestmark = pytest.mark.e2e
 
 
-def cli(*args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 90) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str, env: dict[str, str], stdin: bytes | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "deploy.cli", *args], env=env, input=stdin,
-        capture_output=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "deploy.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -29,18 +35,52 @@ def base_env(bootstrap: str, **extra: object) -> dict[str, str]:
 
 
 EVENTS = [
-    {"type": "browse", "event_id": "e1", "user_id": "alice", "item_id": "sku-00001", "ts": 1790000000, "dwell_ms": 900},
-    {"type": "click", "event_id": "e2", "user_id": "alice", "item_id": "sku-00002", "ts": 1790000005},
-    {"type": "purchase", "event_id": "e3", "user_id": "alice", "item_id": "sku-00002", "ts": 1790000009, "order_id": "o1", "price": 12.5},
-    {"type": "click", "event_id": "e4", "user_id": "bob", "item_id": "sku-00003", "ts": 1790000010, "channel": "app"},
+    {
+        "type": "browse",
+        "event_id": "e1",
+        "user_id": "alice",
+        "item_id": "sku-00001",
+        "ts": 1790000000,
+        "dwell_ms": 900,
+    },
+    {
+        "type": "click",
+        "event_id": "e2",
+        "user_id": "alice",
+        "item_id": "sku-00002",
+        "ts": 1790000005,
+    },
+    {
+        "type": "purchase",
+        "event_id": "e3",
+        "user_id": "alice",
+        "item_id": "sku-00002",
+        "ts": 1790000009,
+        "order_id": "o1",
+        "price": 12.5,
+    },
+    {
+        "type": "click",
+        "event_id": "e4",
+        "user_id": "bob",
+        "item_id": "sku-00003",
+        "ts": 1790000010,
+        "channel": "app",
+    },
 ]
 
 
 def test_broker_produce_worker_consume(cli_broker: str, model_dir: Path, tmp_path: Path) -> None:
     worker = WorkerProcess(
-        {"kafka_bootstrap_servers": cli_broker, "partitions": 2, "model_dir": model_dir,
-         "state_dir": tmp_path / "state", "provider": "cpu", "fetch_max_wait_ms": 50,
-         **FAST_GROUP_SETTINGS},
+        {
+            "kafka_bootstrap_servers": cli_broker,
+            "partitions": 2,
+            "model_dir": model_dir,
+            "state_dir": tmp_path / "state",
+            "provider": "cpu",
+            "fetch_max_wait_ms": 50,
+            **FAST_GROUP_SETTINGS,
+        },
         tmp_path / "worker.log",
     ).start()
     try:
@@ -51,7 +91,13 @@ def test_broker_produce_worker_consume(cli_broker: str, model_dir: Path, tmp_pat
         assert b"sent 4 events, skipped 1" in produced.stderr
 
         consumed = cli(
-            "consume", "--json", "--from-beginning", "--max", "4", "--timeout", "30",
+            "consume",
+            "--json",
+            "--from-beginning",
+            "--max",
+            "4",
+            "--timeout",
+            "30",
             env=base_env(cli_broker),
         )
         assert consumed.returncode == 0, consumed.stderr.decode()
@@ -61,10 +107,21 @@ def test_broker_produce_worker_consume(cli_broker: str, model_dir: Path, tmp_pat
         assert "sku-00002" not in {i["item_id"] for i in after_purchase["items"]}
 
         only_bob = cli(
-            "consume", "--from-beginning", "--user", "bob", "--max", "1", "--timeout", "20",
+            "consume",
+            "--from-beginning",
+            "--user",
+            "bob",
+            "--max",
+            "1",
+            "--timeout",
+            "20",
             env=base_env(cli_broker),
         )
-        assert only_bob.returncode == 0 and b"bob" in only_bob.stdout and b"alice" not in only_bob.stdout
+        assert (
+            only_bob.returncode == 0
+            and b"bob" in only_bob.stdout
+            and b"alice" not in only_bob.stdout
+        )
     finally:
         assert worker.stop() == 0, worker.log_tail()
 
@@ -72,22 +129,41 @@ def test_broker_produce_worker_consume(cli_broker: str, model_dir: Path, tmp_pat
 def test_faust_cli_runs_the_same_app(cli_broker: str, model_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     env = base_env(
-        cli_broker, model_dir=model_dir, state_dir=tmp_path / "state", provider="cpu",
-        fetch_max_wait_ms=50, web_port=port, web_host="127.0.0.1", **FAST_GROUP_SETTINGS,
+        cli_broker,
+        model_dir=model_dir,
+        state_dir=tmp_path / "state",
+        provider="cpu",
+        fetch_max_wait_ms=50,
+        web_port=port,
+        web_host="127.0.0.1",
+        **FAST_GROUP_SETTINGS,
     )
     log = open(tmp_path / "faust.log", "wb")  # noqa: SIM115
     faust_bin = Path(sys.executable).with_name("faust")
     proc = subprocess.Popen(
         [str(faust_bin), "-A", "deploy.app", "worker", "-l", "info", "--web-port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     probe = WorkerProcess({"web_port": port}, tmp_path / "unused.log")
     probe.proc = proc
     try:
         probe.wait_ready(90)
-        produced = cli("produce", "-", env=base_env(cli_broker), stdin=json.dumps(EVENTS[0]).encode())
+        produced = cli(
+            "produce", "-", env=base_env(cli_broker), stdin=json.dumps(EVENTS[0]).encode()
+        )
         assert produced.returncode == 0, produced.stderr.decode()
-        consumed = cli("consume", "--json", "--from-beginning", "--max", "1", "--timeout", "30", env=base_env(cli_broker))
+        consumed = cli(
+            "consume",
+            "--json",
+            "--from-beginning",
+            "--max",
+            "1",
+            "--timeout",
+            "30",
+            env=base_env(cli_broker),
+        )
         assert json.loads(consumed.stdout.decode().splitlines()[0])["trigger_event_id"] == "e1"
     finally:
         proc.terminate()

@@ -28,9 +28,15 @@ def test_readme_has_the_examples() -> None:
 
 def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -> None:
     worker = WorkerProcess(
-        {"kafka_bootstrap_servers": cli_broker, "partitions": 2, "model_dir": model_dir,
-         "state_dir": tmp_path / "state", "provider": "cpu", "fetch_max_wait_ms": 50,
-         **FAST_GROUP_SETTINGS},
+        {
+            "kafka_bootstrap_servers": cli_broker,
+            "partitions": 2,
+            "model_dir": model_dir,
+            "state_dir": tmp_path / "state",
+            "provider": "cpu",
+            "fetch_max_wait_ms": 50,
+            **FAST_GROUP_SETTINGS,
+        },
         tmp_path / "worker.log",
     ).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
@@ -38,11 +44,21 @@ def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -
     try:
         worker.wait_ready(90)
         examples = readme_examples()
-        producer = subprocess.run([sys.executable, "-c", examples["producer"]], env=env,
-                                  capture_output=True, timeout=60, check=False)
+        producer = subprocess.run(
+            [sys.executable, "-c", examples["producer"]],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert producer.returncode == 0, producer.stderr.decode()
-        consumer = subprocess.run([sys.executable, "-c", examples["consumer"]], env=env,
-                                  capture_output=True, timeout=60, check=False)
+        consumer = subprocess.run(
+            [sys.executable, "-c", examples["consumer"]],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         assert consumer.returncode == 0, consumer.stderr.decode()
         lines = consumer.stdout.decode().splitlines()
         assert any(line.startswith("carol ") for line in lines)

@@ -110,7 +110,9 @@ class Deployment:
             consumer.close()
         return records
 
-    def read_json(self, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    def read_json(
+        self, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 60.0
+    ) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
 
         def done(msgs: list[Any]) -> bool:

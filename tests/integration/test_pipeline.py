@@ -22,8 +22,14 @@ from .conftest import Deployment
 pytestmark = pytest.mark.integration
 
 REC_FIELDS = {
-    "user_id", "items", "model_version", "strategy", "trigger_event_id",
-    "trigger_event_type", "event_ts", "produced_ts",
+    "user_id",
+    "items",
+    "model_version",
+    "strategy",
+    "trigger_event_id",
+    "trigger_event_type",
+    "event_ts",
+    "produced_ts",
 }
 
 
@@ -82,8 +88,15 @@ def test_every_event_gets_a_recommendation_without_purchased_items(
     buyers = sorted(u for u, items in purchased.items() if items)
     assert buyers, "the synthetic stream should contain purchases"
     followups = [
-        event_from_dict({"event_type": "browse", "event_id": f"after-{u}", "user_id": u,
-                         "item_id": next(iter(purchased[u])), "ts": 1_790_000_000})
+        event_from_dict(
+            {
+                "event_type": "browse",
+                "event_id": f"after-{u}",
+                "user_id": u,
+                "item_id": next(iter(purchased[u])),
+                "ts": 1_790_000_000,
+            }
+        )
         for u in buyers
     ]
     with deployment.producer() as producer:
@@ -103,8 +116,13 @@ def test_every_event_gets_a_recommendation_without_purchased_items(
 def test_unknown_user_and_items_get_the_popularity_fallback(deployment: Deployment) -> None:
     deployment.start_worker()
     ev = event_from_dict(
-        {"event_type": "click", "event_id": "cold-1", "user_id": "brand-new-user",
-         "item_id": "item-not-in-catalog", "ts": 1_790_000_000}
+        {
+            "event_type": "click",
+            "event_id": "cold-1",
+            "user_id": "brand-new-user",
+            "item_id": "item-not-in-catalog",
+            "ts": 1_790_000_000,
+        }
     )
     with deployment.producer() as producer:
         producer.send(ev)
@@ -123,9 +141,30 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_flow(
     bad: list[tuple[str, bytes | None, bytes, str]] = [
         (t.clicks, b"u-bad", b"{not json", "invalid_json"),
         (t.browses, b"u-bad", b"\xff\xfe\xfa", "invalid_utf8"),
-        (t.purchases, b"u-bad", orjson.dumps({"event_id": "x", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000}), "schema_violation"),
-        (t.clicks, b"u-bad", orjson.dumps({"event_id": "y", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000_000}), "invalid_timestamp"),
-        (t.clicks, b"someone-else", orjson.dumps({"event_id": "z", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000}), "key_mismatch"),
+        (
+            t.purchases,
+            b"u-bad",
+            orjson.dumps(
+                {"event_id": "x", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000}
+            ),
+            "schema_violation",
+        ),
+        (
+            t.clicks,
+            b"u-bad",
+            orjson.dumps(
+                {"event_id": "y", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000_000}
+            ),
+            "invalid_timestamp",
+        ),
+        (
+            t.clicks,
+            b"someone-else",
+            orjson.dumps(
+                {"event_id": "z", "user_id": "u-bad", "item_id": "i", "ts": 1_790_000_000}
+            ),
+            "key_mismatch",
+        ),
         (t.clicks, b"u-bad", b"[]", "not_an_object"),
     ]
     with deployment.producer() as producer:

@@ -39,7 +39,12 @@ def test_pipeline_on_testcontainers_kafka(
     kafka_container: ContainerBroker, model_dir: Path, tmp_path: Path, shop: SyntheticShop
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    topics = TopicNames(*(f"{name}-{tag}" for name in ("clicks", "browses", "purchases", "recommendations", "events-dlq")))
+    topics = TopicNames(
+        *(
+            f"{name}-{tag}"
+            for name in ("clicks", "browses", "purchases", "recommendations", "events-dlq")
+        )
+    )
     app_id = f"recstream-tc-{tag}"
     kafka_container.create_topics(required_topics(app_id, topics, PARTITIONS))
     dep = Deployment(kafka_container, app_id, topics, model_dir, tmp_path)
@@ -49,7 +54,11 @@ def test_pipeline_on_testcontainers_kafka(
         with dep.producer() as producer:
             for ev in events:
                 producer.send(ev)
-        recs = dep.read_json(topics.recommendations, lambda rs: len({r["trigger_event_id"] for r in rs}) >= len(events), timeout_s=120)
+        recs = dep.read_json(
+            topics.recommendations,
+            lambda rs: len({r["trigger_event_id"] for r in rs}) >= len(events),
+            timeout_s=120,
+        )
         assert {r["trigger_event_id"] for r in recs} == {e.event_id for e in events}
     finally:
         for worker in dep.workers:

@@ -49,7 +49,9 @@ def test_lone_request_waits_at_most_max_wait() -> None:
         async def deliver(batch: Sequence[int], results: Sequence[int] | BaseException) -> None:
             done.set()
 
-        b: MicroBatcher[int, int] = MicroBatcher(lambda xs: list(xs), deliver, max_batch=64, max_wait_s=0.02)
+        b: MicroBatcher[int, int] = MicroBatcher(
+            lambda xs: list(xs), deliver, max_batch=64, max_wait_s=0.02
+        )
         b.start()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -94,7 +96,9 @@ def test_submit_blocks_when_max_pending_is_reached() -> None:
         return None
 
     async def main() -> int:
-        b: MicroBatcher[int, int] = MicroBatcher(score, deliver, max_batch=2, max_wait_s=0, max_pending=4)
+        b: MicroBatcher[int, int] = MicroBatcher(
+            score, deliver, max_batch=2, max_wait_s=0, max_pending=4
+        )
         b.start()
         accepted = 0
         for i in range(20):

@@ -30,12 +30,14 @@ def raw(**fields: object) -> bytes:
 
 def test_valid_events_of_each_type() -> None:
     click = decode_event(EventType.CLICK, raw(channel="app"), b"u1", now=NOW)
-    assert isinstance(click, ClickEvent) and click.channel == "app" and click.event_type is EventType.CLICK
+    assert (
+        isinstance(click, ClickEvent)
+        and click.channel == "app"
+        and click.event_type is EventType.CLICK
+    )
     browse = decode_event(EventType.BROWSE, raw(dwell_ms=1200), now=NOW)
     assert isinstance(browse, BrowseEvent) and browse.dwell_ms == 1200 and browse.channel == "web"
-    purchase = decode_event(
-        EventType.PURCHASE, raw(order_id="o1", quantity=2, price=9.5), now=NOW
-    )
+    purchase = decode_event(EventType.PURCHASE, raw(order_id="o1", quantity=2, price=9.5), now=NOW)
     assert isinstance(purchase, PurchaseEvent) and purchase.quantity == 2 and purchase.price == 9.5
 
 
@@ -97,7 +99,9 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -105,7 +109,20 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["event_id", "user_id", "item_id", "ts", "channel", "order_id", "price", "quantity", "dwell_ms", "type"]),
+        st.sampled_from(
+            [
+                "event_id",
+                "user_id",
+                "item_id",
+                "ts",
+                "channel",
+                "order_id",
+                "price",
+                "quantity",
+                "dwell_ms",
+                "type",
+            ]
+        ),
         json_values,
     ),
     st.sampled_from(list(EventType)),

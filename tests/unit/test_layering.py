@@ -11,7 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "models": {"streams", "deploy", "faust", "aiokafka", "confluent_kafka", "mode", "testcontainers"},
+    "models": {
+        "streams",
+        "deploy",
+        "faust",
+        "aiokafka",
+        "confluent_kafka",
+        "mode",
+        "testcontainers",
+    },
     "streams": {"deploy", "torch", "transformers", "testcontainers"},
 }
 

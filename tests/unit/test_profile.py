@@ -21,8 +21,16 @@ def click(i: int, item: str = "a", user: str = "u") -> ClickEvent:
 def test_fold_records_history_counts_purchases_and_last_seen() -> None:
     p = Profile()
     assert apply_event(p, click(1, "a"), ProfileLimits())
-    assert apply_event(p, BrowseEvent(event_id="b1", user_id="u", item_id="b", ts=TS + 5, channel="app"), ProfileLimits())
-    assert apply_event(p, PurchaseEvent(event_id="p1", user_id="u", item_id="a", ts=TS + 3, order_id="o", price=1.0), ProfileLimits())
+    assert apply_event(
+        p,
+        BrowseEvent(event_id="b1", user_id="u", item_id="b", ts=TS + 5, channel="app"),
+        ProfileLimits(),
+    )
+    assert apply_event(
+        p,
+        PurchaseEvent(event_id="p1", user_id="u", item_id="a", ts=TS + 3, order_id="o", price=1.0),
+        ProfileLimits(),
+    )
     # Event-time order, whatever the arrival order.
     assert p.history() == [("a", "click", "web"), ("a", "purchase", "web"), ("b", "browse", "app")]
     assert p.counts == {"click": 1, "browse": 1, "purchase": 1}
@@ -43,7 +51,13 @@ def test_everything_is_bounded() -> None:
     limits = ProfileLimits(history_len=5, max_purchased=3, dedup_window=4)
     p = Profile()
     for i in range(20):
-        apply_event(p, PurchaseEvent(event_id=f"p{i}", user_id="u", item_id=f"i{i}", ts=TS + i, order_id="o", price=1.0), limits)
+        apply_event(
+            p,
+            PurchaseEvent(
+                event_id=f"p{i}", user_id="u", item_id=f"i{i}", ts=TS + i, order_id="o", price=1.0
+            ),
+            limits,
+        )
     assert len(p.recent) == 5 and p.recent[-1][0] == "i19"
     assert [x[0] for x in p.purchased] == ["i17", "i18", "i19"]
     assert [x[1] for x in p.seen] == ["p16", "p17", "p18", "p19"]
@@ -53,7 +67,13 @@ def test_everything_is_bounded() -> None:
 def test_repurchase_moves_item_to_most_recent() -> None:
     p = Profile()
     for i, item in enumerate(["a", "b", "a"]):
-        apply_event(p, PurchaseEvent(event_id=f"p{i}", user_id="u", item_id=item, ts=TS + i, order_id="o", price=1.0), ProfileLimits())
+        apply_event(
+            p,
+            PurchaseEvent(
+                event_id=f"p{i}", user_id="u", item_id=item, ts=TS + i, order_id="o", price=1.0
+            ),
+            ProfileLimits(),
+        )
     assert p.purchased == [["b", TS + 1], ["a", TS + 2]]
 
 

@@ -10,7 +10,12 @@ import orjson
 import pytest
 
 from streams.events import EventType, InvalidEvent, decode_event
-from streams.messages import DeadLetter, RecommendationMessage, dead_letter_bytes, recommendation_bytes
+from streams.messages import (
+    DeadLetter,
+    RecommendationMessage,
+    dead_letter_bytes,
+    recommendation_bytes,
+)
 from streams.schema_files import SCHEMA_DIR, json_schemas
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -20,7 +25,9 @@ NOW = 1_795_100_000.0
 def test_committed_schemas_match_the_models() -> None:
     for stem, schema in json_schemas().items():
         committed = json.loads((SCHEMA_DIR / f"{stem}.json").read_text())
-        assert committed == schema, f"streams/schemas/{stem}.json is stale: run `recstream schemas --write`"
+        assert committed == schema, (
+            f"streams/schemas/{stem}.json is stale: run `recstream schemas --write`"
+        )
 
 
 @pytest.mark.parametrize("event_type", list(EventType))
@@ -36,7 +43,9 @@ def test_golden_events_validate_against_schema_and_decoder(event_type: EventType
 
 def test_golden_recommendation_round_trips() -> None:
     raw = (FIXTURES / "recommendation.v1.json").read_bytes()
-    jsonschema.validate(orjson.loads(raw), json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text()))
+    jsonschema.validate(
+        orjson.loads(raw), json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text())
+    )
     msg = RecommendationMessage.model_validate_json(raw)
     rebuilt = recommendation_bytes(
         user_id=msg.user_id,
@@ -53,11 +62,19 @@ def test_golden_recommendation_round_trips() -> None:
 
 def test_golden_dead_letter_round_trips() -> None:
     raw = (FIXTURES / "dead-letter.v1.json").read_bytes()
-    jsonschema.validate(orjson.loads(raw), json.loads((SCHEMA_DIR / "dead-letter.v1.json").read_text()))
+    jsonschema.validate(
+        orjson.loads(raw), json.loads((SCHEMA_DIR / "dead-letter.v1.json").read_text())
+    )
     msg = DeadLetter.model_validate_json(raw)
     rebuilt = dead_letter_bytes(
-        reason_code=msg.reason_code, reason=msg.reason, topic=msg.topic, partition=msg.partition,
-        offset=msg.offset, timestamp_ms=msg.timestamp_ms, key=b"user-0042", value=b'{"event_id":',
+        reason_code=msg.reason_code,
+        reason=msg.reason,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        timestamp_ms=msg.timestamp_ms,
+        key=b"user-0042",
+        value=b'{"event_id":',
         failed_at=msg.failed_at,
     )
     assert orjson.loads(rebuilt) == orjson.loads(raw)

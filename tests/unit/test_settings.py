@@ -49,6 +49,13 @@ def test_topic_specs_are_co_partitioned_and_changelog_is_compacted() -> None:
     specs = topic_specs(Settings(partitions=6, app_id="shop"))
     assert {s.partitions for s in specs} == {6}
     names = {s.name: s for s in specs}
-    assert set(names) == {"clicks", "browses", "purchases", "recommendations", "events-dlq", "shop-profiles-changelog"}
+    assert set(names) == {
+        "clicks",
+        "browses",
+        "purchases",
+        "recommendations",
+        "events-dlq",
+        "shop-profiles-changelog",
+    }
     assert names["shop-profiles-changelog"].config["cleanup.policy"] == "compact"
     assert names["clicks"].config["cleanup.policy"] == "delete"
