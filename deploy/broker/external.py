@@ -76,7 +76,10 @@ class ExternalBroker(Broker):
 
     def __init__(self, bootstrap_servers: str, client_config: dict[str, str] | None = None) -> None:
         self._bootstrap = bootstrap_servers
-        self._client_config: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(client_config or {})}
+        self._client_config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            **(client_config or {}),
+        }
 
     @property
     def bootstrap_servers(self) -> str:
