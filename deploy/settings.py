@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )
+    log_json: bool = Field(False, description="One JSON object per log line.")
+    log_pseudonymize_users: bool = Field(True, description="Log keyed hashes instead of user ids.")
+    log_pseudonym_key: SecretStr = Field(
+        SecretStr("recstream"), description="Secret key of the user-id pseudonyms."
+    )
 
     def topic_names(self) -> TopicNames:
         """The configured topic names."""
@@ -128,6 +133,8 @@ class Settings(BaseSettings):
             web_host=self.web_host,
             web_port=self.web_port,
             web_profiles=self.web_profiles,
+            pseudonymize_users=self.log_pseudonymize_users,
+            pseudonym_key=self.log_pseudonym_key.get_secret_value(),
             security=KafkaSecurity(
                 protocol=self.kafka_security_protocol,
                 sasl_mechanism=self.kafka_sasl_mechanism,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from deploy.logs import logging_config
 from deploy.settings import Settings
 from models.scorer import OnnxScorer
 from streams.app import RecstreamApp, create_app
@@ -23,13 +24,24 @@ def build_app(settings: Settings) -> RecstreamApp:
         scorer.model_version,
         settings.model_dir,
         scorer.provider,
+        extra={"model_version": scorer.model_version, "provider": scorer.provider},
     )
     return create_app(settings.stream_config(), scorer)
 
 
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGTERM/SIGINT (flushes, commits and leaves the group)."""
+    import logging.config
+
     from faust.worker import Worker
 
+    # Configured before the model loads so the start-up lines (model version,
+    # provider) use the same format; Faust's worker applies the same config again.
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
     app = build_app(settings)
-    Worker(app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    Worker(
+        app,
+        loglevel=settings.log_level.lower(),
+        logging_config=logging_config(settings.log_level, settings.log_json),
+        quiet=True,
+    ).execute_from_commandline()

@@ -30,6 +30,7 @@ from streams.batcher import MicroBatcher
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
 from streams.messages import dead_letter_bytes, recommendation_bytes
 from streams.metrics import Metrics
+from streams.privacy import UserRefs
 from streams.profile import Profile, apply_event
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Pipeline:
         self.metrics = metrics
         names = config.topics
         self._input_types: dict[str, EventType] = names.inputs()
+        self._user_ref = UserRefs(config.pseudonymize_users, config.pseudonym_key)
         self.input_topic = app.topic(
             *self._input_types, key_serializer="raw", value_serializer="raw"
         )
@@ -136,10 +138,13 @@ class Pipeline:
         user = decoded.user_id
         profile = Profile.from_dict(self.profiles.get(user))
         if apply_event(profile, decoded, self.config.limits):
-            self.profiles[user] = profile.to_dict()
             self.metrics.profile_updates.inc()
         else:
             self.metrics.duplicate_events.inc()
+        # Written even for a replayed event: after a crash the local RocksDB can hold
+        # an update whose changelog record never left the producer; rewriting the
+        # profile re-sends it, so the changelog (the durable copy) converges.
+        self.profiles[user] = profile.to_dict()
         await self.batcher.submit(
             ScoreRequest(event, decoded, profile.history(), profile.purchased_items())
         )
@@ -192,16 +197,28 @@ class Pipeline:
     async def _dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
         msg = event.message
         self.metrics.events_invalid.labels(invalid.code.value).inc()
+        # The reason never quotes the payload, so this line is safe at WARNING.
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s",
+            "dead-lettered %s[%d]@%d (key %s): %s: %s",
             msg.topic,
             msg.partition,
             msg.offset,
+            self._user_ref(msg.key),
             invalid.code.value,
             invalid.reason,
         )
+        try:
+            await self._send_dead_letter(event, invalid)
+        except Exception:
+            # Not acked: the record is redelivered after a restart instead of lost.
+            log.exception("could not write to the dead-letter topic; leaving the record unacked")
+            return
+        event.ack()
+
+    async def _send_dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
+        msg = event.message
         await self.dead_letter_topic.send(
-            key=msg.key,
+            key=msg.key[:1024] if msg.key else msg.key,
             value=dead_letter_bytes(
                 reason_code=invalid.code.value,
                 reason=invalid.reason,
@@ -214,4 +231,3 @@ class Pipeline:
                 failed_at=time.time(),
             ),
         )
-        event.ack()

@@ -63,6 +63,8 @@ class StreamConfig:
     web_host: str = "0.0.0.0"
     web_port: int = 6066
     web_profiles: bool = False
+    pseudonymize_users: bool = True
+    pseudonym_key: str = field(default="recstream", repr=False)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MAX_DEAD_LETTER_VALUE_BYTES",
     "DeadLetter",
     "RecommendedItem",
     "RecommendationMessage",
@@ -80,6 +82,9 @@ class DeadLetter(BaseModel):
 
     The key is the original record key. ``value_base64`` holds the original value
     byte for byte, so a fixed record can be re-produced to its topic unchanged.
+    Values over :data:`MAX_DEAD_LETTER_VALUE_BYTES` are truncated (``value_truncated``,
+    with the full ``value_size`` and ``value_sha256``) so the envelope always fits in
+    a Kafka message; the full record stays in its source topic at ``offset``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -94,10 +99,18 @@ class DeadLetter(BaseModel):
     key_base64: str | None
     value_base64: str | None
     failed_at: float = Field(description="When it was dead-lettered, Unix seconds.")
+    value_size: int | None = Field(None, description="Size of the original value, bytes.")
+    value_truncated: bool = Field(False, description="value_base64 holds only a prefix.")
+    value_sha256: str | None = Field(None, description="SHA-256 of the full original value.")
 
 
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
+#: Largest original value copied into an envelope (base64 grows it by a third;
+#: Kafka's default message limit is 1 MiB).
+MAX_DEAD_LETTER_VALUE_BYTES = 512 * 1024
+
+
+def _b64(data: bytes | None, limit: int = MAX_DEAD_LETTER_VALUE_BYTES) -> str | None:
+    return None if data is None else base64.b64encode(data[:limit]).decode("ascii")
 
 
 def dead_letter_bytes(
@@ -125,5 +138,8 @@ def dead_letter_bytes(
             "key_base64": _b64(key),
             "value_base64": _b64(value),
             "failed_at": failed_at,
+            "value_size": None if value is None else len(value),
+            "value_truncated": value is not None and len(value) > MAX_DEAD_LETTER_VALUE_BYTES,
+            "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
         }
     )

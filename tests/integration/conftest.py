@@ -11,7 +11,6 @@ each other's records even on a shared external cluster.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,9 +19,9 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import Broker, choose_broker
+from deploy.kafka_io import read_topic
 from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
 from streams.client import EventProducer
 from streams.topics import TopicNames, required_topics
@@ -88,27 +87,7 @@ class Deployment:
         self, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 60.0
     ) -> list[Any]:
         """All records of ``topic`` from the beginning, until ``until(records)`` holds."""
-        consumer = Consumer(
-            {
-                **self.client_config,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 50,
-            }
-        )
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline and not until(records):
-                msg = consumer.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                records.append(msg)
-        finally:
-            consumer.close()
-        return records
+        return read_topic(self.client_config, topic, PARTITIONS, until, timeout_s)
 
     def read_json(
         self, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 60.0

@@ -1,0 +1,44 @@
+"""Reading whole topics back, for drills, benchmarks and tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+__all__ = ["read_topic"]
+
+
+def read_topic(
+    client_config: dict[str, Any],
+    topic: str,
+    partitions: int,
+    until: Callable[[list[Message]], bool],
+    timeout_s: float = 60.0,
+) -> list[Message]:
+    """Every record of ``topic`` from offset 0, until ``until(records)`` holds or time runs out.
+
+    Reads all partitions by assignment (no group membership, nothing committed).
+    """
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": f"recstream-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            batch = consumer.consume(1000, 0.2)
+            records.extend(m for m in batch if not m.error())
+    finally:
+        consumer.close()
+    return records
