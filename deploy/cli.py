@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Create and inspect recstream's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+bench_app = typer.Typer(help="Benchmarks: end to end, inference, soak.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
@@ -240,6 +242,211 @@ def chaos(
     raise typer.Exit(0 if report.ok else 1)
 
 
+def _bench_events(sequences: Path | None, n: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """Measured events and distinct warm-up events, from a sequence file or a synthetic shop."""
+    import dataclasses
+
+    from deploy.replay import events_from_sequences
+    from streams.client import event_from_dict
+
+    if sequences is not None:
+        from models.datasets import read_sequences
+
+        seqs = list(read_sequences(sequences).items())
+        events = events_from_sequences(seqs, seed=seed, limit=n + 500)
+    else:
+        from models.synthetic import generate_shop
+
+        shop = generate_shop(n_items=1000, n_users=max(200, n // 25), seed=seed)
+        events = [event_from_dict(dataclasses.asdict(e)) for e in shop.events[: n + 500]]
+    return events[500:], events[:500]
+
+
+def _bench_model(model_dir: Path | None, sequences: Path | None, workdir: Path) -> tuple[Path, Any]:
+    """The model to serve: the given directory, or a 1-epoch model of the default shape."""
+    if model_dir is not None:
+        return model_dir, None
+    from models.export import export_onnx
+    from models.train import TrainConfig, train_model
+
+    if sequences is not None:
+        from models.datasets import read_sequences
+        from models.interactions import Interaction
+
+        data = [
+            Interaction(user, item, "click", float(i))
+            for user, items in read_sequences(sequences).items()
+            for i, item in enumerate(items)
+        ]
+    else:
+        from models.synthetic import generate_shop
+
+        data = generate_shop(n_items=1000, n_users=1000, seed=0).interactions()
+    console.print(f"training a 1-epoch model of the default shape on {len(data)} interactions")
+    trained = train_model(data, TrainConfig(epochs=1))
+    return export_onnx(trained, workdir / "model", model_version="bench-1epoch"), trained
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model to serve (default: train one).")
+    ] = None,
+    sequences: Annotated[
+        Path | None, typer.Option(help="user item1 item2 ... file (e.g. Amazon Beauty).")
+    ] = None,
+    events: Annotated[int, typer.Option(help="Measured events per variant.")] = 20_000,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0.0,
+    variants: Annotated[
+        str, typer.Option(help="Comma list: batched, per-event, batch-N.")
+    ] = "batched,per-event",
+    repeats: Annotated[
+        int, typer.Option(help="Run the variant list this many times, interleaved.")
+    ] = 1,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="External Kafka (default: embedded).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for bench.json and bench.png.")] = Path(
+        "var/bench"
+    ),
+) -> None:
+    """Events/s and event->recommendation latency through broker, worker(s) and back."""
+    from deploy.bench import Variant, plot_e2e, run_e2e
+    from deploy.broker import EmbeddedBroker, ExternalBroker
+
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = _bench_model(model_dir, sequences, out)
+    measured, warmup = _bench_events(sequences, events, seed=1)
+    presets = {"batched": {}, "per-event": {"max_batch": 1, "max_wait_ms": 0}}
+    chosen = []
+    for name in (v.strip() for v in variants.split(",") if v.strip()):
+        if name.startswith("batch-"):
+            chosen.append(Variant(name, {"max_batch": int(name.split("-", 1)[1])}))
+        elif name in presets:
+            chosen.append(Variant(name, presets[name]))
+        else:
+            raise typer.BadParameter(f"unknown variant {name!r}")
+    broker = (ExternalBroker(bootstrap) if bootstrap else EmbeddedBroker()).start()
+    results = []
+    try:
+        for r in range(repeats):
+            for variant in chosen:
+                # Fresh event ids per run: every run has its own topics, ids only need
+                # to be unique within it.
+                res = run_e2e(
+                    broker,
+                    model,
+                    out / "runs",
+                    measured,
+                    variant,
+                    rate=rate,
+                    partitions=partitions,
+                    workers=workers,
+                    warmup_events=warmup,
+                    log=console.print,
+                )
+                results.append(res)
+                console.print(
+                    f"  {res.variant} (run {r + 1}): {res.events_per_s:,.0f} events/s, "
+                    f"p50 {res.latency_ms['p50']:.1f} ms, p99 {res.latency_ms['p99']:.1f} ms, "
+                    f"batch {res.mean_batch:.1f}, worker CPU {res.worker_cpu_util:.2f} cores"
+                )
+    finally:
+        broker.stop()
+    report = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": _machine(),
+        "model_dir": str(model),
+        "results": [r.summary() for r in results],
+    }
+    (out / "bench.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    png = plot_e2e(results, out / "bench.png")
+    _print_results(report["results"])
+    console.print(f"wrote {out / 'bench.json'}" + (f" and {png}" if png else ""))
+
+
+@bench_app.command("inference")
+def bench_inference(
+    sequences: Annotated[
+        Path | None, typer.Option(help="user item1 item2 ... file (catalog size).")
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8,64,256",
+    threads: Annotated[int, typer.Option(help="Threads for both engines (0 = default).")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for inference.json.")] = Path("var/bench"),
+) -> None:
+    """onnxruntime vs torch eager, same model and inputs, per batch size."""
+    from deploy.bench import inference_benchmark
+
+    out.mkdir(parents=True, exist_ok=True)
+    model, trained = _bench_model(None, sequences, out)
+    rows = inference_benchmark(
+        trained, model, [int(b) for b in batch_sizes.split(",")], threads=threads
+    )
+    report = {"command": " ".join(sys.argv), "machine": _machine(), "rows": rows}
+    (out / "inference.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    for row in rows:
+        print(
+            f"batch {row['batch']:>4}: onnxruntime {row['onnxruntime_ms']:8.2f} ms, "
+            f"torch eager {row['torch_eager_ms']:8.2f} ms, speed-up {row['speedup']:.2f}x"
+        )
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+
+
+def _print_results(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="end to end")
+    for col in (
+        "variant",
+        "events/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "batch",
+        "decode us",
+        "profile us",
+        "inference us",
+        "produce us",
+        "worker CPU",
+        "RSS MiB",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        st = r["stage_us_per_event"]
+        table.add_row(
+            r["variant"],
+            f"{r['events_per_s']:,.0f}",
+            f"{r['latency_ms']['p50']:.1f}",
+            f"{r['latency_ms']['p95']:.1f}",
+            f"{r['latency_ms']['p99']:.1f}",
+            f"{r['mean_batch']:.1f}",
+            f"{st['decode']:.0f}",
+            f"{st['profile']:.0f}",
+            f"{st['inference']:.0f}",
+            f"{st['produce']:.0f}",
+            f"{r['worker_cpu_util']:.2f}",
+            f"{r['worker_rss_mb_peak']:.0f}",
+        )
+    Console().print(table)
+
+
 @app.command()
 def schemas(
     write: Annotated[bool, typer.Option(help="Rewrite streams/schemas/*.json.")] = False,
@@ -266,6 +473,11 @@ def demo(
     from deploy.demo import run_demo
 
     raise typer.Exit(run_demo(workdir=workdir, live_events=events, rate=rate))
+
+
+from deploy.model_cli import register as _register_model_commands  # noqa: E402
+
+_register_model_commands(app)
 
 
 def main() -> None:

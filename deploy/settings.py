@@ -150,16 +150,8 @@ class Settings(BaseSettings):
 
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) connection settings for CLI clients."""
-        conf = {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
+        config = self.stream_config()
+        return {
+            "bootstrap.servers": config.bootstrap_servers,
+            **config.security.librdkafka_config(),
         }
-        if self.kafka_security_protocol.startswith("SASL"):
-            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-            conf["sasl.username"] = self.kafka_sasl_username or ""
-            conf["sasl.password"] = (
-                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
-            )
-        if self.kafka_ssl_ca_file:
-            conf["ssl.ca.location"] = str(self.kafka_ssl_ca_file)
-        return conf

@@ -30,6 +30,7 @@ from streams.batcher import MicroBatcher
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
 from streams.messages import dead_letter_bytes, recommendation_bytes
 from streams.metrics import Metrics
+from streams.output import OutputProducer
 from streams.privacy import UserRefs
 from streams.profile import Profile, apply_event
 
@@ -52,6 +53,7 @@ class ScoreRequest:
     decoded: Event
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
+    model_version: str = ""
 
 
 class Pipeline:
@@ -76,11 +78,9 @@ class Pipeline:
         self.input_topic = app.topic(
             *self._input_types, key_serializer="raw", value_serializer="raw"
         )
-        self.output_topic = app.topic(
-            names.recommendations, key_serializer="raw", value_serializer="raw"
-        )
-        self.dead_letter_topic = app.topic(
-            names.dead_letter, key_serializer="raw", value_serializer="raw"
+        self.output = OutputProducer(
+            {"bootstrap.servers": config.bootstrap_servers, **config.security.librdkafka_config()},
+            on_error=lambda _err: self.metrics.produce_errors.inc(),
         )
         # One inference thread: batches are scored in order; the event loop keeps
         # decoding and updating profiles while a batch runs.
@@ -92,6 +92,11 @@ class Pipeline:
             max_wait_s=config.max_wait_ms / 1000.0,
             executor=self._executor,
         )
+        stage = self.metrics.stage_seconds
+        self._stage_decode = stage.labels("decode")
+        self._stage_profile = stage.labels("profile")
+        self._stage_inference = stage.labels("inference")
+        self._stage_produce = stage.labels("produce")
         self.metrics.model_info.info(
             {"model_version": scorer.model_version, "provider": scorer.provider}
         )
@@ -103,6 +108,7 @@ class Pipeline:
     async def score_user_events(self, stream: StreamT[Any]) -> None:
         """Agent body: consume all three input topics, one event at a time."""
         self.batcher.start()
+        self.output.start()
         try:
             # noack() is on the Stream implementation, not on the StreamT interface.
             async for event in stream.noack().events():  # type: ignore[attr-defined]
@@ -121,6 +127,7 @@ class Pipeline:
                     )
         finally:
             await self.batcher.stop()
+            await self.output.stop()
 
     async def _handle(self, event: EventT[Any]) -> None:
         msg = event.message
@@ -131,7 +138,10 @@ class Pipeline:
             )
             return
         self.metrics.events_consumed.labels(event_type.value).inc()
+        t0 = time.perf_counter()
         decoded = decode_event(event_type, msg.value, msg.key)
+        t1 = time.perf_counter()
+        self._stage_decode.inc(t1 - t0)
         if isinstance(decoded, InvalidEvent):
             await self._dead_letter(event, decoded)
             return
@@ -145,17 +155,23 @@ class Pipeline:
         # an update whose changelog record never left the producer; rewriting the
         # profile re-sends it, so the changelog (the durable copy) converges.
         self.profiles[user] = profile.to_dict()
+        self._stage_profile.inc(time.perf_counter() - t1)
         await self.batcher.submit(
             ScoreRequest(event, decoded, profile.history(), profile.purchased_items())
         )
 
     def _score(self, batch: Sequence[ScoreRequest]) -> Sequence[Recommendation]:
+        scorer = self.scorer  # one model for the whole batch, even if a reload swaps it
         started = time.perf_counter()
-        recs = self.scorer.recommend(
+        recs = scorer.recommend(
             [r.history for r in batch], [r.exclude for r in batch], self.config.top_k
         )
-        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.inference_seconds.observe(elapsed)
+        self._stage_inference.inc(elapsed)
         self.metrics.batch_size.observe(len(batch))
+        for req in batch:
+            req.model_version = scorer.model_version
         return recs
 
     async def _deliver(
@@ -171,28 +187,30 @@ class Pipeline:
                     ),
                 )
             return
-        model_version = self.scorer.model_version
+        started = time.perf_counter()
         now = time.time()
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
-            await self.output_topic.send(
-                key=ev.user_id.encode(),
-                value=recommendation_bytes(
+            self.output.produce(
+                self.config.topics.recommendations,
+                ev.user_id.encode(),
+                recommendation_bytes(
                     user_id=ev.user_id,
                     items=rec.items,
-                    model_version=model_version,
+                    model_version=req.model_version,
                     strategy=rec.strategy,
                     trigger_event_id=ev.event_id,
                     trigger_event_type=ev.event_type.value,
                     event_ts=ev.ts,
                     produced_ts=now,
                 ),
+                req.event.ack,  # once delivered
             )
-            req.event.ack()
             self.metrics.recommendations.labels(rec.strategy).inc()
             record_ts = req.event.message.timestamp
             if record_ts:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
+        self._stage_produce.inc(time.perf_counter() - started)
 
     async def _dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
         msg = event.message
@@ -208,18 +226,17 @@ class Pipeline:
             invalid.reason,
         )
         try:
-            await self._send_dead_letter(event, invalid)
+            self._send_dead_letter(event, invalid)
         except Exception:
             # Not acked: the record is redelivered after a restart instead of lost.
             log.exception("could not write to the dead-letter topic; leaving the record unacked")
-            return
-        event.ack()
 
-    async def _send_dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
+    def _send_dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
         msg = event.message
-        await self.dead_letter_topic.send(
-            key=msg.key[:1024] if msg.key else msg.key,
-            value=dead_letter_bytes(
+        self.output.produce(
+            self.config.topics.dead_letter,
+            msg.key[:1024] if msg.key else msg.key,
+            dead_letter_bytes(
                 reason_code=invalid.code.value,
                 reason=invalid.reason,
                 topic=msg.topic,
@@ -230,4 +247,5 @@ class Pipeline:
                 value=msg.value,
                 failed_at=time.time(),
             ),
+            event.ack,  # once delivered
         )

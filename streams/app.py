@@ -38,6 +38,17 @@ class KafkaSecurity:
     password: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
 
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same security settings for librdkafka (confluent-kafka) clients."""
+        conf = {"security.protocol": self.protocol}
+        if self.protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.username or ""
+            conf["sasl.password"] = self.password or ""
+        if self.ca_file:
+            conf["ssl.ca.location"] = str(self.ca_file)
+        return conf
+
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
@@ -56,6 +67,7 @@ class StreamConfig:
     max_wait_ms: float = 5.0
     fetch_max_wait_ms: int = 100
     commit_interval_s: float = 1.0
+    changelog_linger_ms: int = 5
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 10.0
@@ -133,6 +145,9 @@ def create_app(
         broker_commit_interval=config.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Changelog writes (one per event) go out in batches instead of one
+        # produce request each: costs at most this much extra latency to durability.
+        producer_linger_ms=config.changelog_linger_ms,
         table_standby_replicas=0,
         web_enabled=config.web_enabled,
         web_bind=config.web_host,

@@ -48,6 +48,11 @@ class Metrics:
             ["strategy"],
             registry=r,
         )
+        self.produce_errors = Counter(
+            "recstream_produce_errors_total",
+            "Output records librdkafka could not deliver (their inputs stay unacked).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "recstream_inference_batch_size",
             "Requests per inference call.",
@@ -64,6 +69,13 @@ class Metrics:
             "recstream_event_to_recommendation_seconds",
             "From the input record's Kafka timestamp to its recommendation being produced.",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Counter(
+            "recstream_stage_seconds_total",
+            "Worker time per pipeline stage (decode, profile, inference, produce), summed; "
+            "divide by events for the mean per event.",
+            ["stage"],
             registry=r,
         )
         self.model_info = Info(

@@ -1,0 +1,403 @@
+"""End-to-end and inference benchmarks (``recstream bench``).
+
+End to end: a broker (embedded unless told otherwise), fresh topics per variant,
+worker(s) as separate processes, a load generator sending events at a fixed rate or
+as fast as it can, and a consumer timing every recommendation. Variants run one
+after another in the same command (optionally repeated, interleaved), so their
+ratios are measured side by side on the same noisy machine.
+
+Inference: onnxruntime against torch eager on the same trained model and the same
+inputs, per batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+
+from deploy.broker import Broker
+from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from streams.client import EventProducer
+from streams.events import Event
+from streams.topics import TopicNames, required_topics
+
+__all__ = [
+    "E2EResult",
+    "Variant",
+    "inference_benchmark",
+    "parse_metrics",
+    "run_e2e",
+]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A worker configuration to measure (``settings`` are Settings fields)."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class E2EResult:
+    """What one end-to-end run measured."""
+
+    variant: str
+    events: int
+    rate: float
+    seconds: float
+    events_per_s: float
+    latency_ms: dict[str, float]
+    stage_us_per_event: dict[str, float]
+    mean_batch: float
+    worker_cpu_s: float
+    worker_cpu_util: float
+    worker_rss_mb_peak: float
+    answered: int
+    timeline: list[tuple[float, int]] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The result without the raw per-event series."""
+        out = asdict(self)
+        out.pop("latencies_ms")
+        out.pop("timeline")
+        return out
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> ``{"name{labels}": value}`` (samples only)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _proc_cpu_rss(pid: int) -> tuple[float, float]:
+    """(user+system CPU seconds, RSS MiB) of a process, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        with open(f"/proc/{pid}/status") as fh:
+            rss_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+        return cpu, rss_kb / 1024
+    except (OSError, StopIteration, IndexError, ValueError):
+        return 0.0, 0.0
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
+    arr = np.asarray(values)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
+    }
+
+
+def run_e2e(
+    broker: Broker,
+    model_dir: Path,
+    workdir: Path,
+    events: Sequence[Event],
+    variant: Variant,
+    *,
+    rate: float = 0.0,
+    partitions: int = 4,
+    workers: int = 1,
+    warmup_events: Sequence[Event] = (),
+    timeout_s: float = 600.0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> E2EResult:
+    """Measure one variant end to end; see the module docstring.
+
+    Args:
+        broker: a started broker.
+        model_dir: model the workers load.
+        workdir: worker state and logs go below it.
+        events: the measured stream (event ids must be unique).
+        variant: worker settings to apply.
+        rate: events per second; 0 sends as fast as the client can.
+        partitions: partitions of every topic.
+        workers: worker processes (at most ``partitions`` do work).
+        warmup_events: sent and answered before measuring (distinct event ids).
+        timeout_s: give up waiting for recommendations after this long.
+    """
+    tag = uuid.uuid4().hex[:8]
+    topics = TopicNames(*(f"{n}-{tag}" for n in ("clicks", "browses", "purchases", "recs", "dlq")))
+    app_id = f"recstream-bench-{tag}"
+    broker.create_topics(required_topics(app_id, topics, partitions))
+    client = {"bootstrap.servers": broker.bootstrap_servers}
+    base = {
+        "kafka_bootstrap_servers": broker.bootstrap_servers,
+        "app_id": app_id,
+        "partitions": partitions,
+        "topic_clicks": topics.clicks,
+        "topic_browses": topics.browses,
+        "topic_purchases": topics.purchases,
+        "topic_recommendations": topics.recommendations,
+        "topic_dead_letter": topics.dead_letter,
+        "model_dir": model_dir,
+        "provider": "cpu",
+        "log_level": "WARNING",
+        "fetch_max_wait_ms": 10,
+        **FAST_GROUP_SETTINGS,
+        **variant.settings,
+    }
+    procs = [
+        WorkerProcess(
+            {**base, "state_dir": workdir / tag / f"state-{i}"}, workdir / tag / f"worker-{i}.log"
+        ).start()
+        for i in range(workers)
+    ]
+    for proc in procs:
+        proc.wait_ready(120)
+
+    sent_at: dict[str, float] = {}
+    received: dict[str, float] = {}
+    expected = {e.event_id for e in events}
+    warm_ids = {e.event_id for e in warmup_events}
+    warm_seen: set[str] = set()
+    stop = threading.Event()
+    warmed = threading.Event()
+    if not warm_ids:
+        warmed.set()
+
+    consumer = Consumer(
+        {
+            **client,
+            "group.id": f"bench-{tag}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+
+    def consume() -> None:
+        while not stop.is_set():
+            for msg in consumer.consume(2000, 0.05):
+                if msg.error():
+                    continue
+                now = time.time()
+                tid = json.loads(msg.value())["trigger_event_id"]
+                if tid in expected and tid not in received:
+                    received[tid] = now
+                elif tid in warm_ids:
+                    warm_seen.add(tid)
+                    if warm_seen >= warm_ids:
+                        warmed.set()
+
+    samples: list[tuple[float, float, float]] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            cpu = rss = 0.0
+            for proc in procs:
+                if proc.proc is not None:
+                    c, r = _proc_cpu_rss(proc.proc.pid)
+                    cpu, rss = cpu + c, rss + r
+            samples.append((time.monotonic(), cpu, rss))
+            time.sleep(0.25)
+
+    threads = [
+        threading.Thread(target=consume, daemon=True),
+        threading.Thread(target=sample, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    producer = EventProducer(client, topics)
+    try:
+        for ev in warmup_events:
+            producer.send(ev)
+        producer.flush()
+        if not warmed.wait(120):
+            raise TimeoutError("warm-up events were not answered")
+        before = [parse_metrics(p.metrics_text()) for p in procs]
+        cpu0 = sum(_proc_cpu_rss(p.proc.pid)[0] for p in procs if p.proc is not None)
+        log(
+            f"{variant.name}: sending {len(events)} events at "
+            f"{'max rate' if rate <= 0 else f'{rate:.0f}/s'}"
+        )
+        t_start = time.time()
+        mono0 = time.monotonic()
+        for i, ev in enumerate(events):
+            if rate > 0:
+                delay = mono0 + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            sent_at[ev.event_id] = time.time()
+            producer.send(ev)
+        producer.flush()
+        deadline = time.monotonic() + timeout_s
+        while len(received) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t_end = max(received.values()) if received else time.time()
+        cpu1 = sum(_proc_cpu_rss(p.proc.pid)[0] for p in procs if p.proc is not None)
+        after = [parse_metrics(p.metrics_text()) for p in procs]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        consumer.close()
+        for proc in procs:
+            proc.stop(timeout_s=20)
+
+    seconds = max(1e-9, t_end - t_start)
+    latencies = [1000 * (received[i] - sent_at[i]) for i in received if i in sent_at]
+    stages = {}
+    n = max(1, len(received))
+    for stage in ("decode", "profile", "inference", "produce"):
+        key = f'recstream_stage_seconds_total{{stage="{stage}"}}'
+        total = sum(a.get(key, 0) - b.get(key, 0) for a, b in zip(after, before, strict=True))
+        stages[stage] = 1e6 * total / n
+    batch_sum = sum(
+        a.get("recstream_inference_batch_size_sum", 0)
+        - b.get("recstream_inference_batch_size_sum", 0)
+        for a, b in zip(after, before, strict=True)
+    )
+    batch_n = sum(
+        a.get("recstream_inference_batch_size_count", 0)
+        - b.get("recstream_inference_batch_size_count", 0)
+        for a, b in zip(after, before, strict=True)
+    )
+    timeline: list[tuple[float, int]] = []
+    if received:
+        arr = np.sort(np.asarray(list(received.values())) - t_start)
+        edges = np.arange(0.0, float(arr[-1]) + 0.5, 0.5)
+        counts = np.histogram(arr, bins=np.append(edges, edges[-1] + 0.5))[0]
+        timeline = [(float(t), int(c)) for t, c in zip(edges, counts, strict=True)]
+    return E2EResult(
+        variant=variant.name,
+        events=len(events),
+        rate=rate,
+        seconds=seconds,
+        events_per_s=len(received) / seconds,
+        latency_ms=_percentiles(latencies),
+        stage_us_per_event=stages,
+        mean_batch=batch_sum / batch_n if batch_n else float("nan"),
+        worker_cpu_s=cpu1 - cpu0,
+        worker_cpu_util=(cpu1 - cpu0) / seconds,
+        worker_rss_mb_peak=max((s[2] for s in samples), default=0.0),
+        answered=len(received),
+        timeline=timeline,
+        latencies_ms=latencies,
+    )
+
+
+def inference_benchmark(
+    trained: Any,
+    model_dir: Path,
+    batch_sizes: Sequence[int] = (1, 8, 64, 256),
+    *,
+    repeats: int = 30,
+    threads: int = 0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """onnxruntime vs torch eager on the same model and inputs, per batch size.
+
+    Both get the same left-padded histories and exclusion lists and return the
+    top-K; torch runs under ``inference_mode`` with the same thread count.
+    Timings alternate between the two engines to share the machine's noise.
+    """
+    import torch
+
+    from models.encoding import encode_exclude, encode_histories
+    from models.network import ServingRecommender
+    from models.scorer import OnnxScorer
+
+    scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=threads)
+    if threads:
+        torch.set_num_threads(threads)
+    serving = ServingRecommender(trained.module, max_k=scorer.max_k).eval()
+    items = [str(i) for i in scorer.metadata.items[1:]]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for bs in batch_sizes:
+        histories = [
+            [(items[int(j)], "click", "web") for j in rng.integers(0, len(items), 30)]
+            for _ in range(bs)
+        ]
+        excludes = [{items[int(j)] for j in rng.integers(0, len(items), 5)} for _ in range(bs)]
+        index = {item: i for i, item in enumerate(scorer.metadata.items) if item is not None}
+        enc = encode_histories(histories, index, scorer.max_len)
+        exc = encode_exclude(excludes, index)
+        tensors = [torch.from_numpy(a) for a in (enc.item_seq, enc.type_seq, enc.channel_seq, exc)]
+        ort_t: list[float] = []
+        torch_t: list[float] = []
+        for r in range(repeats + 3):
+            t0 = time.perf_counter()
+            scorer.recommend(histories, excludes, 20)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                serving(*tensors)
+            t2 = time.perf_counter()
+            if r >= 3:  # first runs of a new shape are slow in both engines
+                ort_t.append(t1 - t0)
+                torch_t.append(t2 - t1)
+        ort_ms, torch_ms = 1000 * float(np.median(ort_t)), 1000 * float(np.median(torch_t))
+        rows.append(
+            {
+                "batch": bs,
+                "onnxruntime_ms": ort_ms,
+                "torch_eager_ms": torch_ms,
+                "speedup": torch_ms / ort_ms,
+                "onnxruntime_rows_per_s": bs / (ort_ms / 1000),
+            }
+        )
+    return rows
+
+
+def plot_e2e(results: Sequence[E2EResult], path: Path) -> Path | None:
+    """Latency distribution and throughput over time per variant, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for res in results:
+        if res.latencies_ms:
+            lat = np.sort(np.asarray(res.latencies_ms))
+            ax1.plot(
+                lat, np.linspace(0, 1, len(lat)), label=f"{res.variant} ({res.rate or 'max'}/s)"
+            )
+        if res.timeline:
+            ts, counts = zip(*res.timeline, strict=True)
+            ax2.plot(ts, np.asarray(counts) / 0.5, label=res.variant)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("event -> recommendation latency (ms)")
+    ax1.set_ylabel("fraction of events")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("seconds since first event sent")
+    ax2.set_ylabel("recommendations / s")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
