@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     history_len: int = Field(50, ge=1, description="Interactions kept per user profile.")
     max_purchased: int = Field(200, ge=1, description="Purchased items remembered for exclusion.")
     dedup_window: int = Field(
-        256, ge=1, description="Event ids remembered per user for idempotency."
+        64, ge=1, description="Event ids remembered per user for idempotency."
     )
     top_k: int = Field(20, ge=1, description="Items per recommendation list.")
     max_batch: int = Field(64, ge=1, description="Most events scored in one inference call.")

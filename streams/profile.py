@@ -9,8 +9,10 @@ changelog topic, so any Kafka tool can read it):
 * ``purchased``: ``[item_id, ts]`` of the latest purchase of each distinct item,
   oldest first, at most ``max_purchased``;
 * ``last_seen``: the latest event time seen (Unix seconds);
-* ``seen``: ``[ts, event_id]`` of the latest ``dedup_window`` applied events, so an
-  event replayed after a crash (at-least-once delivery) is not applied twice.
+* ``seen``: ``[ts, id_hash]`` of the latest ``dedup_window`` applied events (a
+  48-bit hash of the ``event_id``, exact in JSON), so an event replayed after a crash
+  (at-least-once delivery) is not applied twice. A replay has the same event time
+  as the original, so the lookup is a binary search on ``ts``.
 
 Why event time and not arrival order: a user's clicks, browses and purchases come
 from three topics, and Kafka orders records only within one partition of one
@@ -23,12 +25,13 @@ the recovery tests check against a reference fold.
 from __future__ import annotations
 
 import bisect
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from streams.events import Event, EventType
 
-__all__ = ["Profile", "ProfileLimits", "apply_event"]
+__all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +46,28 @@ class ProfileLimits:
 
     history_len: int = 50
     max_purchased: int = 200
-    dedup_window: int = 256
+    dedup_window: int = 64
 
 
 def _recent_key(entry: list[Any]) -> tuple[float, str, str, str]:
-    return (float(entry[2]), str(entry[1]), str(entry[0]), str(entry[3]))
+    return (entry[2], entry[1], entry[0], entry[3])
+
+
+def _purchase_key(entry: list[Any]) -> tuple[float, str]:
+    return (entry[1], entry[0])
+
+
+def _seen_key(entry: list[Any]) -> tuple[float, int]:
+    return (entry[0], entry[1])
+
+
+def _ts(entry: list[Any]) -> float:
+    return float(entry[0])
+
+
+def event_id_hash(event_id: str) -> int:
+    """48-bit hash of an event id: small in JSON, exact in every JSON parser."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=6).digest(), "big")
 
 
 @dataclass(slots=True)
@@ -62,15 +82,19 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Profile:
-        """Build from the table's stored JSON (``None`` means a new user)."""
+        """Wrap the table's stored JSON (``None`` means a new user).
+
+        The lists are used as they are, not copied: every table read deserialises a
+        fresh document, and this runs once per event on the hot path.
+        """
         if not data:
             return cls()
         return cls(
-            recent=[list(x) for x in data.get("recent", [])],
-            counts=dict(data.get("counts", {})),
-            purchased=[list(x) for x in data.get("purchased", [])],
+            recent=data.get("recent", []),
+            counts=data.get("counts", {}),
+            purchased=data.get("purchased", []),
             last_seen=float(data.get("last_seen", 0.0)),
-            seen=[list(x) for x in data.get("seen", [])],
+            seen=data.get("seen", []),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,9 +115,15 @@ class Profile:
         """Items this user bought (within the ``max_purchased`` bound)."""
         return frozenset(str(p[0]) for p in self.purchased)
 
-    def has_applied(self, event_id: str) -> bool:
-        """Whether an event with this id was already folded in (within the window)."""
-        return any(s[1] == event_id for s in self.seen)
+    def has_applied(self, event_id: str, ts: float) -> bool:
+        """Whether the event with this id and time was already folded in (within the window)."""
+        h = event_id_hash(event_id)
+        i = bisect.bisect_left(self.seen, ts, key=_ts)
+        while i < len(self.seen) and self.seen[i][0] == ts:
+            if self.seen[i][1] == h:
+                return True
+            i += 1
+        return False
 
 
 def _insert_bounded(entries: list[list[Any]], entry: list[Any], key: Any, limit: int) -> None:
@@ -109,7 +139,7 @@ def apply_event(profile: Profile, event: Event, limits: ProfileLimits) -> bool:
     Returns:
         ``False`` if the event id was already applied (a replay), else ``True``.
     """
-    if profile.has_applied(event.event_id):
+    if profile.has_applied(event.event_id, event.ts):
         return False
     etype = event.event_type.value
     _insert_bounded(
@@ -127,14 +157,11 @@ def apply_event(profile: Profile, event: Event, limits: ProfileLimits) -> bool:
             _insert_bounded(
                 profile.purchased,
                 [event.item_id, event.ts],
-                lambda p: (float(p[1]), str(p[0])),
+                _purchase_key,
                 limits.max_purchased,
             )
     profile.last_seen = max(profile.last_seen, event.ts)
     _insert_bounded(
-        profile.seen,
-        [event.ts, event.event_id],
-        lambda s: (float(s[0]), str(s[1])),
-        limits.dedup_window,
+        profile.seen, [event.ts, event_id_hash(event.event_id)], _seen_key, limits.dedup_window
     )
     return True

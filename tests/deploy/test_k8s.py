@@ -1,0 +1,371 @@
+"""Build every Kustomize overlay, validate it against Kubernetes schemas, check policy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.cli import app as cli_app
+from deploy.settings import Settings
+from tests.deploy import kustomize
+from tests.deploy.checks import (
+    KUBERNETES_VERSIONS,
+    containers,
+    pod_spec,
+    schema_violations,
+    security_violations,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = ("cpu", "gpu")
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, kustomize.build(ROOT / "k8s" / "overlays" / request.param)
+
+
+def one(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    hits = [r for r in resources if r["kind"] == kind and name in (None, r["metadata"]["name"])]
+    assert len(hits) == 1, f"expected one {kind} {name or ''}, got {len(hits)}"
+    return hits[0]
+
+
+def settings_env(resources: list[dict[str, Any]]) -> dict[str, str]:
+    return dict(one(resources, "ConfigMap")["data"])
+
+
+def worker(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    sts = one(resources, "StatefulSet", "recstream-worker")
+    return next(c for c in containers(sts) if c["name"] == "worker")
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings exactly as a pod with this environment would read them."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("RECSTREAM_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------ schemas
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_object_validates_against_its_schema(overlay, version):
+    name, resources = overlay
+    problems = [p for obj in resources for p in schema_violations(obj, version)]
+    assert problems == [], f"overlay {name}:\n" + "\n".join(problems)
+    assert kustomize.check_names(resources) == []
+
+
+def test_expected_objects_are_there(overlay):
+    _, resources = overlay
+    kinds = {r["kind"] for r in resources}
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "StatefulSet",
+        "Service",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Job",
+        "CronJob",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "PersistentVolumeClaim",
+    } <= kinds
+    namespaced = [r for r in resources if r["kind"] != "Namespace"]
+    assert {r["metadata"].get("namespace") for r in namespaced} == {"recstream"}
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_configmap_keys_are_settings_fields_and_parse(overlay, monkeypatch):
+    _, resources = overlay
+    env = settings_env(resources)
+    fields = {f"RECSTREAM_{f.upper()}" for f in Settings.model_fields}
+    assert set(env) <= fields, f"not Settings fields: {sorted(set(env) - fields)}"
+    settings = settings_from(env, monkeypatch)  # raises on an invalid value
+    assert settings.web_port == 6066
+
+
+def test_env_from_secrets_are_settings_fields_and_exist(overlay):
+    _, resources = overlay
+    fields = {f"RECSTREAM_{f.upper()}" for f in Settings.model_fields}
+    secrets = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Secret"}
+    for obj in resources:
+        for c in containers(obj):
+            for var in c.get("env", []):
+                if var["name"].startswith("RECSTREAM_"):
+                    assert var["name"] in fields, var["name"]
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[ref["name"]]["stringData"], ref
+    # The password reaches the worker through the Secret, never the ConfigMap.
+    assert "RECSTREAM_KAFKA_SASL_PASSWORD" not in settings_env(resources)
+    names = {v["name"] for v in worker(resources)["env"]}
+    assert "RECSTREAM_KAFKA_SASL_PASSWORD" in names
+
+
+def test_config_map_references_resolve(overlay):
+    _, resources = overlay
+    cm_name = one(resources, "ConfigMap")["metadata"]["name"]
+    assert cm_name.startswith("recstream-settings-")  # hashed: a change rolls the pods
+    for obj in resources:
+        for c in containers(obj):
+            refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+            assert refs == [cm_name], f"{obj['kind']}/{c['name']}"
+
+
+# ------------------------------------------------------------------ workers
+
+
+def test_security_context_everywhere(overlay):
+    _, resources = overlay
+    assert security_violations(resources) == []
+
+
+def test_state_dir_is_on_a_volume_claim_template(overlay):
+    _, resources = overlay
+    sts = one(resources, "StatefulSet", "recstream-worker")
+    state_dir = Path(settings_env(resources)["RECSTREAM_STATE_DIR"])
+    templates = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    mounts = [
+        m
+        for m in worker(resources)["volumeMounts"]
+        if state_dir == Path(m["mountPath"]) or Path(m["mountPath"]) in state_dir.parents
+    ]
+    assert [m["name"] for m in mounts] == ["state"] and "state" in templates
+    assert not mounts[0].get("readOnly")
+    assert sts["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
+
+
+def test_model_dir_is_on_the_read_only_model_store(overlay):
+    _, resources = overlay
+    model_dir = Path(settings_env(resources)["RECSTREAM_MODEL_DIR"])
+    mount = next(m for m in worker(resources)["volumeMounts"] if m["name"] == "models")
+    assert Path(mount["mountPath"]) in model_dir.parents and mount["readOnly"] is True
+    spec = pod_spec(one(resources, "StatefulSet"))
+    claim = next(v for v in spec["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+    assert one(resources, "PersistentVolumeClaim", claim["claimName"])
+    # The CronJob writes the same store.
+    job = pod_spec(one(resources, "CronJob"))
+    vol = next(
+        v
+        for v in job["volumes"]
+        if v.get("persistentVolumeClaim", {}).get("claimName") == claim["claimName"]
+    )
+    train = next(iter(containers(one(resources, "CronJob"))))
+    store = next(m for m in train["volumeMounts"] if m["name"] == vol["name"])
+    assert not store.get("readOnly") and store["mountPath"] == mount["mountPath"]
+
+
+def test_probes_hit_health_endpoints_on_the_web_port(overlay):
+    _, resources = overlay
+    c = worker(resources)
+    port = int(settings_env(resources)["RECSTREAM_WEB_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    paths = {}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        assert ports.get(get["port"], get["port"]) == port, probe
+        paths[probe] = get["path"]
+    assert paths == {
+        "startupProbe": "/healthz",
+        "livenessProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # table restore
+    grace = pod_spec(one(resources, "StatefulSet"))["terminationGracePeriodSeconds"]
+    assert grace >= 30
+
+
+def test_anti_affinity_and_disruption_budget(overlay):
+    name, resources = overlay
+    sts = one(resources, "StatefulSet")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    anti = sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    terms = anti.get("requiredDuringSchedulingIgnoredDuringExecution") or [
+        t["podAffinityTerm"] for t in anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    ]
+    assert terms[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert terms[0]["labelSelector"]["matchLabels"].items() <= labels.items()
+    if name == "gpu":
+        assert "requiredDuringSchedulingIgnoredDuringExecution" in anti
+    pdb = one(resources, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_gpu_limits_only_in_the_gpu_overlay(overlay):
+    name, resources = overlay
+    limits = worker(resources)["resources"]["limits"]
+    provider = settings_env(resources)["RECSTREAM_PROVIDER"]
+    image = worker(resources)["image"]
+    if name == "gpu":
+        assert limits["nvidia.com/gpu"] == 1 and provider == "cuda" and image.endswith("-gpu")
+        train = next(iter(containers(one(resources, "CronJob"))))
+        assert train["resources"]["limits"]["nvidia.com/gpu"] == 1
+    else:
+        everything = yaml.safe_dump_all(resources)
+        assert "nvidia.com/gpu" not in everything
+        assert provider == "cpu" and image.endswith("-cpu")
+
+
+# ------------------------------------------------------------------ services & scaling
+
+
+def test_service_monitor_scrapes_the_worker_port(overlay):
+    _, resources = overlay
+    svc = one(resources, "Service")
+    pod_labels = one(resources, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert one(resources, "StatefulSet")["spec"]["serviceName"] == svc["metadata"]["name"]
+    port = int(settings_env(resources)["RECSTREAM_WEB_PORT"])
+    sm = one(resources, "ServiceMonitor")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert svc_ports[endpoint["port"]]["port"] == port
+    np = one(resources, "NetworkPolicy")
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert any(p["port"] == port for rule in np["spec"]["ingress"] for p in rule["ports"])
+
+
+def test_keda_scales_on_lag_up_to_the_partition_count(overlay, monkeypatch):
+    _, resources = overlay
+    settings = settings_from(settings_env(resources), monkeypatch)
+    so = one(resources, "ScaledObject")
+    sts = one(resources, "StatefulSet")
+    assert so["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": sts["metadata"]["name"],
+    }
+    assert so["spec"]["maxReplicaCount"] == settings.partitions
+    assert 1 <= so["spec"]["minReplicaCount"] <= settings.partitions
+    triggers = so["spec"]["triggers"]
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(
+        settings.topic_names().inputs()
+    )
+    sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}[
+        settings.kafka_sasl_mechanism
+    ]
+    uses_sasl = settings.kafka_security_protocol.startswith("SASL")
+    uses_tls = settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+    auths = {r["metadata"]["name"]: r for r in resources if r["kind"] == "TriggerAuthentication"}
+    for t in triggers:
+        meta = t["metadata"]
+        assert t["type"] == "kafka"
+        assert meta["consumerGroup"] == settings.app_id
+        assert meta["bootstrapServers"] == settings.kafka_bootstrap_servers
+        assert meta["allowIdleConsumers"] == "false"
+        assert meta.get("sasl", "none") == (sasl if uses_sasl else "none")
+        assert meta.get("tls", "disable") == ("enable" if uses_tls else "disable")
+        auth = auths[t["authenticationRef"]["name"]]
+        params = {ref["parameter"] for ref in auth["spec"]["secretTargetRef"]}
+        assert {"username", "password"} <= params
+
+
+def test_commands_are_recstream_commands(overlay):
+    _, resources = overlay
+    commands = {c.name or c.callback.__name__ for c in cli_app.registered_commands}
+    groups = {g.name for g in cli_app.registered_groups}
+    for obj in resources:
+        for c in containers(obj):
+            first = c["args"][0]
+            if first == "train" and first not in commands:
+                pytest.skip("`recstream train` is not in the CLI yet")
+            assert first in commands | groups, f"{obj['kind']}: recstream {first}"
+    assert worker(resources)["args"] == ["worker"]
+    job = next(iter(containers(one(resources, "Job"))))
+    assert job["args"] == ["topics", "create"]
+
+
+def test_serving_pods_do_not_use_the_training_image(overlay):
+    _, resources = overlay
+    for obj in resources:
+        for c in containers(obj):
+            is_train = "recstream-train" in c["image"]
+            assert is_train == (obj["kind"] == "CronJob"), f"{obj['kind']}: {c['image']}"
+            assert ":" in c["image"].rsplit("/", 1)[-1], f"untagged image {c['image']}"
+
+
+# ------------------------------------------------------------------ negative tests
+
+
+def test_checks_catch_violations():
+    resources = kustomize.build(ROOT / "k8s" / "overlays" / "gpu")
+    broken = copy.deepcopy(resources)
+    c = worker(broken)
+    c["securityContext"]["readOnlyRootFilesystem"] = False
+    c["securityContext"]["capabilities"] = {"add": ["NET_ADMIN"]}
+    del c["resources"]["limits"]["memory"]
+    problems = security_violations(broken)
+    assert any("root filesystem is writable" in p for p in problems)
+    assert any("capabilities not dropped" in p for p in problems)
+    assert any("adds capabilities" in p for p in problems)
+    assert any("no memory request and limit" in p for p in problems)
+
+    sts = one(broken, "StatefulSet")
+    sts["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = "/x"
+    assert schema_violations(sts, KUBERNETES_VERSIONS[0])  # strict: unknown field
+    so = copy.deepcopy(one(resources, "ScaledObject"))
+    so["spec"]["maxReplicas"] = 4  # misspelt maxReplicaCount
+    assert schema_violations(so, KUBERNETES_VERSIONS[0])
+
+
+def test_schema_catches_a_wrong_json6902_patch(tmp_path):
+    """The GPU overlay's anti-affinity patch, written wrongly, must fail validation."""
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s")
+    path = tmp_path / "k8s" / "overlays" / "gpu" / "kustomization.yaml"
+    text = path.read_text()
+    wrong = text.replace(
+        "requiredDuringSchedulingIgnoredDuringExecution/-",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+    )
+    assert wrong != text
+    path.write_text(wrong)
+    sts = one(kustomize.build(tmp_path / "k8s" / "overlays" / "gpu"), "StatefulSet")
+    assert schema_violations(sts, KUBERNETES_VERSIONS[0])
+
+
+def test_real_kustomize_agrees(overlay):
+    """Where a kustomize or kubectl binary exists, our builder must match it."""
+    name, resources = overlay
+    if shutil.which("kustomize"):
+        cmd = ["kustomize", "build"]
+    elif shutil.which("kubectl"):
+        cmd = ["kubectl", "kustomize"]
+    else:
+        pytest.skip("no kustomize or kubectl binary here (none is installable from PyPI)")
+    out = subprocess.run(
+        [*cmd, str(ROOT / "k8s" / "overlays" / name)], check=True, capture_output=True, text=True
+    ).stdout
+    real = list(yaml.safe_load_all(out))
+    suffix = re.compile(r"recstream-settings-[a-z0-9]{10}")
+
+    def normal(objs: list[dict[str, Any]]) -> list[str]:
+        return sorted(
+            suffix.sub("recstream-settings-HASH", json.dumps(o, sort_keys=True)) for o in objs
+        )
+
+    assert normal(real) == normal(resources)
