@@ -170,5 +170,10 @@ def create_app(
     app.pipeline = Pipeline(app, config, scorer, profiles, metrics)
     app.pipeline.register()
     if config.web_enabled:
-        register_web(app, metrics, profiles if config.web_profiles else None)
+        register_web(
+            app,
+            metrics,
+            profiles if config.web_profiles else None,
+            tuple(config.topics.inputs()),
+        )
     return app

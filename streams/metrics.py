@@ -83,6 +83,17 @@ class Metrics:
             "Model version and execution provider in use.",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "recstream_consumer_lag_records",
+            "Records between the consumer's position and the partition's high watermark.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.restore_remaining = Gauge(
+            "recstream_restore_remaining_records",
+            "Changelog records still to replay before the profiles table is restored.",
+            registry=r,
+        )
         self.ready = Gauge(
             "recstream_ready",
             "1 when the worker has restored its tables and is serving.",

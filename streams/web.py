@@ -23,20 +23,46 @@ def is_ready(app: faust.App) -> bool:
     )
 
 
-def register_web(app: faust.App, metrics: Metrics, profiles: Any = None) -> None:
+def register_web(
+    app: faust.App,
+    metrics: Metrics,
+    profiles: Any = None,
+    input_topics: tuple[str, ...] = (),
+) -> None:
     """Add the health and metrics pages to the app's web server.
 
     Args:
         app: the Faust app.
         metrics: the metrics to serve.
+        input_topics: topics whose consumer lag is exported.
         profiles: when given, ``/profiles/{user_id}`` returns that user's profile
             as held by this worker (an operator's debugging aid; off by default
             because it exposes user data).
     """
 
+    async def refresh_gauges() -> None:
+        metrics.ready.set(1 if is_ready(app) else 0)
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        try:
+            metrics.restore_remaining.set(recovery.active_remaining_total())
+        except Exception:  # highwaters not known before the first assignment
+            metrics.restore_remaining.set(0)
+        consumer = app.consumer
+        inputs = set(input_topics)
+        metrics.consumer_lag.clear()
+        for tp in consumer.assignment():
+            if tp.topic not in inputs:
+                continue
+            position = await consumer.position(tp)
+            highwater = consumer.highwater(tp)
+            if position is not None and highwater is not None and highwater >= 0:
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, highwater - position)
+                )
+
     @app.page("/metrics")
     async def metrics_view(self: Any, request: Any) -> Any:
-        metrics.ready.set(1 if is_ready(app) else 0)
+        await refresh_gauges()
         body = generate_latest(metrics.registry)
         return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

@@ -151,7 +151,47 @@ _SERVICE_MONITOR = _resource(
     ),
 )
 
+_PROMETHEUS_RULE = _resource(
+    "monitoring.coreos.com/v1",
+    "PrometheusRule",
+    _obj(
+        {
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj(
+                    {
+                        "name": _STR,
+                        "interval": {"type": "string"},
+                        "rules": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": _obj(
+                                {
+                                    "alert": _STR,
+                                    "record": _STR,
+                                    "expr": _STR,
+                                    "for": {
+                                        "type": "string",
+                                        "pattern": "^(0|([0-9]+(ms|s|m|h))+)$",
+                                    },
+                                    "labels": {"type": "object", "additionalProperties": _STR},
+                                    "annotations": {"type": "object", "additionalProperties": _STR},
+                                },
+                                ["expr"],
+                            ),
+                        },
+                    },
+                    ["name", "rules"],
+                ),
+            }
+        },
+        ["groups"],
+    ),
+)
+
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _PROMETHEUS_RULE,
     ("keda.sh/v1alpha1", "ScaledObject"): _SCALED_OBJECT,
     ("keda.sh/v1alpha1", "TriggerAuthentication"): _TRIGGER_AUTH,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _SERVICE_MONITOR,
