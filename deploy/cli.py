@@ -158,6 +158,86 @@ def produce(
 
 
 @app.command()
+def replay(
+    path: Annotated[Path, typer.Argument(help="Dataset file (never copied; read in place).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="events (JSON lines), sequences, sessions, or auto.")
+    ] = "auto",
+    rate: Annotated[float, typer.Option(help="Events per second (0 = as fast as possible).")] = 0.0,
+    limit: Annotated[int | None, typer.Option(help="Stop after N events.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the event-type mix for sequence files.")] = 0,
+) -> None:
+    """Stream a dataset into the input topics, keyed by user, with a progress bar.
+
+    ``events``: recstream event JSON lines (each goes to the topic of its type).
+    ``sequences``: ``user item1 item2 ...`` lines (e.g. Amazon Beauty). ``sessions``:
+    one anonymous session of items per line (e.g. DIGINETICA; a session is a user).
+    Sequence and session items become browse/click/purchase events with synthetic,
+    increasing timestamps, users interleaved.
+    """
+    from rich.progress import Progress
+
+    from deploy.replay import events_from_sequences
+    from streams.client import EventProducer, event_payload
+    from streams.events import EventType
+
+    if fmt == "auto":
+        fmt = "events" if path.suffix in (".json", ".jsonl", ".ndjson") else "sequences"
+    settings = Settings()
+    names = settings.topic_names()
+    records: list[tuple[str, str | None, bytes]] = []
+    if fmt == "events":
+        for line in path.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            try:
+                payload = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                payload = None
+            kind = _type_of(payload)
+            if kind not in ("click", "browse", "purchase"):
+                console.print("[yellow]skipping a line without a known type[/]")
+                continue
+            assert isinstance(payload, dict)
+            topic = names.for_type(EventType(kind))
+            records.append((topic, str(payload.get("user_id")), line))
+    elif fmt in ("sequences", "sessions"):
+        from models.datasets import read_sequences, read_sessions
+
+        seqs = (
+            list(read_sequences(path).items())
+            if fmt == "sequences"
+            else [(f"session-{i}", items) for i, items in enumerate(read_sessions(path), 1)]
+        )
+        for ev in events_from_sequences(seqs, seed=seed, limit=limit):
+            records.append((names.for_type(ev.event_type), ev.user_id, event_payload(ev)))
+    else:
+        raise typer.BadParameter(f"unknown format {fmt!r}")
+    if limit is not None:
+        records = records[:limit]
+    started = time.monotonic()
+    with (
+        EventProducer(settings.client_config(), names) as producer,
+        Progress(console=console) as bar,
+    ):
+        task = bar.add_task(f"replaying {path.name}", total=len(records))
+        for i, (topic, key, value) in enumerate(records):
+            if rate > 0:
+                delay = started + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.send_raw(topic, key, value)
+            if i % 500 == 0:
+                bar.update(task, completed=i)
+        bar.update(task, completed=len(records))
+    elapsed = time.monotonic() - started
+    console.print(
+        f"replayed {len(records)} events in {elapsed:.1f} s "
+        f"({len(records) / max(elapsed, 1e-9):,.0f}/s)"
+    )
+
+
+@app.command()
 def consume(
     user: Annotated[str | None, typer.Option(help="Only this user's lists.")] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,

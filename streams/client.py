@@ -11,8 +11,9 @@ any librdkafka client (``bootstrap.servers``, ``security.protocol``, SASL...).
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -22,7 +23,13 @@ from streams.events import BrowseEvent, ClickEvent, Event, EventType, PurchaseEv
 from streams.messages import RecommendationMessage
 from streams.topics import TopicNames
 
-__all__ = ["EventProducer", "RecommendationReader", "event_from_dict", "event_payload"]
+__all__ = [
+    "AsyncEventProducer",
+    "EventProducer",
+    "RecommendationReader",
+    "event_from_dict",
+    "event_payload",
+]
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:
@@ -85,13 +92,17 @@ class EventProducer:
 
     def send_raw(self, topic: str, key: str | bytes | None, value: bytes) -> None:
         """Queue an arbitrary record (for replays and tests of bad input)."""
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain
+        while not self.offer_raw(topic, key, value):
+            self._producer.poll(0.05)  # local queue full: let deliveries drain
+
+    def offer_raw(self, topic: str, key: str | bytes | None, value: bytes) -> bool:
+        """Queue a record if the local queue has room; never blocks."""
+        try:
+            self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
+        except BufferError:
+            return False
         self._producer.poll(0)
+        return True
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for queued records; returns how many are still undelivered."""
@@ -102,6 +113,39 @@ class EventProducer:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+class AsyncEventProducer:
+    """The :class:`EventProducer` for asyncio services.
+
+    ``send`` only queues (librdkafka batches and delivers on its own threads), so
+    it never blocks the event loop; ``flush`` waits for delivery in a thread.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topics: TopicNames | None = None) -> None:
+        self._sync = EventProducer(config, topics)
+
+    @property
+    def errors(self) -> list[str]:
+        """Delivery errors reported so far."""
+        return self._sync.errors
+
+    async def send(self, event: Event) -> None:
+        """Queue one typed event; yields to the loop while the local queue is full."""
+        topic = self._sync.topics.for_type(event.event_type)
+        payload = event_payload(event)
+        while not self._sync.offer_raw(topic, event.user_id, payload):
+            await asyncio.sleep(0.01)  # local queue full: librdkafka is draining it
+
+    async def flush(self, timeout_s: float = 30.0) -> int:
+        """Wait for queued events; returns how many are still undelivered."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._sync.flush, timeout_s)
+
+    async def __aenter__(self) -> AsyncEventProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.flush()
 
 
 class RecommendationReader:
@@ -172,6 +216,14 @@ class RecommendationReader:
         if len(self._seen) > self._window:
             self._seen.popitem(last=False)
         return rec
+
+    async def __aiter__(self) -> AsyncIterator[RecommendationMessage]:
+        """``async for rec in reader``: polls in a thread, so the loop stays free."""
+        loop = asyncio.get_running_loop()
+        while True:
+            rec = await loop.run_in_executor(None, self.poll, 0.2)
+            if rec is not None:
+                yield rec
 
     def __iter__(self) -> Iterator[RecommendationMessage]:
         while True:

@@ -176,3 +176,53 @@ def test_help_lists_every_command() -> None:
     text = out.stdout.decode()
     for command in ("demo", "broker", "worker", "produce", "consume", "topics", "schemas"):
         assert command in text
+
+
+def test_replay_a_sequence_file_and_describe_topics(
+    cli_broker: str, model_dir: Path, tmp_path: Path
+) -> None:
+    seqs = tmp_path / "seqs.txt"
+    seqs.write_text("u1 sku-00001 sku-00002 sku-00003\nu2 sku-00004 sku-00005\n")
+    described = cli("topics", "describe", env=base_env(cli_broker))
+    assert described.returncode == 0, described.stderr.decode()
+    lines = described.stdout.decode().splitlines()
+    assert any(
+        line.startswith("recstream-profiles-changelog") and line.endswith("ok") for line in lines
+    )
+    assert len([line for line in lines if line.endswith(" ok")]) == 6
+
+    worker = WorkerProcess(
+        {
+            "kafka_bootstrap_servers": cli_broker,
+            "partitions": 2,
+            "model_dir": model_dir,
+            "state_dir": tmp_path / "state",
+            "provider": "cpu",
+            "fetch_max_wait_ms": 50,
+            **FAST_GROUP_SETTINGS,
+        },
+        tmp_path / "worker.log",
+    ).start()
+    try:
+        worker.wait_ready(90)
+        replayed = cli(
+            "replay", str(seqs), "--format", "sequences", "--rate", "100", env=base_env(cli_broker)
+        )
+        assert replayed.returncode == 0, replayed.stderr.decode()
+        assert b"replayed 5 events" in replayed.stderr
+        consumed = cli(
+            "consume",
+            "--json",
+            "--from-beginning",
+            "--max",
+            "5",
+            "--timeout",
+            "30",
+            env=base_env(cli_broker),
+        )
+        triggers = {
+            json.loads(line)["trigger_event_id"] for line in consumed.stdout.decode().splitlines()
+        }
+        assert triggers == {"u1-0", "u1-1", "u1-2", "u2-0", "u2-1"}
+    finally:
+        worker.stop()

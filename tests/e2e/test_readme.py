@@ -23,7 +23,7 @@ def readme_examples() -> dict[str, str]:
 
 
 def test_readme_has_the_examples() -> None:
-    assert set(readme_examples()) == {"producer", "consumer"}
+    assert set(readme_examples()) == {"producer", "consumer", "asyncio"}
 
 
 def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -> None:
@@ -65,5 +65,14 @@ def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -
         # The purchase example's item must not come back after the purchase.
         last = lines[-1]
         assert "sku-00005" not in last
+        asyncio_run = subprocess.run(
+            [sys.executable, "-c", examples["asyncio"]],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert asyncio_run.returncode == 0, asyncio_run.stderr.decode()
+        assert asyncio_run.stdout.decode().startswith("dave ")
     finally:
         worker.stop()
