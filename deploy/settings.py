@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path("var/state"), description="RocksDB table directory (local state).")
     model_dir: Path = Field(
         Path("var/models/current"),
-        description="Model directory: model.onnx + metadata.json, as written by the exporter.",
+        description="Model directory (model.onnx + metadata.json) or a model store root "
+        "(its CURRENT version is served and hot-reloaded when CURRENT changes).",
+    )
+    model_reload_interval_s: float = Field(
+        10.0, ge=0, description="How often a model store's CURRENT is checked (0 = never)."
     )
     provider: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="onnxruntime execution provider; auto = CUDA if usable, else CPU."
@@ -126,6 +130,7 @@ class Settings(BaseSettings):
             max_wait_ms=self.max_wait_ms,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             commit_interval_s=self.commit_interval_s,
+            model_reload_interval_s=self.model_reload_interval_s,
             session_timeout_s=self.session_timeout_s,
             heartbeat_interval_s=self.heartbeat_interval_s,
             rebalance_timeout_s=self.rebalance_timeout_s,

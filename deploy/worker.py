@@ -3,30 +3,68 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from deploy.logs import logging_config
 from deploy.settings import Settings
 from models.scorer import OnnxScorer
+from models.store import CURRENT_FILENAME, ModelStore
 from streams.app import RecstreamApp, create_app
 
-__all__ = ["build_app", "run_worker"]
+__all__ = ["StoreModelSource", "build_app", "run_worker"]
 
 log = logging.getLogger("recstream.worker")
 
 
+class StoreModelSource:
+    """Model versions from a model store (``<root>/<version>/`` + ``CURRENT``)."""
+
+    def __init__(self, root: Path, provider: str, intra_op_threads: int) -> None:
+        self.store = ModelStore(root)
+        self.provider = provider
+        self.intra_op_threads = intra_op_threads
+
+    def current_version(self) -> str | None:
+        """The version ``CURRENT`` names."""
+        return self.store.current()
+
+    def load(self, version: str) -> OnnxScorer:
+        """Load and warm up a version (first runs of new shapes are slow in onnxruntime)."""
+        scorer = OnnxScorer.load(
+            self.store.root / version,
+            provider=self.provider,  # type: ignore[arg-type]
+            intra_op_threads=self.intra_op_threads,
+        )
+        scorer.warmup()
+        return scorer
+
+
 def build_app(settings: Settings) -> RecstreamApp:
     """Load the model and build the Faust app (no connection is made yet)."""
-    scorer = OnnxScorer.load(
-        settings.model_dir, provider=settings.provider, intra_op_threads=settings.intra_op_threads
-    )
+    source: StoreModelSource | None = None
+    version: str | None = None
+    if (settings.model_dir / CURRENT_FILENAME).is_file():
+        source = StoreModelSource(settings.model_dir, settings.provider, settings.intra_op_threads)
+        version = source.current_version()
+        if version is None:
+            raise RuntimeError(f"model store {settings.model_dir} has an empty CURRENT")
+        scorer = source.load(version)
+    else:
+        scorer = OnnxScorer.load(
+            settings.model_dir,
+            provider=settings.provider,
+            intra_op_threads=settings.intra_op_threads,
+        )
+        scorer.warmup()
     log.info(
-        "model %s loaded from %s; execution provider %s",
+        "model %s loaded from %s; execution provider %s%s",
         scorer.model_version,
         settings.model_dir,
         scorer.provider,
+        " (hot reload on)" if source is not None else "",
         extra={"model_version": scorer.model_version, "provider": scorer.provider},
     )
-    return create_app(settings.stream_config(), scorer)
+    return create_app(settings.stream_config(), scorer, model_source=source, loaded_version=version)
 
 
 def run_worker(settings: Settings) -> None:

@@ -101,6 +101,13 @@ class Pipeline:
             {"model_version": scorer.model_version, "provider": scorer.provider}
         )
 
+    def set_scorer(self, scorer: Scorer) -> None:
+        """Serve with ``scorer`` from the next batch on (hot reload)."""
+        self.scorer = scorer
+        self.metrics.model_info.info(
+            {"model_version": scorer.model_version, "provider": scorer.provider}
+        )
+
     def register(self) -> None:
         """Register the agent and the web endpoints on the app."""
         self.app.agent(self.input_topic, name="score_user_events")(self.score_user_events)

@@ -20,6 +20,7 @@ from streams._transport import transport_with_fetch_wait
 from streams.agents import Pipeline
 from streams.metrics import Metrics
 from streams.profile import ProfileLimits
+from streams.reload import ModelReloader, ModelSource
 from streams.topics import PROFILES_TABLE, TopicNames, changelog_topic
 from streams.web import register_web
 
@@ -68,6 +69,7 @@ class StreamConfig:
     fetch_max_wait_ms: int = 100
     commit_interval_s: float = 1.0
     changelog_linger_ms: int = 5
+    model_reload_interval_s: float = 10.0
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 10.0
@@ -112,7 +114,12 @@ def _credentials(security: KafkaSecurity) -> Any:
 
 
 def create_app(
-    config: StreamConfig, scorer: Scorer, metrics: Metrics | None = None
+    config: StreamConfig,
+    scorer: Scorer,
+    metrics: Metrics | None = None,
+    *,
+    model_source: ModelSource | None = None,
+    loaded_version: str | None = None,
 ) -> RecstreamApp:
     """Build the worker application.
 
@@ -120,6 +127,9 @@ def create_app(
         config: resolved stream settings.
         scorer: the model used to rank items (loaded once, shared by all batches).
         metrics: metrics registry; a fresh one by default.
+        model_source: where new model versions come from; polled every
+            ``config.model_reload_interval_s`` for hot reload (``None``: no reload).
+        loaded_version: the source's name of ``scorer``'s version.
 
     Returns:
         The Faust app with the ``score_user_events`` agent registered.
@@ -169,6 +179,16 @@ def create_app(
     metrics = metrics or Metrics()
     app.pipeline = Pipeline(app, config, scorer, profiles, metrics)
     app.pipeline.register()
+    if model_source is not None and config.model_reload_interval_s > 0:
+        reloader = ModelReloader(
+            model_source, lambda: app.pipeline.scorer, app.pipeline.set_scorer, loaded_version
+        )
+
+        async def reload_model() -> None:
+            await reloader.check()
+
+        app.timer(config.model_reload_interval_s)(reload_model)
+
     if config.web_enabled:
         register_web(
             app,

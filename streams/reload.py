@@ -42,6 +42,7 @@ class ModelReloader:
         source: the model source.
         get_scorer: returns the scorer serving now.
         set_scorer: installs a new scorer (an atomic reference swap).
+        loaded_version: the source's name of the version serving now.
     """
 
     def __init__(
@@ -49,8 +50,10 @@ class ModelReloader:
         source: ModelSource,
         get_scorer: Callable[[], Scorer],
         set_scorer: Callable[[Scorer], None],
+        loaded_version: str | None = None,
     ) -> None:
         self.source = source
+        self.loaded_version = loaded_version
         self._get = get_scorer
         self._set = set_scorer
         self.failed_versions: set[str] = set()
@@ -65,7 +68,7 @@ class ModelReloader:
             except Exception:
                 log.exception("could not read the current model version")
                 return False
-            if not version or version == self._get().model_version:
+            if not version or version == self.loaded_version:
                 return False
             try:
                 scorer = await loop.run_in_executor(None, self.source.load, version)
@@ -78,6 +81,7 @@ class ModelReloader:
                 return False
             previous = self._get().model_version
             self._set(scorer)
+            self.loaded_version = version
             log.info(
                 "model reloaded: %s -> %s (provider %s)",
                 previous,

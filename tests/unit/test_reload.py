@@ -1,0 +1,61 @@
+"""Hot model reload: swaps on a new version, keeps serving on failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from models.scorer import HistoryItem, Recommendation
+from streams.reload import ModelReloader
+
+
+@dataclass
+class FakeScorer:
+    model_version: str
+    provider: str = "cpu"
+
+    def recommend(
+        self, histories: Sequence[Sequence[HistoryItem]], exclude: Sequence[Collection[str]], k: int
+    ) -> list[Recommendation]:
+        return [Recommendation(items=[], strategy="popular") for _ in histories]
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.version: str | None = "v1"
+        self.broken: set[str] = set()
+        self.loads = 0
+
+    def current_version(self) -> str | None:
+        return self.version
+
+    def load(self, version: str) -> FakeScorer:
+        self.loads += 1
+        if version in self.broken:
+            raise RuntimeError("corrupt model")
+        return FakeScorer(version)
+
+
+def test_reloads_only_when_the_version_changes_and_survives_a_bad_version() -> None:
+    source = FakeSource()
+    serving = {"scorer": FakeScorer("v1")}
+    reloader = ModelReloader(
+        source, lambda: serving["scorer"], lambda s: serving.update(scorer=s), loaded_version="v1"
+    )
+
+    async def main() -> None:
+        assert not await reloader.check()  # same version: nothing loaded
+        assert source.loads == 0
+        source.version = "v2"
+        assert await reloader.check()
+        assert serving["scorer"].model_version == "v2"
+        source.version, source.broken = "v3", {"v3"}
+        assert not await reloader.check()  # broken: keep serving v2
+        assert serving["scorer"].model_version == "v2"
+        assert "v3" in reloader.failed_versions
+        source.version = None
+        assert not await reloader.check()
+        assert serving["scorer"].model_version == "v2"
+
+    asyncio.run(main())
