@@ -201,7 +201,7 @@ def run_e2e(
                 if msg.error():
                     continue
                 now = time.time()
-                tid = json.loads(msg.value())["trigger_event_id"]
+                tid = json.loads(msg.value() or b"{}").get("trigger_event_id")
                 if tid in expected and tid not in received:
                     received[tid] = now
                 elif tid in warm_ids:
@@ -397,6 +397,176 @@ def plot_e2e(results: Sequence[E2EResult], path: Path) -> Path | None:
     ax2.set_ylabel("recommendations / s")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class SoakResult:
+    """A soak run: constant load, resources sampled every few seconds."""
+
+    minutes: float
+    rate: float
+    sent: int
+    answered: int
+    samples: list[dict[str, float]]
+    rss_growth_mb_per_h: float
+    max_lag: float
+
+    def summary(self) -> dict[str, Any]:
+        """The result without the samples."""
+        out = asdict(self)
+        out.pop("samples")
+        return out
+
+
+def soak(
+    broker: Broker,
+    model_dir: Path,
+    workdir: Path,
+    make_event: Callable[[int], Event],
+    *,
+    minutes: float = 30.0,
+    rate: float = 500.0,
+    partitions: int = 4,
+    sample_every_s: float = 5.0,
+    log: Callable[[str], None] = lambda _m: None,
+) -> SoakResult:
+    """Constant load for ``minutes``; records worker RSS, CPU and consumer lag.
+
+    ``rss_growth_mb_per_h`` is the slope of a least-squares line through the RSS
+    samples of the second half of the run (the first half includes warm-up and
+    RocksDB/table growth as new users arrive).
+    """
+    tag = uuid.uuid4().hex[:8]
+    topics = TopicNames(*(f"{n}-{tag}" for n in ("clicks", "browses", "purchases", "recs", "dlq")))
+    app_id = f"recstream-soak-{tag}"
+    broker.create_topics(required_topics(app_id, topics, partitions))
+    client = {"bootstrap.servers": broker.bootstrap_servers}
+    worker = WorkerProcess(
+        {
+            "kafka_bootstrap_servers": broker.bootstrap_servers,
+            "app_id": app_id,
+            "partitions": partitions,
+            "topic_clicks": topics.clicks,
+            "topic_browses": topics.browses,
+            "topic_purchases": topics.purchases,
+            "topic_recommendations": topics.recommendations,
+            "topic_dead_letter": topics.dead_letter,
+            "model_dir": model_dir,
+            "state_dir": workdir / tag / "state",
+            "provider": "cpu",
+            "log_level": "WARNING",
+            **FAST_GROUP_SETTINGS,
+        },
+        workdir / tag / "worker.log",
+    ).start()
+    worker.wait_ready(120)
+    stop = threading.Event()
+    answered = [0]
+    sent = [0]
+    consumer = Consumer(
+        {
+            **client,
+            "group.id": f"soak-{tag}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+
+    def consume() -> None:
+        while not stop.is_set():
+            answered[0] += sum(1 for m in consumer.consume(2000, 0.1) if not m.error())
+
+    def produce() -> None:
+        producer = EventProducer(client, topics)
+        t0 = time.monotonic()
+        i = 0
+        while not stop.is_set():
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, 0.5))
+                continue
+            producer.send(make_event(i))
+            i += 1
+            sent[0] = i
+        producer.flush()
+
+    threads = [
+        threading.Thread(target=consume, daemon=True),
+        threading.Thread(target=produce, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    samples: list[dict[str, float]] = []
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < minutes * 60:
+            time.sleep(sample_every_s)
+            assert worker.proc is not None
+            cpu, rss = _proc_cpu_rss(worker.proc.pid)
+            metrics = parse_metrics(worker.metrics_text())
+            lag = sum(
+                v for k, v in metrics.items() if k.startswith("recstream_consumer_lag_records")
+            )
+            sample = {
+                "t": time.monotonic() - started,
+                "rss_mb": rss,
+                "cpu_s": cpu,
+                "lag": lag,
+                "sent": float(sent[0]),
+                "answered": float(answered[0]),
+            }
+            samples.append(sample)
+            if len(samples) % 12 == 0:
+                log(
+                    f"soak {sample['t'] / 60:.1f} min: RSS {rss:.0f} MiB, lag {lag:.0f}, "
+                    f"answered {answered[0]}/{sent[0]}"
+                )
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        consumer.close()
+        worker.stop()
+    half = samples[len(samples) // 2 :]
+    growth = 0.0
+    if len(half) >= 2:
+        hours = np.asarray([s["t"] for s in half]) / 3600
+        growth = float(np.polyfit(hours, np.asarray([s["rss_mb"] for s in half]), 1)[0])
+    return SoakResult(
+        minutes=minutes,
+        rate=rate,
+        sent=sent[0],
+        answered=answered[0],
+        samples=samples,
+        rss_growth_mb_per_h=growth,
+        max_lag=max((s["lag"] for s in samples), default=0.0),
+    )
+
+
+def plot_soak(result: SoakResult, path: Path) -> Path | None:
+    """RSS and consumer lag over the soak, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    t = [s["t"] / 60 for s in result.samples]
+    fig, ax1 = plt.subplots(figsize=(9, 4))
+    ax1.plot(t, [s["rss_mb"] for s in result.samples], color="tab:blue", label="worker RSS (MiB)")
+    ax1.set_xlabel("minutes")
+    ax1.set_ylabel("RSS (MiB)")
+    ax2 = ax1.twinx()
+    ax2.plot(t, [s["lag"] for s in result.samples], color="tab:orange", label="consumer lag")
+    ax2.set_ylabel("lag (records)")
+    fig.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
