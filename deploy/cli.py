@@ -378,7 +378,7 @@ def bench_e2e(
     events: Annotated[int, typer.Option(help="Measured events per variant.")] = 20_000,
     rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0.0,
     variants: Annotated[
-        str, typer.Option(help="Comma list: batched, per-event, batch-N.")
+        str, typer.Option(help="Comma list: batched, per-event, inline, gil-5ms, batch-N.")
     ] = "batched,per-event",
     repeats: Annotated[
         int, typer.Option(help="Run the variant list this many times, interleaved.")
@@ -399,7 +399,12 @@ def bench_e2e(
     out.mkdir(parents=True, exist_ok=True)
     model, _ = _bench_model(model_dir, sequences, out)
     measured, warmup = _bench_events(sequences, events, seed=1)
-    presets = {"batched": {}, "per-event": {"max_batch": 1, "max_wait_ms": 0}}
+    presets: dict[str, dict[str, Any]] = {
+        "batched": {},
+        "per-event": {"max_batch": 1, "max_wait_ms": 0},
+        "inline": {"inference_thread": False},
+        "gil-5ms": {"gil_switch_interval_ms": 0},
+    }
     chosen = []
     for name in (v.strip() for v in variants.split(",") if v.strip()):
         if name.startswith("batch-"):
@@ -435,17 +440,72 @@ def bench_e2e(
                 )
     finally:
         broker.stop()
+    summaries = [r.summary() for r in results]
     report = {
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": _machine(),
         "model_dir": str(model),
-        "results": [r.summary() for r in results],
+        "results": summaries,
     }
     (out / "bench.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     png = plot_e2e(results, out / "bench.png")
-    _print_results(report["results"])
+    _print_results(summaries)
     console.print(f"wrote {out / 'bench.json'}" + (f" and {png}" if png else ""))
+
+
+@bench_app.command("soak")
+def bench_soak(
+    model_dir: Annotated[Path, typer.Option(help="Model the worker serves.")],
+    minutes: Annotated[float, typer.Option(help="How long to run.")] = 30.0,
+    rate: Annotated[float, typer.Option(help="Constant events per second.")] = 500.0,
+    users: Annotated[int, typer.Option(help="Distinct users cycled through.")] = 20_000,
+    out: Annotated[Path, typer.Option(help="Directory for soak.json and soak.png.")] = Path(
+        "var/bench"
+    ),
+) -> None:
+    """Constant load for a long time; RSS and lag sampled every 5 s (memory must stay flat)."""
+    from deploy.bench import plot_soak, soak
+    from deploy.broker import EmbeddedBroker
+    from streams.client import event_from_dict
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def make_event(i: int) -> Any:
+        kind = ("browse", "click", "browse", "purchase")[i % 4]
+        record: dict[str, Any] = {
+            "event_type": kind,
+            "event_id": f"soak-{i}",
+            "user_id": f"u{(i * 7919) % users}",
+            "item_id": f"sku-{(i * 31) % 1000:05d}",
+            "ts": 1_790_000_000 + i * 0.01,
+        }
+        if kind == "purchase":
+            record.update(order_id=f"o{i}", price=9.5)
+        return event_from_dict(record)
+
+    broker = EmbeddedBroker().start()
+    try:
+        result = soak(
+            broker,
+            model_dir,
+            out / "soak-runs",
+            make_event,
+            minutes=minutes,
+            rate=rate,
+            log=console.print,
+        )
+    finally:
+        broker.stop()
+    report = {
+        "command": " ".join(sys.argv),
+        "machine": _machine(),
+        **result.summary(),
+        "samples": result.samples,
+    }
+    (out / "soak.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    plot_soak(result, out / "soak.png")
+    print(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2).decode())
 
 
 @bench_app.command("inference")

@@ -65,7 +65,13 @@ class Settings(BaseSettings):
         "auto", description="onnxruntime execution provider; auto = CUDA if usable, else CPU."
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime intra-op threads (0 = all cores)."
+        1,
+        ge=0,
+        description="onnxruntime intra-op threads (0 = onnxruntime's default, all cores). "
+        "1 leaves the other cores to the event loop and librdkafka.",
+    )
+    gil_switch_interval_ms: float = Field(
+        0.5, ge=0, description="Python GIL switch interval in the worker (0 = Python's 5 ms)."
     )
     history_len: int = Field(50, ge=1, description="Interactions kept per user profile.")
     max_purchased: int = Field(200, ge=1, description="Purchased items remembered for exclusion.")
@@ -76,6 +82,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="Most events scored in one inference call.")
     max_wait_ms: float = Field(
         5.0, ge=0, description="Longest an event waits for its batch to fill."
+    )
+    inference_thread: bool = Field(
+        True,
+        description="Score batches in a thread, overlapping the stream (false: on the loop).",
     )
     fetch_max_wait_ms: int = Field(
         100, ge=1, description="Consumer fetch wait; bounds latency on quiet partitions."
@@ -128,6 +138,7 @@ class Settings(BaseSettings):
             top_k=self.top_k,
             max_batch=self.max_batch,
             max_wait_ms=self.max_wait_ms,
+            inference_thread=self.inference_thread,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             commit_interval_s=self.commit_interval_s,
             model_reload_interval_s=self.model_reload_interval_s,

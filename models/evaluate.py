@@ -1,4 +1,7 @@
-"""Offline evaluation: leave-last-out split and HR@k / NDCG@k for model and popularity.
+"""Quick offline evaluation (used by the demo): leave-last-out split and HR@k / NDCG@k.
+
+The benchmark harness (full ranking, all metrics, baselines) is `models.ranking` /
+`models.benchmark`; this module keeps the small API the demo and tests use.
 
 `leave_last_out` holds out, per user, the last event of a target type (default:
 "browse", i.e. the next product a user opens) and keeps everything before it for
@@ -10,7 +13,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ import torch
 from models.encoding import encode_histories
 from models.interactions import HistoryItem, Interaction
 from models.network import MASKED_SCORE
+from models.splits import EvalCase
 from models.train import TrainedModel
 
 __all__ = [
@@ -29,21 +32,6 @@ __all__ = [
     "rank_with_model",
     "ranking_metrics",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class EvalCase:
-    """One held-out next-item prediction.
-
-    Attributes:
-        user_id: The user.
-        history: Oldest-first (item_id, event_type, channel) steps before the target.
-        target: The held-out item id.
-    """
-
-    user_id: str
-    history: tuple[HistoryItem, ...]
-    target: str
 
 
 def leave_last_out(

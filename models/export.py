@@ -12,10 +12,12 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -33,7 +35,23 @@ from models.metadata import (
 from models.network import MASKED_SCORE, ServingRecommender
 from models.train import TrainedModel
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "export_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORTER",
+    "ExportError",
+    "Variant",
+    "convert_variant",
+    "export_onnx",
+    "measure_latency",
+]
+
+#: Numeric variant of an exported graph (see `convert_variant`).
+Variant = Literal["fp32", "fp16", "int8"]
+
+#: The exporter used. Measured with torch 2.13 on the benchmark models (BENCHMARKS.md):
+#: the TorchScript-based exporter takes well under a second and needs no extra package;
+#: the dynamo exporter needs `onnxscript` (not a dependency) and is several times slower.
+EXPORTER = "torch.onnx legacy (TorchScript trace)"
 
 logger = logging.getLogger("recstream.models.export")
 
@@ -87,6 +105,7 @@ def export_onnx(
     model_version: str | None = None,
     metrics: Mapping[str, float] | None = None,
     opset: int = DEFAULT_OPSET,
+    variant: Variant = "fp32",
 ) -> Path:
     """Write `out_dir/model.onnx` and `out_dir/metadata.json` atomically.
 
@@ -100,6 +119,11 @@ def export_onnx(
         model_version: Version string; default "<UTC timestamp>-<8 hex of fingerprint>".
         metrics: Metrics to record (default: `trained.metrics`).
         opset: ONNX opset (>= 17).
+        variant: "fp32" (reference, verified against torch), "fp16" (weights and
+            activations in half precision, I/O kept fp32; meant for CUDA) or "int8"
+            (dynamic int8 quantization of MatMul/Gemm weights; meant for CPU). The
+            fp32 graph is always verified first; variants get a "-fp16"/"-int8" version
+            suffix by default.
 
     Returns:
         `out_dir`, ready for `OnnxScorer.load`.
@@ -119,8 +143,11 @@ def export_onnx(
     module = copy.deepcopy(trained.module).to("cpu").eval()
     wrapper = ServingRecommender(module, max_k=max_k).eval()
 
+    default_version = make_model_version(trained.data_fingerprint)
+    if variant != "fp32":
+        default_version += f"-{variant}"
     meta = ModelMetadata(
-        model_version=model_version or make_model_version(trained.data_fingerprint),
+        model_version=model_version or default_version,
         items=list(trained.vocab.ids),
         popularity=list(trained.popularity),
         max_len=cfg.max_len,
@@ -130,12 +157,17 @@ def export_onnx(
         n_heads=cfg.n_heads,
         training_data_fingerprint=trained.data_fingerprint,
         opset=opset,
-        metrics=dict(metrics if metrics is not None else trained.metrics),
+        metrics=_variant_metrics(metrics if metrics is not None else trained.metrics, variant),
+        variant=variant,
+        exporter=EXPORTER,
+        recent_popularity={k: list(v) for k, v in trained.recent_popularity.items()},
     )
     meta.validate()
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        # mkdtemp creates 0700; workers may run as another user than the exporter.
+        os.chmod(tmp, 0o755)  # noqa: S103 - a model is not secret; readers need r-x
         model_path = tmp / MODEL_FILENAME
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript-based exporter is deprecated upstream but is much faster and
@@ -164,6 +196,8 @@ def export_onnx(
             _verify(wrapper, model_path, n_items, cfg.max_len)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"exported ONNX graph is invalid: {exc}") from exc
+        if variant != "fp32":
+            convert_variant(model_path, model_path, variant)
         meta.save(tmp / METADATA_FILENAME)
         with open(model_path, "rb") as fh:
             os.fsync(fh.fileno())
@@ -173,6 +207,13 @@ def export_onnx(
         raise
     logger.info("exported model %s to %s (opset %d)", meta.model_version, out_dir, opset)
     return out_dir
+
+
+def _variant_metrics(metrics: Mapping[str, float], variant: Variant) -> dict[str, float]:
+    """Metrics measured on the fp32 model are labelled as such on fp16 / int8 exports."""
+    if variant == "fp32":
+        return dict(metrics)
+    return {f"fp32_reference.{k}": float(v) for k, v in metrics.items()}
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -190,3 +231,122 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def convert_variant(src: Path, dst: Path, variant: Variant) -> Path:
+    """Convert a verified fp32 graph to a serving variant (may overwrite `src`).
+
+    * "fp16": every float initializer and op in half precision except TopK's inputs,
+      I/O kept float32 (`keep_io_types`), so the scorer is unchanged. Masked scores
+      (-1e9 in fp32) become -inf in fp16, which the scorer's threshold also treats as
+      masked. Meant for the CUDA provider; onnxruntime's CPU provider lacks fast fp16
+      kernels for several ops.
+    * "int8": `onnxruntime.quantization.quantize_dynamic` on MatMul/Gemm weights
+      (per-tensor int8, activations quantized on the fly). Meant for CPU.
+
+    Args:
+        src: fp32 `model.onnx`.
+        dst: Output path.
+        variant: "fp16" or "int8" ("fp32" copies).
+
+    Returns:
+        `dst`.
+    """
+    if variant == "fp32":
+        if Path(src) != Path(dst):
+            shutil.copyfile(src, dst)
+        return Path(dst)
+    if variant == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = onnx.load(str(src))
+        # Keep the ops that carry the -1e9 mask / do the final ranking in fp32: the mask
+        # constant overflows fp16 and TopK on -inf ties is not worth the risk.
+        half = convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=["TopK"],
+        )
+        _toposort(half.graph)  # the converter appends its Cast nodes at the end
+        onnx.save(half, str(dst))
+    elif variant == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        tmp_out = Path(dst).with_name(f".{Path(dst).name}.int8.tmp")
+        quantize_dynamic(
+            str(src),
+            str(tmp_out),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
+        os.replace(tmp_out, dst)
+    else:
+        raise ValueError(f"unknown variant {variant!r}")
+    onnx.checker.check_model(str(dst), full_check=True)
+    return Path(dst)
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder `graph.node` topologically in place (Kahn's algorithm, stable)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ExportError("graph has a cycle or an undefined input after conversion")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def measure_latency(
+    model_path: Path,
+    *,
+    batch_sizes: Sequence[int] = (1, 64, 256),
+    threads: int = 2,
+    repeats: int = 30,
+    provider: str = "CPUExecutionProvider",
+) -> dict[int, float]:
+    """Median wall time (milliseconds) of one `session.run` per batch size.
+
+    Inputs are random full-length histories with one exclusion per row; the session is
+    warmed up first. Meant for relative comparisons of variants on one machine.
+
+    Args:
+        model_path: A `model.onnx` (or its directory).
+        batch_sizes: Batch sizes to time.
+        threads: onnxruntime intra-op threads.
+        repeats: Timed runs per batch size.
+        provider: Execution provider.
+
+    Returns:
+        {batch size: median milliseconds}.
+    """
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / MODEL_FILENAME
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=[provider])
+    meta = ModelMetadata.load(path.parent)
+    out: dict[int, float] = {}
+    for batch in batch_sizes:
+        inputs = _example_inputs(meta.n_items, meta.max_len, batch=batch, n_exclude=1)
+        feeds = {name: t.numpy() for name, t in zip(ONNX_INPUTS, inputs, strict=True)}
+        for _ in range(3):
+            session.run(list(ONNX_OUTPUTS), feeds)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            session.run(list(ONNX_OUTPUTS), feeds)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        out[batch] = float(np.median(times))
+    return out

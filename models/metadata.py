@@ -24,6 +24,7 @@ __all__ = [
     "MODEL_FILENAME",
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
+    "VARIANTS",
     "MetadataError",
     "ModelMetadata",
     "make_model_version",
@@ -37,6 +38,8 @@ METADATA_FILENAME = "metadata.json"
 #: Graph input / output names, in order.
 ONNX_INPUTS: tuple[str, ...] = ("item_seq", "type_seq", "channel_seq", "exclude")
 ONNX_OUTPUTS: tuple[str, ...] = ("scores", "items")
+#: Numeric variants of an exported graph.
+VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -87,6 +90,12 @@ class ModelMetadata:
         onnx_outputs: Graph output names in order.
         metrics: Free-form evaluation metrics (e.g. {"hr@10": 0.4}); may be empty.
         format_version: Schema version of this file.
+        variant: Numeric variant of the graph: "fp32" (reference), "fp16" (for CUDA) or
+            "int8" (dynamic quantization, for CPU).
+        exporter: Exporter that wrote the graph (e.g. "torch.onnx legacy (TorchScript)").
+        recent_popularity: Cold-start lists for new users: interaction counts per item
+            index over the most recent part of the training data, under "all" and per
+            channel (same alignment as `items`). Empty = use `popularity`.
     """
 
     model_version: str
@@ -106,6 +115,9 @@ class ModelMetadata:
     onnx_outputs: list[str] = field(default_factory=lambda: list(ONNX_OUTPUTS))
     metrics: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    variant: str = "fp32"
+    exporter: str = ""
+    recent_popularity: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -143,6 +155,11 @@ class ModelMetadata:
             raise MetadataError(f"max_k={self.max_k} exceeds the {self.n_items} items")
         if not _SHA256_RE.match(self.training_data_fingerprint):
             raise MetadataError("training_data_fingerprint must be 64 lowercase hex chars")
+        for key, counts in self.recent_popularity.items():
+            if len(counts) != len(self.items) or any(c < 0 for c in counts):
+                raise MetadataError(f"recent_popularity[{key!r}] must be {len(self.items)} counts")
+        if self.variant not in VARIANTS:
+            raise MetadataError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if any(not math.isfinite(v) for v in self.metrics.values()):
             raise MetadataError("metrics must be finite numbers")
 

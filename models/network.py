@@ -79,10 +79,18 @@ class SequentialRecommender(nn.Module):
         dropout: Dropout probability (embeddings, attention weights, residual branches).
         n_event_types: Size of the event-type vocabulary without padding.
         n_channels: Size of the channel vocabulary without padding.
+        item_attributes: Optional int64 [n_items + 1, A] attribute ids per item (0 = pad),
+            e.g. category / brand ids; their mean embedding is added to the item's.
+        n_attributes: Size of the attribute vocabulary without padding (needed with
+            `item_attributes`).
+        item_content: Optional float [n_items + 1, C] content vectors per item (e.g. text
+            embeddings); a learned projection is added to the item's embedding, which is
+            what lets items without interactions be scored (see `models.content`).
     """
 
     causal: Tensor  # registered buffer, [max_len, max_len] bool
     positions: Tensor  # registered buffer, [max_len] int64
+    eye: Tensor  # registered buffer, [max_len, max_len] bool
 
     def __init__(
         self,
@@ -95,6 +103,9 @@ class SequentialRecommender(nn.Module):
         dropout: float = 0.2,
         n_event_types: int = len(EVENT_TYPES),
         n_channels: int = len(CHANNELS),
+        item_attributes: Tensor | None = None,
+        n_attributes: int = 0,
+        item_content: Tensor | None = None,
     ) -> None:
         super().__init__()
         if n_items < 1 or max_len < 1:
@@ -114,6 +125,27 @@ class SequentialRecommender(nn.Module):
             "causal", torch.ones(max_len, max_len, dtype=torch.bool).tril(), persistent=False
         )
         self.register_buffer("positions", torch.arange(max_len), persistent=False)
+        # A constant, not torch.eye(L) at run time: the latter exports as a bool EyeLike,
+        # which onnxruntime does not implement.
+        self.register_buffer("eye", torch.eye(max_len, dtype=torch.bool), persistent=False)
+        self.attribute_embedding: nn.Embedding | None = None
+        self.item_attributes: Tensor | None
+        if item_attributes is not None:
+            if tuple(item_attributes.shape[:1]) != (n_items + 1,) or n_attributes < 1:
+                raise ValueError("item_attributes must be [n_items + 1, A] with n_attributes")
+            self.attribute_embedding = nn.Embedding(n_attributes + 1, dim, padding_idx=0)
+            self.register_buffer("item_attributes", item_attributes.long())
+        else:
+            self.item_attributes = None
+        self.content_projection: nn.Linear | None = None
+        self.item_content: Tensor | None
+        if item_content is not None:
+            if tuple(item_content.shape[:1]) != (n_items + 1,):
+                raise ValueError("item_content must be [n_items + 1, C]")
+            self.content_projection = nn.Linear(item_content.shape[1], dim, bias=False)
+            self.register_buffer("item_content", item_content.float())
+        else:
+            self.item_content = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -130,30 +162,61 @@ class SequentialRecommender(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
-    def encode(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
+    def item_table(self) -> Tensor:
+        """Item representations [n_items + 1, D]: id embedding plus side features.
+
+        Used both as input embeddings and (tied) as output embeddings. Row 0 (padding)
+        is zero for the id and attribute parts; it is always masked at the output.
+        """
+        table = self.item_embedding.weight
+        if self.attribute_embedding is not None and self.item_attributes is not None:
+            attrs = self.item_attributes
+            counts = (attrs != 0).sum(dim=1, keepdim=True).clamp(min=1).to(table.dtype)
+            table = table + self.attribute_embedding(attrs).sum(dim=1) / counts
+        if self.content_projection is not None and self.item_content is not None:
+            table = table + self.content_projection(self.item_content)
+        return table
+
+    def encode(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None = None,
+    ) -> Tensor:
         """Contextual hidden states [B, L, D] for left-padded index sequences [B, L].
 
+        Training may pass L < max_len (batches trimmed to their longest row); the rows
+        are still left-padded, so they take the last L positional embeddings.
+
         Args:
-            item_seq: Item indices (0 = pad), int64 [B, L] with L == max_len.
+            item_seq: Item indices (0 = pad), int64 [B, L] with L <= max_len.
             type_seq: Event-type indices (0 = pad), int64 [B, L].
             channel_seq: Channel indices (0 = pad), int64 [B, L].
+            item_table: Precomputed `item_table()` (saves recomputing it in training).
 
         Returns:
             Final-LayerNorm'd hidden states; position t only depends on positions <= t.
         """
         valid = item_seq != 0  # [B, L]
+        length = item_seq.shape[1]
+        positions, causal, eye = self.positions, self.causal, self.eye
+        # Only training trims; the traced export always sees L == max_len.
+        if not torch.onnx.is_in_onnx_export() and length != self.max_len:
+            positions = positions[self.max_len - length :]
+            causal = causal[:length, :length]
+            eye = eye[:length, :length]
         x = (
-            self.item_embedding(item_seq)
+            F.embedding(item_seq, self.item_table() if item_table is None else item_table)
             + self.type_embedding(type_seq)
             + self.channel_embedding(channel_seq)
-            + self.position_embedding(self.positions)
+            + self.position_embedding(positions)
         )
         # Zero the padding positions so that positional embeddings there carry nothing.
         x = self.embed_dropout(x * valid.unsqueeze(-1).to(x.dtype))
         # Query q may see key k iff k <= q and k is a real item; every query also sees
         # itself so rows for padding queries are never fully masked (no NaN softmax).
-        eye = torch.eye(self.max_len, dtype=torch.bool, device=item_seq.device)
-        allowed = self.causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))
+        allowed = causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))
         attn_bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(
             ~allowed, _ATTN_MASK_VALUE
         )
@@ -171,17 +234,27 @@ class SequentialRecommender(nn.Module):
         Returns:
             Logits [..., n_items + 1]; column 0 (padding) is not masked here.
         """
-        return hidden @ self.item_embedding.weight.t()
+        return hidden @ self.item_table().t()
 
     def forward(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
         """Training forward: next-item logits at every position, [B, L, n_items + 1]."""
         return self.item_logits(self.encode(item_seq, type_seq, channel_seq))
 
     def next_item_loss(
-        self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor, targets: Tensor
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        targets: Tensor,
+        *,
+        n_negatives: int = 0,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Mean full-softmax cross-entropy of next-item prediction over non-pad targets.
+        """Mean cross-entropy of next-item prediction over non-pad targets.
 
+        Full softmax over the catalog by default. With `n_negatives > 0`, a sampled
+        softmax instead: the positive against `n_negatives` items drawn uniformly (shared
+        by the batch; accidental hits masked), for catalogs too large for full logits.
         Logits are only computed where `targets != 0`, which skips the (many) padding
         positions of short sequences instead of scoring and then ignoring them.
 
@@ -190,14 +263,27 @@ class SequentialRecommender(nn.Module):
             type_seq: int64 [B, L] inputs.
             channel_seq: int64 [B, L] inputs.
             targets: int64 [B, L] next item per position (0 = no target).
+            n_negatives: 0 = full softmax; otherwise sampled negatives per batch.
+            generator: RNG for the negatives (CPU generator).
 
         Returns:
             Scalar loss.
         """
-        hidden = self.encode(item_seq, type_seq, channel_seq)
+        table = self.item_table()
+        hidden = self.encode(item_seq, type_seq, channel_seq, table)
         mask = targets != 0
-        logits = self.item_logits(hidden[mask])  # [N, n_items + 1]
-        return F.cross_entropy(logits, targets[mask])
+        h = hidden[mask]  # [N, D]
+        y = targets[mask]
+        if n_negatives <= 0:
+            return F.cross_entropy(h @ table.t(), y)
+        negatives = torch.randint(1, self.n_items + 1, (n_negatives,), generator=generator)
+        negatives = negatives.to(h.device)
+        pos = (h * table[y]).sum(dim=-1, keepdim=True)  # [N, 1]
+        neg = (h @ table[negatives].t()).masked_fill(
+            negatives.unsqueeze(0) == y.unsqueeze(1), _ATTN_MASK_VALUE
+        )  # [N, S]
+        logits = torch.cat([pos, neg], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(y))
 
 
 class ServingRecommender(nn.Module):

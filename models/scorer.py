@@ -17,6 +17,7 @@ import onnxruntime as ort
 from models.encoding import encode_exclude, encode_histories, vocab_index
 from models.interactions import HistoryItem
 from models.metadata import MODEL_FILENAME, ModelMetadata
+from models.store import resolve_model_dir
 
 __all__ = [
     "HistoryItem",
@@ -34,8 +35,9 @@ Strategy = Literal["sequential", "popular"]
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
-# Graph scores at or below this are masked items (pad / excluded), see network.MASKED_SCORE.
-_MASKED_THRESHOLD = -1.0e8
+# Graph scores at or below this are masked items (pad / excluded), see network.MASKED_SCORE
+# (-1e9 in fp32 graphs; the fp16 variant saturates it to -65504). Real logits are O(10).
+_MASKED_THRESHOLD = -1.0e4
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -166,6 +168,16 @@ class OnnxScorer:
         self._popular: list[tuple[str, float]] = [
             (str(self._items[int(i) + 1]), float(counts[i])) for i in order
         ]
+        # Cold-start lists: recent popularity ("all" and per channel), ties broken by
+        # all-time popularity, then index. Empty when the model has none (older exports).
+        self._recent: dict[str, list[tuple[str, float]]] = {}
+        for key, values in metadata.recent_popularity.items():
+            recent = np.asarray(values[1:], dtype=np.int64)
+            if recent.any():
+                ranked = np.lexsort((np.arange(recent.size), -counts, -recent))
+                self._recent[key] = [
+                    (str(self._items[int(i) + 1]), float(recent[i])) for i in ranked
+                ]
 
     @classmethod
     def load(
@@ -177,7 +189,8 @@ class OnnxScorer:
         """Load `model_dir/model.onnx` + `metadata.json` and create the session.
 
         Args:
-            model_dir: Directory written by `models.export.export_onnx`.
+            model_dir: Directory written by `models.export.export_onnx`, or a model
+                store root (`models.store`), which loads the version named by CURRENT.
             provider: "cpu"; "cuda" (raise if CUDA is not really used); or "auto" (CUDA
                 when it really works, else CPU).
             intra_op_threads: onnxruntime intra-op threads (0 = onnxruntime default).
@@ -190,7 +203,7 @@ class OnnxScorer:
             models.metadata.MetadataError: If metadata.json is invalid.
             FileNotFoundError: If a file is missing.
         """
-        model_dir = Path(model_dir)
+        model_dir = resolve_model_dir(Path(model_dir))
         metadata = ModelMetadata.load(model_dir)
         model_path = model_dir / MODEL_FILENAME
         if not model_path.is_file():
@@ -263,9 +276,11 @@ class OnnxScorer:
         """Recommend up to k items per history in a single batched `session.run`.
 
         Rows with at least one known item get the transformer's top-k ("sequential");
-        the rest get the popularity top-k ("popular"). Items in the row's exclude set
-        are never returned. Unknown item ids (in history or exclude) are ignored. Fewer
-        than k items are returned only if the catalog minus exclusions is that small.
+        the rest get the popularity top-k ("popular"): recent popularity in the channel
+        of the row's latest event when the model has it (see `popular_list`). Items in
+        the row's exclude set are never returned. Unknown item ids (in history or
+        exclude) are ignored. Fewer than k items are returned only if the catalog minus
+        exclusions is that small.
 
         Args:
             histories: One oldest-first sequence of (item_id, event_type, channel) per user.
@@ -315,14 +330,27 @@ class OnnxScorer:
                 results[row] = Recommendation(items=picked, strategy="sequential")
         for row, rec in enumerate(results):
             if rec is None:
+                channel = histories[row][-1][2] if histories[row] else None
                 results[row] = Recommendation(
-                    items=self._popular_top(exclude[row], k), strategy="popular"
+                    items=self._popular_top(exclude[row], k, channel), strategy="popular"
                 )
         return [rec for rec in results if rec is not None]
 
-    def _popular_top(self, banned: Collection[str], k: int) -> list[tuple[str, float]]:
+    def popular_list(self, channel: str | None = None) -> list[tuple[str, float]]:
+        """The fallback ranking for a user without known items.
+
+        Recent popularity in the user's channel (of their latest event) when the model
+        has it, else recent popularity overall, else all-time popularity.
+        """
+        if channel is not None and channel in self._recent:
+            return self._recent[channel]
+        return self._recent.get("all", self._popular)
+
+    def _popular_top(
+        self, banned: Collection[str], k: int, channel: str | None = None
+    ) -> list[tuple[str, float]]:
         picked: list[tuple[str, float]] = []
-        for item, count in self._popular:
+        for item, count in self.popular_list(channel):
             if item not in banned:
                 picked.append((item, count))
                 if len(picked) == k:

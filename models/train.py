@@ -10,22 +10,35 @@ checkpointing, sampled softmax or other data readers can be slotted in later.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from tqdm.auto import tqdm
 
-from models.encoding import CHANNEL_INDEX, EVENT_TYPE_INDEX, PAD_INDEX, vocab_index
+from models.encoding import (
+    CHANNEL_INDEX,
+    EVENT_TYPE_INDEX,
+    PAD_INDEX,
+    EncodedHistories,
+    vocab_index,
+)
 from models.interactions import Interaction, fingerprint_interactions
 from models.network import SequentialRecommender
+from models.splits import EvalCase
 
 __all__ = [
+    "SELECTION_METRIC",
     "EpochStats",
     "ItemVocab",
+    "ModuleRanker",
     "TrainConfig",
     "TrainedModel",
     "TrainingStats",
@@ -33,6 +46,9 @@ __all__ = [
     "build_training_windows",
     "build_vocab",
     "group_timelines",
+    "load_checkpoint",
+    "recent_popularity",
+    "save_checkpoint",
     "train_model",
 ]
 
@@ -64,6 +80,15 @@ class TrainConfig:
         grad_clip: Max global gradient norm (0 disables).
         device: Torch device for training ("cpu", "cuda", ...); the result is moved to CPU.
         num_threads: torch intra-op threads while training (None leaves torch's setting).
+        val_patience: With validation cases: stop after this many evaluations without a
+            better validation NDCG@10 (the best epoch's weights are restored).
+        eval_every: Evaluate on validation cases every N epochs.
+        max_minutes: Wall-clock budget for the epoch loop (None = unlimited); training
+            stops after the epoch that crosses it.
+        n_negatives: 0 = full softmax cross-entropy over the catalog (default, best
+            quality); N > 0 = sampled softmax with N shared uniform negatives per batch.
+        bucket_batches: Group windows of similar length into batches and trim padding
+            columns (same data and targets, much less attention compute).
     """
 
     max_len: int = 50
@@ -82,6 +107,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: str = "cpu"
     num_threads: int | None = None
+    val_patience: int = 5
+    eval_every: int = 1
+    max_minutes: float | None = None
+    n_negatives: int = 0
+    bucket_batches: bool = True
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -135,12 +165,14 @@ class EpochStats:
     Attributes:
         epoch: 1-based epoch number.
         loss: Mean training cross-entropy (nats) over the epoch's target positions.
-        seconds: Wall time of the epoch.
+        seconds: Wall time of the epoch (training only, without validation).
+        valid: Validation metrics after this epoch (empty if not evaluated).
     """
 
     epoch: int
     loss: float
     seconds: float
+    valid: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -149,12 +181,14 @@ class TrainingStats:
 
     Attributes:
         epochs: Per-epoch stats in order.
-        seconds: Total wall time including data preparation.
+        seconds: Total wall time including data preparation and validation.
         n_interactions: Interactions consumed.
         n_users: Users with at least one interaction.
         n_windows: Training windows (sequences) per epoch.
         n_targets: Next-item targets per epoch.
-        stopped_early: Whether `patience` ended training before `epochs`.
+        stopped_early: Whether patience or the time budget ended training before `epochs`.
+        best_epoch: Epoch whose weights were kept (the last one without validation).
+        stop_reason: "max_epochs", "patience" or "time_budget".
     """
 
     epochs: list[EpochStats]
@@ -164,11 +198,24 @@ class TrainingStats:
     n_windows: int
     n_targets: int
     stopped_early: bool
+    best_epoch: int = 0
+    stop_reason: str = "max_epochs"
 
     @property
     def epoch_losses(self) -> list[float]:
         """Mean training loss per epoch."""
         return [e.loss for e in self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (used by checkpoints and reports)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingStats:
+        """Inverse of `to_dict`."""
+        fields = dict(data)
+        fields["epochs"] = [EpochStats(**e) for e in fields["epochs"]]
+        return cls(**fields)
 
 
 @dataclass(slots=True)
@@ -184,6 +231,8 @@ class TrainedModel:
         data_fingerprint: sha256 of the training interactions (see
             `fingerprint_interactions`).
         metrics: Optional evaluation metrics to carry into the model metadata.
+        recent_popularity: Cold-start counts ("all" and per channel) over the newest
+            part of the training data (see `recent_popularity`).
     """
 
     module: SequentialRecommender
@@ -193,6 +242,7 @@ class TrainedModel:
     stats: TrainingStats
     data_fingerprint: str
     metrics: dict[str, float] = field(default_factory=dict)
+    recent_popularity: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +285,36 @@ def build_vocab(interactions: Sequence[Interaction]) -> tuple[ItemVocab, list[in
     vocab = ItemVocab((None, *sorted(counts)))
     popularity = [0] + [counts[item] for item in vocab.ids[1:] if item is not None]
     return vocab, popularity
+
+
+def recent_popularity(
+    interactions: Sequence[Interaction], vocab: ItemVocab, fraction: float = 0.2
+) -> dict[str, list[int]]:
+    """Counts per item index over the newest `fraction` of interactions (by ts).
+
+    What a brand-new user sees: what is popular *now*, overall ("all") and per channel
+    (only channels present in the data). Works for any ts unit (a share of events, not
+    a number of days).
+
+    Args:
+        interactions: Training interactions.
+        vocab: Item vocabulary (counts are aligned with it; index 0 = 0).
+        fraction: Share of the most recent interactions counted.
+
+    Returns:
+        {"all": counts, channel: counts, ...}.
+    """
+    ordered = sorted(range(len(interactions)), key=lambda i: (interactions[i].ts, i))
+    recent = ordered[len(ordered) - max(1, int(len(ordered) * fraction)) :] if ordered else []
+    out: dict[str, list[int]] = {"all": [0] * len(vocab)}
+    for i in recent:
+        it = interactions[i]
+        idx = vocab.index.get(it.item_id)
+        if idx is None:
+            continue
+        out["all"][idx] += 1
+        out.setdefault(it.channel, [0] * len(vocab))[idx] += 1
+    return out
 
 
 def group_timelines(
@@ -306,6 +386,49 @@ def build_training_windows(timelines: Iterable[Sequence[_Step]], max_len: int) -
     return TrainingWindows(item_seq, type_seq, channel_seq, targets)
 
 
+class ModuleRanker:
+    """`models.ranking.Ranker` over a torch `SequentialRecommender` (full catalog scores).
+
+    Args:
+        module: The network (switched to eval mode while scoring).
+        name: Report name.
+    """
+
+    def __init__(self, module: SequentialRecommender, name: str = "transformer") -> None:
+        self.module = module
+        self.name = name
+        self.max_len = module.max_len
+
+    @torch.no_grad()
+    def score(self, batch: EncodedHistories) -> npt.NDArray[np.float32]:
+        """Logits [B, n_items + 1] at the last position of each history."""
+        was_training = self.module.training
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        tensors = [
+            torch.from_numpy(a).to(device)
+            for a in (batch.item_seq, batch.type_seq, batch.channel_seq)
+        ]
+        hidden = self.module.encode(*tensors)[:, -1, :]
+        scores = self.module.item_logits(hidden).float().cpu().numpy()
+        self.module.train(was_training)
+        return scores
+
+
+def _attribute_tensor(
+    vocab: ItemVocab, attributes: Mapping[str, Sequence[str]]
+) -> tuple[torch.Tensor, int]:
+    """[n_items + 1, A] attribute indices (0 = pad) and the attribute vocabulary size."""
+    names = sorted({a for item in vocab.ids[1:] if item for a in attributes.get(item, ())})
+    index = {name: i + 1 for i, name in enumerate(names)}
+    width = max((len(attributes.get(item or "", ())) for item in vocab.ids), default=0)
+    table = torch.zeros(len(vocab), max(1, width), dtype=torch.long)
+    for row, item in enumerate(vocab.ids):
+        for col, name in enumerate(attributes.get(item or "", ()) if item else ()):
+            table[row, col] = index[name]
+    return table, len(names)
+
+
 class _Trainer:
     """Owns model, optimizer and data tensors for one training run."""
 
@@ -322,25 +445,53 @@ class _Trainer:
             torch.from_numpy(a).to(self.device)
             for a in (windows.item_seq, windows.type_seq, windows.channel_seq, windows.targets)
         )
+        self.lengths = torch.from_numpy((windows.item_seq != 0).sum(axis=1))
         # Own generator: shuffling is reproducible and independent of global RNG use.
         self.generator = torch.Generator().manual_seed(config.seed)
         self.best_loss = float("inf")
         self.epochs_without_improvement = 0
 
+    def _batches(self) -> list[torch.Tensor]:
+        """Shuffled index batches; with bucketing, similar lengths share a batch."""
+        n = self.data[0].shape[0]
+        size = self.config.batch_size
+        order = torch.randperm(n, generator=self.generator)
+        if not self.config.bucket_batches:
+            return list(torch.split(order, size))
+        # Sort within pools of 50 batches by length, cut, then shuffle the batches: each
+        # batch is still a random draw, but padding per batch shrinks a lot.
+        pool = 50 * size
+        batches: list[torch.Tensor] = []
+        for chunk in torch.split(order, pool):
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches.extend(torch.split(chunk, size))
+        perm = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [batches[i] for i in perm]
+
     def train_epoch(self) -> float:
         """Run one shuffled pass; return the target-weighted mean loss."""
         self.model.train()
-        n = self.data[0].shape[0]
-        order = torch.randperm(n, generator=self.generator).to(self.device)
         total_loss = 0.0
         total_targets = 0
-        for start in range(0, n, self.config.batch_size):
-            idx = order[start : start + self.config.batch_size]
+        for idx in self._batches():
+            idx = idx.to(self.device)
             item_seq, type_seq, channel_seq, targets = (t[idx] for t in self.data)
+            if self.config.bucket_batches:
+                width = max(1, int(self.lengths[idx.cpu()].max()))
+                item_seq, type_seq, channel_seq, targets = (
+                    t[:, -width:] for t in (item_seq, type_seq, channel_seq, targets)
+                )
             n_targets = int((targets != 0).sum())
             if n_targets == 0:
                 continue
-            loss = self.model.next_item_loss(item_seq, type_seq, channel_seq, targets)
+            loss = self.model.next_item_loss(
+                item_seq,
+                type_seq,
+                channel_seq,
+                targets,
+                n_negatives=self.config.n_negatives,
+                generator=self.generator,
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             if self.config.grad_clip > 0:
@@ -351,7 +502,7 @@ class _Trainer:
         return total_loss / max(1, total_targets)
 
     def should_stop(self, stats: EpochStats) -> bool:
-        """Patience rule on the training loss (hook point for validation metrics)."""
+        """Patience rule on the training loss (used when there is no validation data)."""
         if stats.loss < self.best_loss - self.config.min_delta:
             self.best_loss = stats.loss
             self.epochs_without_improvement = 0
@@ -360,15 +511,37 @@ class _Trainer:
         return 0 < self.config.patience <= self.epochs_without_improvement
 
 
+#: Validation metric used for early stopping and checkpoint selection.
+SELECTION_METRIC = "ndcg@10"
+
+
 def train_model(
-    interactions: Iterable[Interaction], config: TrainConfig, *, progress: bool = False
+    interactions: Iterable[Interaction],
+    config: TrainConfig,
+    *,
+    valid: Sequence[EvalCase] | None = None,
+    item_attributes: Mapping[str, Sequence[str]] | None = None,
+    item_content: Mapping[str, npt.NDArray[np.float32]] | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: bool = False,
 ) -> TrainedModel:
     """Train a `SequentialRecommender` on next-item prediction.
+
+    Without `valid`, training runs `config.epochs` epochs with patience on the training
+    loss. With `valid`, every `eval_every` epochs the model is ranked against the full
+    catalog on the validation cases; training stops after `val_patience` evaluations
+    without a better NDCG@10 and the best weights are restored.
 
     Args:
         interactions: Training interactions (any order; grouped per user and sorted by ts).
         config: Hyper-parameters.
-        progress: Log one INFO line per epoch on logger "recstream.models.train".
+        valid: Validation cases (histories -> held-out item), never trained on.
+        item_attributes: Optional item id -> attribute ids (side features).
+        item_content: Optional item id -> content vector (e.g. text embedding); items
+            without a vector get zeros.
+        checkpoint_dir: Write `best.pt` (and `last.pt` each epoch) here.
+        progress: Show a tqdm progress bar with loss and validation metrics, and log one
+            INFO line per epoch on logger "recstream.models.train".
 
     Returns:
         The trained model (CPU, eval mode) with vocabulary, popularity and stats.
@@ -376,6 +549,8 @@ def train_model(
     Raises:
         ValueError: If there is no user with at least two known interactions.
     """
+    from models.ranking import evaluate_ranker  # local: ranking imports nothing from here
+
     t0 = time.perf_counter()
     data = list(interactions)
     fingerprint = fingerprint_interactions(data)
@@ -384,12 +559,15 @@ def train_model(
     windows = build_training_windows(timelines.values(), config.max_len)
     if len(windows) == 0:
         raise ValueError("no user has two or more interactions; nothing to train on")
+    recent = recent_popularity(data, vocab)
 
     previous_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
         torch.manual_seed(config.seed)  # parameter init and dropout
+        attrs, n_attrs = _attribute_tensor(vocab, item_attributes) if item_attributes else (None, 0)
+        content = _content_tensor(vocab, item_content) if item_content else None
         model = SequentialRecommender(
             vocab.n_items,
             max_len=config.max_len,
@@ -397,41 +575,231 @@ def train_model(
             n_layers=config.n_layers,
             n_heads=config.n_heads,
             dropout=config.dropout,
+            item_attributes=attrs if n_attrs else None,
+            n_attributes=n_attrs,
+            item_content=content,
         )
         trainer = _Trainer(model, windows, config)
+        ranker = ModuleRanker(model)
         epochs: list[EpochStats] = []
-        stopped_early = False
-        for epoch in range(1, config.epochs + 1):
+        stop_reason = "max_epochs"
+        best_score = -1.0
+        best_epoch = 0
+        best_state: dict[str, torch.Tensor] | None = None
+        bad_evals = 0
+        bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
+        for epoch in bar:
             e0 = time.perf_counter()
             loss = trainer.train_epoch()
-            stats = EpochStats(epoch=epoch, loss=loss, seconds=time.perf_counter() - e0)
+            seconds = time.perf_counter() - e0
+            val: dict[str, float] = {}
+            if valid and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
+                val = {k: v for k, v in report.metrics.items() if k in ("hr@10", "ndcg@10")}
+            stats = EpochStats(epoch=epoch, loss=loss, seconds=seconds, valid=val)
             epochs.append(stats)
+            postfix = {"loss": f"{loss:.4f}"} | {k: f"{v:.4f}" for k, v in val.items()}
+            bar.set_postfix(postfix)
             if progress:
-                logger.info(
-                    "epoch %d/%d loss=%.4f (%.2fs)", epoch, config.epochs, loss, stats.seconds
+                logger.info("epoch %d/%d %s (%.1fs)", epoch, config.epochs, postfix, seconds)
+            stop = False
+            if valid:
+                if val:
+                    if val[SELECTION_METRIC] > best_score:
+                        best_score, best_epoch, bad_evals = val[SELECTION_METRIC], epoch, 0
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    else:
+                        bad_evals += 1
+                    stop = 0 < config.val_patience <= bad_evals
+            else:
+                best_epoch = epoch
+                stop = trainer.should_stop(stats)
+            if checkpoint_dir is not None:
+                partial = _assemble(
+                    model,
+                    vocab,
+                    popularity,
+                    config,
+                    epochs,
+                    t0,
+                    data,
+                    timelines,
+                    windows,
+                    fingerprint,
+                    best_epoch,
+                    stop_reason,
+                    recent,
                 )
-            if trainer.should_stop(stats) and epoch < config.epochs:
-                stopped_early = True
+                save_checkpoint(partial, Path(checkpoint_dir) / "last.pt")
+                if best_epoch == epoch:
+                    save_checkpoint(partial, Path(checkpoint_dir) / "best.pt")
+            if stop and epoch < config.epochs:
+                stop_reason = "patience"
                 break
+            elapsed_min = (time.perf_counter() - t0) / 60
+            if config.max_minutes is not None and elapsed_min >= config.max_minutes:
+                stop_reason = "time_budget" if epoch < config.epochs else "max_epochs"
+                break
+        bar.close()
+        if best_state is not None:
+            model.load_state_dict(best_state)
     finally:
         if config.num_threads is not None:
             torch.set_num_threads(previous_threads)
 
     model = model.to("cpu").eval()
-    stats_all = TrainingStats(
-        epochs=epochs,
+    return _assemble(
+        model,
+        vocab,
+        popularity,
+        config,
+        epochs,
+        t0,
+        data,
+        timelines,
+        windows,
+        fingerprint,
+        best_epoch,
+        stop_reason,
+        recent,
+    )
+
+
+def _assemble(
+    model: SequentialRecommender,
+    vocab: ItemVocab,
+    popularity: list[int],
+    config: TrainConfig,
+    epochs: list[EpochStats],
+    t0: float,
+    data: Sequence[Interaction],
+    timelines: Mapping[str, Sequence[_Step]],
+    windows: TrainingWindows,
+    fingerprint: str,
+    best_epoch: int,
+    stop_reason: str,
+    recent: dict[str, list[int]],
+) -> TrainedModel:
+    stats = TrainingStats(
+        epochs=list(epochs),
         seconds=time.perf_counter() - t0,
         n_interactions=len(data),
         n_users=len(timelines),
         n_windows=len(windows),
         n_targets=int((windows.targets != 0).sum()),
-        stopped_early=stopped_early,
+        stopped_early=stop_reason != "max_epochs",
+        best_epoch=best_epoch,
+        stop_reason=stop_reason,
     )
     return TrainedModel(
         module=model,
         vocab=vocab,
         popularity=popularity,
         config=config,
-        stats=stats_all,
+        stats=stats,
         data_fingerprint=fingerprint,
+        recent_popularity=recent,
+    )
+
+
+def _content_tensor(
+    vocab: ItemVocab, content: Mapping[str, npt.NDArray[np.float32]]
+) -> torch.Tensor:
+    """[n_items + 1, C] content vectors aligned with the vocabulary (zeros if missing)."""
+    width = len(next(iter(content.values())))
+    table = torch.zeros(len(vocab), width)
+    for row, item in enumerate(vocab.ids):
+        if item is not None and item in content:
+            table[row] = torch.as_tensor(np.asarray(content[item], dtype=np.float32))
+    return table
+
+
+def save_checkpoint(trained: TrainedModel, path: Path) -> Path:
+    """Write a self-contained checkpoint (weights, config, vocabulary, stats) atomically.
+
+    Args:
+        trained: The model to save.
+        path: Destination file (`.pt`); its directory is created.
+
+    Returns:
+        `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = trained.module
+    arch = {
+        "n_attributes": (
+            module.attribute_embedding.num_embeddings - 1
+            if module.attribute_embedding is not None
+            else 0
+        ),
+        "attribute_width": (
+            int(module.item_attributes.shape[1]) if module.item_attributes is not None else 0
+        ),
+        "content_dim": (
+            int(module.item_content.shape[1]) if module.item_content is not None else 0
+        ),
+    }
+    payload = {
+        "format": 1,
+        "config": asdict(trained.config),
+        "arch": arch,
+        "vocab": list(trained.vocab.ids),
+        "popularity": list(trained.popularity),
+        "stats": trained.stats.to_dict(),
+        "data_fingerprint": trained.data_fingerprint,
+        "metrics": dict(trained.metrics),
+        "recent_popularity": {k: list(v) for k, v in trained.recent_popularity.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path) -> TrainedModel:
+    """Load a checkpoint written by `save_checkpoint` (CPU, eval mode).
+
+    Args:
+        path: A `.pt` file, or a directory containing `best.pt`.
+
+    Returns:
+        The trained model.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    config = TrainConfig(**payload["config"])
+    arch = payload["arch"]
+    vocab = ItemVocab(tuple(payload["vocab"]))
+    n = len(vocab)
+    model = SequentialRecommender(
+        vocab.n_items,
+        max_len=config.max_len,
+        dim=config.dim,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        dropout=config.dropout,
+        item_attributes=(
+            torch.zeros(n, arch["attribute_width"], dtype=torch.long)
+            if arch["n_attributes"]
+            else None
+        ),
+        n_attributes=arch["n_attributes"],
+        item_content=torch.zeros(n, arch["content_dim"]) if arch["content_dim"] else None,
+    )
+    model.load_state_dict(payload["state_dict"])
+    return TrainedModel(
+        module=model.eval(),
+        vocab=vocab,
+        popularity=list(payload["popularity"]),
+        config=config,
+        stats=TrainingStats.from_dict(payload["stats"]),
+        data_fingerprint=payload["data_fingerprint"],
+        metrics={str(k): float(v) for k, v in payload["metrics"].items()},
+        recent_popularity={
+            str(k): [int(c) for c in v] for k, v in payload.get("recent_popularity", {}).items()
+        },
     )

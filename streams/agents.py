@@ -91,6 +91,7 @@ class Pipeline:
             max_batch=config.max_batch,
             max_wait_s=config.max_wait_ms / 1000.0,
             executor=self._executor,
+            inline=not config.inference_thread,
         )
         stage = self.metrics.stage_seconds
         self._stage_decode = stage.labels("decode")

@@ -66,6 +66,7 @@ class StreamConfig:
     top_k: int = 20
     max_batch: int = 64
     max_wait_ms: float = 5.0
+    inference_thread: bool = True
     fetch_max_wait_ms: int = 100
     commit_interval_s: float = 1.0
     changelog_linger_ms: int = 5

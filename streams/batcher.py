@@ -39,6 +39,9 @@ class MicroBatcher(Generic[Req, Res]):
         max_wait_s: longest a request waits for the batch to fill, seconds.
         max_pending: most requests queued before ``submit`` blocks.
         executor: thread pool running ``score`` (``None``: the loop's default).
+        inline: run ``score`` on the event loop itself. No thread hand-offs (and no
+            GIL convoy) but the stream waits while a batch is scored; best when
+            inference is short or the machine has few cores.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class MicroBatcher(Generic[Req, Res]):
         max_wait_s: float = 0.005,
         max_pending: int | None = None,
         executor: Executor | None = None,
+        inline: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -59,6 +63,7 @@ class MicroBatcher(Generic[Req, Res]):
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_pending = max_pending or 4 * max_batch
         self._executor = executor
+        self._inline = inline
         self._buf: deque[Req] = deque()
         self._has_items = asyncio.Event()
         self._full = asyncio.Event()
@@ -125,7 +130,10 @@ class MicroBatcher(Generic[Req, Res]):
             self._space.set()
             results: Sequence[Res] | BaseException
             try:
-                results = await loop.run_in_executor(self._executor, self._score, batch)
+                if self._inline:
+                    results = self._score(batch)
+                else:
+                    results = await loop.run_in_executor(self._executor, self._score, batch)
             except Exception as exc:  # a scoring bug must not kill the stream
                 log.exception("scoring a batch of %d failed", len(batch))
                 results = exc

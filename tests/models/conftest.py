@@ -37,3 +37,8 @@ def cpu_scorer(tiny_model_dir: Path) -> OnnxScorer:
     scorer = OnnxScorer.load(tiny_model_dir, provider="cpu", intra_op_threads=1)
     scorer.warmup()
     return scorer
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> TrainConfig:
+    return TINY_CONFIG

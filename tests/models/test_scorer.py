@@ -29,9 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HAS_GPU = Path("/dev/nvidiactl").exists()
 
 
-def _popular_ids(scorer: OnnxScorer) -> list[str]:
+def _popular_ids(scorer: OnnxScorer, channel: str = "all") -> list[str]:
+    """Expected cold-start order: recent counts (channel), then all-time, then index."""
     counts = scorer.metadata.popularity
-    order = sorted(range(1, len(counts)), key=lambda i: (-counts[i], i))
+    recent = scorer.metadata.recent_popularity.get(channel) or [0] * len(counts)
+    order = sorted(range(1, len(counts)), key=lambda i: (-recent[i], -counts[i], i))
     return [str(scorer.metadata.items[i]) for i in order]
 
 
@@ -95,7 +97,7 @@ def test_unknown_user_gets_popularity(cpu_scorer: OnnxScorer) -> None:
     )
     assert empty.strategy == unknown.strategy == "popular"
     assert [i for i, _ in empty.items] == popular[:10]
-    assert unknown == empty
+    assert [i for i, _ in unknown.items] == _popular_ids(cpu_scorer, "web")[:10]
     scores = [s for _, s in empty.items]
     assert scores == sorted(scores, reverse=True)
     excluded = cpu_scorer.recommend([[]], [{popular[0], popular[2]}], k=5)[0]
@@ -224,3 +226,37 @@ def test_scorer_import_does_not_load_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_new_users_get_recent_popularity_per_channel(tmp_path: Path) -> None:
+    from models.export import export_onnx
+    from models.interactions import Interaction
+    from models.train import TrainConfig, train_model
+
+    old = [Interaction(f"o{u}", "old-hit", "browse", float(u)) for u in range(50)]
+    filler = [Interaction(f"o{u}", f"f{u % 7}", "browse", 100.0 + u) for u in range(50)]
+    recent = [
+        Interaction(
+            f"r{u}",
+            "app-hit" if u % 2 else "web-hit",
+            "click",
+            2000.0 + u,
+            "app" if u % 2 else "web",
+        )
+        for u in range(40)
+    ] + [Interaction(f"r{u}", f"f{u % 7}", "click", 1000.0 + u) for u in range(40)]
+    data = old + filler + recent
+    trained = train_model(data, TrainConfig(max_len=8, dim=16, epochs=1, max_k=5))
+    scorer = OnnxScorer.load(export_onnx(trained, tmp_path / "m"), provider="cpu")
+    app, web, nothing, store = scorer.recommend(
+        [[("new", "browse", "app")], [("new", "browse", "web")], [], [("x", "click", "store")]],
+        [set(), set(), set(), set()],
+        k=3,
+    )
+    assert {r.strategy for r in (app, web, nothing, store)} == {"popular"}
+    # Recently popular in the user's channel first; then all-time popularity fills up.
+    assert [i for i, _ in app.items[:2]] == ["app-hit", "old-hit"]
+    assert [i for i, _ in web.items[:2]] == ["web-hit", "old-hit"]
+    # No channel, or a channel without recent data: recent popularity over all channels.
+    assert [i for i, _ in nothing.items] == [i for i, _ in store.items]
+    assert {i for i, _ in nothing.items[:2]} == {"app-hit", "web-hit"}

@@ -1,0 +1,376 @@
+"""``recstream train | evaluate | export | models``: the model side of the CLI.
+
+Registered on the main app by `deploy.cli`. Heavy imports (torch) happen inside the
+commands so that ``recstream --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from models.benchmark import DatasetFormat, EvaluationRun
+
+__all__ = ["register"]
+
+console = Console(stderr=True)
+models_app = typer.Typer(help="List and promote versions in a model store.", no_args_is_help=True)
+
+_FORMAT_HELP = (
+    "sequences: 'user item1 item2 ...' lines, leave-one-out (e.g. Beauty.txt); "
+    "sessions: training sessions + --test prefix<TAB>target file (e.g. DIGINETICA); "
+    "events: recstream event log (JSON lines or .csv), time split."
+)
+
+DataArg = Annotated[Path, typer.Argument(help="Data file (training sessions for 'sessions').")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help=_FORMAT_HELP)]
+TestOpt = Annotated[
+    Path | None, typer.Option("--test", help="sessions: the prefix<TAB>target test file.")
+]
+AttrOpt = Annotated[
+    Path | None,
+    typer.Option("--attributes", help="Item -> attribute ids JSON (side features)."),
+]
+MaxSessionsOpt = Annotated[
+    int | None,
+    typer.Option(help="sessions: train on the most recent N sessions only (CPU budgets)."),
+]
+MaxCasesOpt = Annotated[
+    int, typer.Option(help="Cap on validation cases (sessions) / cases per window (events).")
+]
+
+
+def _fmt(value: str) -> DatasetFormat:
+    if value not in ("sequences", "sessions", "events"):
+        raise typer.BadParameter("format must be sequences, sessions or events")
+    return value  # type: ignore[return-value]  # checked just above
+
+
+def _print_run(run: EvaluationRun, title: str) -> None:
+    table = Table(title=title)
+    keys = ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@20", "coverage@10"]
+    table.add_column("model")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for row in run.table():
+        table.add_row(str(row["model"]), *(f"{row[k]:.4f}" for k in keys))
+    Console(width=max(140, Console().width)).print(table)
+
+
+def train(
+    data: DataArg,
+    fmt: FormatOpt = "sequences",
+    test: TestOpt = None,
+    attributes: AttrOpt = None,
+    out: Annotated[
+        Path, typer.Option(help="Run directory: checkpoints, report.json, PNGs.")
+    ] = Path("runs/latest"),
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock budget for training (minutes).")
+    ] = None,
+    patience: Annotated[
+        int, typer.Option(help="Evaluations without better validation NDCG@10 before stopping.")
+    ] = 5,
+    max_len: Annotated[int, typer.Option(help="Sequence length.")] = 50,
+    dim: Annotated[int, typer.Option(help="Model width.")] = 64,
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
+    negatives: Annotated[
+        int, typer.Option(help="0 = full softmax CE; N = sampled softmax with N negatives.")
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 42,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    max_train_sessions: MaxSessionsOpt = None,
+    max_cases: MaxCasesOpt = 20_000,
+    baselines: Annotated[bool, typer.Option(help="Also evaluate the baselines.")] = True,
+    item_texts: Annotated[
+        Path | None,
+        typer.Option(help="Item descriptions (JSON lines item_id/text, or a JSON object)."),
+    ] = None,
+    text_encoder: Annotated[
+        Path | None,
+        typer.Option(help="Local Hugging Face encoder directory for --item-texts."),
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Export the trained model into this model store.")
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Make the exported version CURRENT.")] = False,
+) -> None:
+    """Train the transformer, early-stopped on validation NDCG@10, and test it.
+
+    Writes ``OUT/checkpoint/best.pt``, ``OUT/report.json`` (test metrics of the model and
+    the baselines), ``OUT/training_curve.png`` and ``OUT/metrics.png``.
+    """
+    from models.benchmark import evaluate_all, load_split, write_report
+    from models.train import TrainConfig, train_model
+
+    split = load_split(
+        _fmt(fmt),
+        data,
+        test_path=test,
+        attributes_path=attributes,
+        max_train_sessions=max_train_sessions,
+        max_cases=max_cases,
+        seed=seed,
+    )
+    console.print(
+        f"[bold]{split.protocol}[/]: {len(split.train)} training interactions, "
+        f"{len(split.valid)} validation / {len(split.test)} test cases"
+    )
+    config = TrainConfig(
+        max_len=max_len,
+        dim=dim,
+        n_layers=layers,
+        n_heads=heads,
+        dropout=dropout,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        val_patience=patience,
+        max_minutes=max_minutes,
+        n_negatives=negatives,
+        num_threads=threads,
+    )
+    content = _content(item_texts, text_encoder)
+    trained = train_model(
+        split.train,
+        config,
+        valid=split.valid,
+        item_attributes=split.item_attributes,
+        item_content=content,
+        checkpoint_dir=out / "checkpoint",
+        progress=True,
+    )
+    console.print(
+        f"trained in {trained.stats.seconds / 60:.1f} min, best epoch "
+        f"{trained.stats.best_epoch} ({trained.stats.stop_reason}); testing..."
+    )
+    run = evaluate_all(trained, split, baselines=baselines)
+    model_row = run.table()[0]
+    trained.metrics = {
+        k: float(v) for k, v in model_row.items() if k != "model" and isinstance(v, float)
+    }
+    from models.train import save_checkpoint
+
+    save_checkpoint(trained, out / "checkpoint" / "best.pt")
+    files = [str(p) for p in (data, test, attributes) if p is not None]
+    path = write_report(out, trained, run, command=_command(), data_files=files)
+    _print_run(run, f"test ({split.protocol})")
+    console.print(f"report: {path}")
+    if store is not None:
+        _export_to_store(trained, store, promote=promote)
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A run directory or checkpoint .pt file.")],
+    data: DataArg,
+    fmt: FormatOpt = "sequences",
+    test: TestOpt = None,
+    attributes: AttrOpt = None,
+    max_train_sessions: MaxSessionsOpt = None,
+    max_cases: MaxCasesOpt = 20_000,
+    on: Annotated[str, typer.Option(help="Which cases: test or valid.")] = "test",
+    exclude_history: Annotated[
+        bool, typer.Option(help="Mask history items before ranking (not the published setup).")
+    ] = False,
+    baselines: Annotated[bool, typer.Option(help="Also evaluate the baselines.")] = True,
+    onnx_model: Annotated[
+        list[Path] | None,
+        typer.Option("--onnx", help="Also rank with these exported model dirs / .onnx files."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for capped case lists.")] = 42,
+) -> None:
+    """Full-ranking HR/NDCG@{5,10,20}, MRR@20 and coverage@10 of a trained model.
+
+    The dataset must be split as in training (same format and options); the baselines
+    are fitted on the same training part.
+    """
+    from models.benchmark import evaluate_all, load_split
+    from models.train import load_checkpoint
+
+    ckpt = checkpoint / "checkpoint" if (checkpoint / "checkpoint").is_dir() else checkpoint
+    trained = load_checkpoint(ckpt)
+    split = load_split(
+        _fmt(fmt),
+        data,
+        test_path=test,
+        attributes_path=attributes,
+        max_train_sessions=max_train_sessions,
+        max_cases=max_cases,
+        seed=seed,
+    )
+    extra = []
+    if onnx_model:
+        from models.ranking import OnnxRanker
+
+        extra = [OnnxRanker(p) for p in onnx_model]
+    cases = split.test if on == "test" else split.valid
+    run = evaluate_all(
+        trained,
+        split,
+        cases=cases,
+        baselines=baselines,
+        exclude_history=exclude_history,
+        extra=extra,
+    )
+    _print_run(run, f"{on} ({split.protocol})")
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A run directory or checkpoint .pt file.")],
+    out: Annotated[Path | None, typer.Option(help="Write a single model directory here.")] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Publish into this versioned model store instead.")
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Make the new version CURRENT.")] = False,
+    variant: Annotated[
+        str, typer.Option(help="fp32 (reference), fp16 (CUDA) or int8 (dynamic, CPU).")
+    ] = "fp32",
+    max_k: Annotated[int | None, typer.Option(help="Top-K size inside the graph.")] = None,
+    cold_items: Annotated[
+        Path | None,
+        typer.Option(help="Texts of new items (no interactions yet) to add to the catalog."),
+    ] = None,
+    text_encoder: Annotated[
+        Path | None, typer.Option(help="Local encoder directory for --cold-items.")
+    ] = None,
+) -> None:
+    """Export a checkpoint to ONNX (dynamic batch, top-K and exclusions in the graph).
+
+    With ``--cold-items``, items that have a description but no interactions are added
+    to the catalog through the model's text projection (models trained with texts).
+    """
+    from models.export import export_onnx
+    from models.train import load_checkpoint
+
+    if (out is None) == (store is None):
+        raise typer.BadParameter("give exactly one of --out or --store")
+    ckpt = checkpoint / "checkpoint" if (checkpoint / "checkpoint").is_dir() else checkpoint
+    trained = load_checkpoint(ckpt)
+    if cold_items is not None:
+        from models.content import add_cold_items
+
+        vectors = _content(cold_items, text_encoder)
+        assert vectors is not None
+        trained = add_cold_items(trained, vectors)
+        console.print(f"catalog now has {trained.vocab.n_items} items")
+    if max_k is not None:
+        from dataclasses import replace
+
+        trained.config = replace(trained.config, max_k=max_k)
+    if store is not None:
+        _export_to_store(trained, store, promote=promote, variant=variant)
+        return
+    assert out is not None
+    export_onnx(trained, out, variant=_variant(variant))
+    console.print(f"exported {variant} model to {out}")
+
+
+def _content(texts: Path | None, encoder_dir: Path | None) -> Any:
+    """Item id -> text embedding, or None without texts."""
+    if texts is None:
+        return None
+    if encoder_dir is None:
+        raise typer.BadParameter("item texts need --text-encoder (a local model directory)")
+    from models.content import TextEncoder, encode_item_texts
+    from models.datasets import read_item_texts
+
+    return encode_item_texts(TextEncoder(encoder_dir), read_item_texts(texts))
+
+
+def _variant(value: str) -> Any:
+    if value not in ("fp32", "fp16", "int8"):
+        raise typer.BadParameter("variant must be fp32, fp16 or int8")
+    return value
+
+
+def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str = "fp32") -> None:
+    from models.export import export_onnx
+    from models.store import ModelStore
+
+    model_store = ModelStore(store)
+    staging = model_store.staging_dir()
+    export_onnx(trained, staging, variant=_variant(variant))
+    version = model_store.publish(staging)
+    console.print(f"published {version} in {store}")
+    if promote:
+        model_store.promote(version)
+        console.print(f"CURRENT -> {version}")
+
+
+@models_app.command("list")
+def models_list(
+    store: Annotated[Path, typer.Argument(help="Model store root.")],
+) -> None:
+    """List the versions in a store (newest last) and mark CURRENT."""
+    from models.store import ModelStore
+
+    model_store = ModelStore(store)
+    current = model_store.current()
+    print(f"{'':1} {'version':34} {'created':22} {'variant':7} {'ndcg@10':>8} {'hr@10':>8}")
+    for info in model_store.list():
+        mark = "*" if info.version == current else " "
+        ndcg = info.metrics.get("ndcg@10", float("nan"))
+        hr = info.metrics.get("hr@10", float("nan"))
+        print(
+            f"{mark} {info.version:34} {info.created_at:22} {info.variant:7} {ndcg:8.4f} {hr:8.4f}"
+        )
+
+
+@models_app.command("promote")
+def models_promote(
+    store: Annotated[Path, typer.Argument(help="Model store root.")],
+    version: Annotated[str, typer.Argument(help="Version to make CURRENT.")],
+) -> None:
+    """Point CURRENT at VERSION (atomic; workers polling the store roll forward)."""
+    from models.store import ModelStore
+
+    ModelStore(store).promote(version)
+    console.print(f"CURRENT -> {version}")
+
+
+@models_app.command("latency")
+def models_latency(
+    model_dirs: Annotated[list[Path], typer.Argument(help="Model directories or stores.")],
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
+    repeats: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 30,
+) -> None:
+    """Median CPU latency of one inference call at batch sizes 1, 64 and 256."""
+    from models.export import measure_latency
+    from models.metadata import ModelMetadata
+    from models.store import resolve_model_dir
+
+    print(f"{'model':44} {'variant':7} {'MB':>6} {'b=1 ms':>8} {'b=64 ms':>8} {'b=256 ms':>9}")
+    for path in model_dirs:
+        model_dir = resolve_model_dir(path)
+        meta = ModelMetadata.load(model_dir)
+        size = (model_dir / "model.onnx").stat().st_size / 1e6
+        ms = measure_latency(model_dir, threads=threads, repeats=repeats)
+        print(
+            f"{meta.model_version:44} {meta.variant:7} {size:6.1f} "
+            f"{ms[1]:8.2f} {ms[64]:8.2f} {ms[256]:9.2f}"
+        )
+
+
+def _command() -> str:
+    return "recstream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``evaluate``, ``export`` and ``models`` to the ``recstream`` app."""
+    app.command()(train)
+    app.command()(evaluate)
+    app.command()(export)
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,128 @@
+"""`recstream train | evaluate | export | models` on a small event log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from deploy.model_cli import register
+from models.metadata import ModelMetadata
+from models.store import ModelStore
+from models.synthetic import SyntheticShop
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    cli = typer.Typer()
+    register(cli)
+    return cli
+
+
+@pytest.fixture(scope="module")
+def event_log(tiny_shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "events.jsonl"
+    with open(path, "w") as fh:
+        for n, it in enumerate(tiny_shop.interactions()):
+            fh.write(
+                json.dumps(
+                    {
+                        "event_id": f"e{n}",
+                        "user_id": it.user_id,
+                        "item_id": it.item_id,
+                        "ts": it.ts,
+                        "type": it.event_type,
+                        "channel": it.channel,
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+def test_help_lists_commands(app: typer.Typer) -> None:
+    runner = CliRunner()
+    for command in ("train", "evaluate", "export", "models"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+
+
+def test_train_evaluate_export_on_event_log(
+    app: typer.Typer, event_log: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    run_dir, store = tmp_path / "run", tmp_path / "store"
+    small = ["--max-len", "20", "--dim", "32", "--epochs", "2", "--threads", "1"]
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(event_log),
+            "--format",
+            "events",
+            "--out",
+            str(run_dir),
+            *small,
+            "--store",
+            str(store),
+            "--promote",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["model"] for r in report["results"]] == [
+        "transformer",
+        "most-popular",
+        "item-transitions",
+        "item-cooccurrence",
+    ]
+    assert report["command"].startswith("recstream ")
+    assert report["data_files"] == [str(event_log)]
+    assert (run_dir / "training_curve.png").is_file() and (run_dir / "metrics.png").is_file()
+    model_store = ModelStore(store)
+    current = model_store.current()
+    assert current is not None and model_store.versions() == [current]
+    meta = ModelMetadata.load(model_store.current_dir())
+    assert meta.metrics["ndcg@10"] == report["results"][0]["ndcg@10"]
+
+    result = runner.invoke(app, ["models", "list", str(store)])
+    assert result.exit_code == 0 and current in result.output
+
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run_dir),
+            str(event_log),
+            "--format",
+            "events",
+            "--no-baselines",
+            "--onnx",
+            str(model_store.current_dir()),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "onnx-fp32" in result.output
+
+    result = runner.invoke(
+        app, ["export", str(run_dir), "--store", str(store), "--variant", "int8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(model_store.versions()) == 2
+    int8 = next(i for i in model_store.list() if i.variant == "int8")
+    assert model_store.current() == current  # export without --promote does not switch
+    result = runner.invoke(app, ["models", "promote", str(store), int8.version])
+    assert result.exit_code == 0 and model_store.current() == int8.version
+
+    result = runner.invoke(
+        app, ["models", "latency", str(store), "--threads", "1", "--repeats", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "int8" in result.output  # the store resolves to CURRENT
+
+    result = runner.invoke(app, ["export", str(run_dir)])
+    assert result.exit_code != 0  # needs --out or --store
