@@ -182,9 +182,9 @@ def export_onnx(
                 input_names=list(ONNX_INPUTS),
                 output_names=list(ONNX_OUTPUTS),
                 dynamic_axes={
-                    "item_seq": {0: "batch"},
-                    "type_seq": {0: "batch"},
-                    "channel_seq": {0: "batch"},
+                    "item_seq": {0: "batch", 1: "seq"},
+                    "type_seq": {0: "batch", 1: "seq"},
+                    "channel_seq": {0: "batch", 1: "seq"},
                     "exclude": {0: "batch", 1: "n_exclude"},
                     "scores": {0: "batch"},
                     "items": {0: "batch"},

@@ -201,11 +201,14 @@ class SequentialRecommender(nn.Module):
         valid = item_seq != 0  # [B, L]
         length = item_seq.shape[1]
         positions, causal, eye = self.positions, self.causal, self.eye
-        # Only training trims; the traced export always sees L == max_len.
-        if not torch.onnx.is_in_onnx_export() and length != self.max_len:
-            positions = positions[self.max_len - length :]
-            causal = causal[:length, :length]
-            eye = eye[:length, :length]
+        # Rows are left-padded, so a batch trimmed to its longest row (L < max_len) uses
+        # the last L positions. Sliced unconditionally so the exported graph keeps L
+        # dynamic: the scorer trims leading all-padding columns before each run, and
+        # attention and feed-forward cost falls with L (exact: padding never feeds a
+        # real position).
+        positions = positions[self.max_len - length :]
+        causal = causal[:length, :length]
+        eye = eye[:length, :length]
         x = (
             F.embedding(item_seq, self.item_table() if item_table is None else item_table)
             + self.type_embedding(type_seq)

@@ -150,6 +150,10 @@ class OnnxScorer:
         """
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
+        # Graphs exported with a dynamic sequence axis accept batches trimmed to their
+        # longest history; older graphs with a fixed max_len get full-width rows.
+        seq_dim = session.get_inputs()[0].shape[1] if session.get_inputs() else None
+        self._dynamic_seq = not isinstance(seq_dim, int)
         if inputs != metadata.onnx_inputs or outputs != metadata.onnx_outputs:
             raise ValueError(
                 f"graph I/O {inputs} -> {outputs} does not match metadata "
@@ -312,8 +316,14 @@ class OnnxScorer:
         results: list[Recommendation | None] = [None] * len(histories)
         if rows.size:
             excl = encode_exclude([exclude[int(r)] for r in rows], self._item_index)
+            # Drop the columns that are padding in every row (left padding: a prefix).
+            # Exact, and the transformer's cost is proportional to the length left.
+            start = self.max_len - int(enc.lengths[rows].max()) if self._dynamic_seq else 0
             scores, items = self._run(
-                enc.item_seq[rows], enc.type_seq[rows], enc.channel_seq[rows], excl
+                enc.item_seq[rows, start:],
+                enc.type_seq[rows, start:],
+                enc.channel_seq[rows, start:],
+                excl,
             )
             for j, row in enumerate(rows.tolist()):
                 banned = set(exclude[row])

@@ -260,3 +260,23 @@ def test_new_users_get_recent_popularity_per_channel(tmp_path: Path) -> None:
     # No channel, or a channel without recent data: recent popularity over all channels.
     assert [i for i, _ in nothing.items] == [i for i, _ in store.items]
     assert {i for i, _ in nothing.items[:2]} == {"app-hit", "web-hit"}
+
+
+def test_trimming_padding_columns_is_exact(
+    cpu_scorer: OnnxScorer, tiny_trained: TrainedModel, tiny_shop: SyntheticShop
+) -> None:
+    """Short histories run on a trimmed batch; results equal the full-width graph and torch."""
+    full = _history(tiny_shop, "user-0007")
+    histories = [full[-n:] for n in (1, 2, 3, 5)]  # longest row 5 of max_len
+    trimmed = cpu_scorer.recommend(histories, [set()] * len(histories), k=10)
+    assert cpu_scorer._dynamic_seq
+    cpu_scorer._dynamic_seq = False
+    try:
+        padded = cpu_scorer.recommend(histories, [set()] * len(histories), k=10)
+    finally:
+        cpu_scorer._dynamic_seq = True
+    for t, p in zip(trimmed, padded, strict=True):
+        assert [i for i, _ in t.items] == [i for i, _ in p.items]
+        np.testing.assert_allclose([s for _, s in t.items], [s for _, s in p.items], atol=1e-4)
+    torch_ranked = rank_with_model(tiny_trained, histories, k=10)
+    assert [[i for i, _ in r.items] for r in trimmed] == torch_ranked
