@@ -607,12 +607,13 @@ def demo(
     rate: Annotated[
         float, typer.Option(help="Events per second (0 = as fast as possible).")
     ] = 300.0,
+    quick: Annotated[bool, typer.Option(help="Smaller shop and model (for tests).")] = False,
     workdir: Annotated[Path, typer.Option(help="Where models, state and logs go.")] = Path(".demo"),
 ) -> None:
     """Whole pipeline on the embedded broker: synthetic shop, training, live stream."""
     from deploy.demo import run_demo
 
-    raise typer.Exit(run_demo(workdir=workdir, live_events=events, rate=rate))
+    raise typer.Exit(run_demo(workdir=workdir, live_events=events, rate=rate, quick=quick))
 
 
 from deploy.model_cli import register as _register_model_commands  # noqa: E402

@@ -47,7 +47,13 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def run_demo(workdir: Path = Path(".demo"), live_events: int = 3000, rate: float = 300.0) -> int:
+def run_demo(
+    workdir: Path = Path(".demo"),
+    live_events: int = 3000,
+    rate: float = 300.0,
+    *,
+    quick: bool = False,
+) -> int:
     """Run the demo; returns the process exit code (0 when every event was answered)."""
     from models.export import export_onnx
     from models.synthetic import generate_shop
@@ -60,7 +66,8 @@ def run_demo(workdir: Path = Path(".demo"), live_events: int = 3000, rate: float
     workdir.mkdir(parents=True)
 
     console.rule("[bold]1. A synthetic shop")
-    shop = generate_shop(n_items=800, n_users=1500, seed=7)
+    # quick: a smaller shop and a 2-epoch model, for the end-to-end test of the demo.
+    shop = generate_shop(n_items=300 if quick else 800, n_users=300 if quick else 1500, seed=7)
     cut = max(1, len(shop.events) - live_events)
     history, live = shop.events[:cut], shop.events[cut:]
     categories = sorted({item.category for item in shop.catalog})
@@ -72,7 +79,9 @@ def run_demo(workdir: Path = Path(".demo"), live_events: int = 3000, rate: float
 
     console.rule("[bold]2. Train and export the transformer")
     t0 = time.perf_counter()
-    config = TrainConfig(max_len=30, dim=64, n_layers=2, n_heads=2, epochs=8, seed=7)
+    config = TrainConfig(
+        max_len=30, dim=64, n_layers=2, n_heads=2, epochs=2 if quick else 8, seed=7
+    )
     trained = train_model([e.to_interaction() for e in history], config, progress=True)
     train_s = time.perf_counter() - t0
     model_dir = export_onnx(trained, workdir / "models" / "current")
