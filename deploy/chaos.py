@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import Broker
-from deploy.kafka_io import read_topic
 from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
 from streams.client import EventProducer
 from streams.events import Event
@@ -49,6 +49,7 @@ class DrillReport:
     duplicate_recommendations: int = 0
     missing_recommendations: list[str] = field(default_factory=list)
     profile_mismatches: list[str] = field(default_factory=list)
+    first_mismatch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +68,7 @@ class DrillReport:
             "duplicate_recommendations": self.duplicate_recommendations,
             "missing_recommendations": len(self.missing_recommendations),
             "profile_mismatches": len(self.profile_mismatches),
+            "first_mismatch": self.first_mismatch,
             "ok": self.ok,
         }
 
@@ -97,8 +99,9 @@ def crash_drill(
     *,
     kills: int = 4,
     rate: float = 800.0,
-    partitions: int = 2,
+    partitions: int = 4,
     seed: int = 0,
+    wipes: list[bool] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> DrillReport:
     """Stream ``events`` at ``rate``/s while killing the worker ``kills`` times.
@@ -118,7 +121,7 @@ def crash_drill(
     app_id = f"recstream-drill-{tag}"
     broker.create_topics(required_topics(app_id, topics, partitions))
     client = {"bootstrap.servers": broker.bootstrap_servers}
-    state_dir = workdir / "state"
+    state_dir = workdir / tag / "state"  # fresh per drill: topics are new too
     settings = {
         "kafka_bootstrap_servers": broker.bootstrap_servers,
         "app_id": app_id,
@@ -154,11 +157,41 @@ def crash_drill(
     workers: list[WorkerProcess] = []
 
     def start_worker() -> WorkerProcess:
-        worker = WorkerProcess(settings, workdir / f"worker-{len(workers)}.log").start()
+        worker = WorkerProcess(settings, workdir / tag / f"worker-{len(workers)}.log").start()
         workers.append(worker)
         worker.wait_ready(120)
         return worker
 
+    # Recommendations are counted while they arrive: the embedded broker keeps only
+    # the newest 5 MiB per partition, so reading the topic from offset 0 at the end
+    # would miss early records on a long drill.
+    expected = {e.event_id for e in events}
+    triggers: dict[str, int] = {}
+    stop_reading = threading.Event()
+
+    def read_recommendations() -> None:
+        consumer = Consumer(
+            {
+                **client,
+                "group.id": f"drill-{tag}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 20,
+            }
+        )
+        consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+        try:
+            while not stop_reading.is_set():
+                for msg in consumer.consume(1000, 0.1):
+                    if msg.error():
+                        continue
+                    tid = orjson.loads(msg.value() or b"{}").get("trigger_event_id")
+                    triggers[tid] = triggers.get(tid, 0) + 1
+        finally:
+            consumer.close()
+
+    reader_thread = threading.Thread(target=read_recommendations, daemon=True)
+    reader_thread.start()
     worker = start_worker()
     producer_thread = threading.Thread(target=produce, daemon=True)
     producer_thread.start()
@@ -167,34 +200,29 @@ def crash_drill(
         time.sleep(rng.uniform(0.3, 1.0) * stream_s / max(1, kills))
         worker.kill()
         report.kills += 1
-        wipe = rng.random() < 0.5
+        wipe = rng.random() < 0.5 if wipes is None else wipes[k % len(wipes)]
         if wipe and state_dir.exists():
             shutil.rmtree(state_dir)
             report.restarts_without_state += 1
         log(f"kill {k + 1}/{kills}: SIGKILL, restart {'without' if wipe else 'with'} local state")
         worker = start_worker()
     producer_thread.join()
-    expected = {e.event_id for e in events}
-    triggers: dict[str, int] = {}
-    counted = 0
-
-    def all_answered(records: list[Any]) -> bool:
-        nonlocal counted
-        for msg in records[counted:]:
-            tid = orjson.loads(msg.value())["trigger_event_id"]
-            triggers[tid] = triggers.get(tid, 0) + 1
-        counted = len(records)
-        return expected <= triggers.keys()
-
-    read_topic(client, topics.recommendations, partitions, all_answered, timeout_s=300)
+    deadline = time.monotonic() + 300
+    while not expected <= triggers.keys() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop_reading.set()
+    reader_thread.join(5)
     report.recommendations = sum(triggers.values())
     report.duplicate_recommendations = sum(n - 1 for n in triggers.values())
     report.missing_recommendations = sorted(expected - triggers.keys())
     reference = reference_profiles(events, ProfileLimits())
     for user in users:
         held = _fetch_profile(worker.url, user)
-        if held != json.loads(json.dumps(reference[user].to_dict())):
+        expected_profile = json.loads(json.dumps(reference[user].to_dict()))
+        if held != expected_profile:
             report.profile_mismatches.append(user)
+            if not report.first_mismatch:
+                report.first_mismatch = {"user": user, "held": held, "expected": expected_profile}
     report.seconds = time.monotonic() - started
     for w in workers:
         w.stop(timeout_s=20)

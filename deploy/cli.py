@@ -286,6 +286,9 @@ def chaos(
     workdir: Annotated[Path, typer.Option(help="State and logs.")] = Path("var/chaos"),
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     seed: Annotated[int, typer.Option(help="Randomness of kill times and state wipes.")] = 0,
+    partitions: Annotated[
+        int, typer.Option(help="Partitions (the embedded broker keeps 5 MiB per partition).")
+    ] = 16,
 ) -> None:
     """Crash drill on the embedded broker: SIGKILL workers mid-stream, then verify.
 
@@ -311,6 +314,7 @@ def chaos(
             kills=kills,
             rate=rate,
             seed=seed,
+            partitions=partitions,
             log=console.print,
         )
     finally:

@@ -18,8 +18,10 @@ committed offset always has its output durably written.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,9 +42,52 @@ if TYPE_CHECKING:
 
     from streams.app import StreamConfig
 
-__all__ = ["Pipeline", "ScoreRequest"]
+__all__ = ["InOrderAcks", "Pipeline", "ScoreRequest"]
 
 log = logging.getLogger("recstream.agents")
+
+
+class InOrderAcks:
+    """Acks events in offset order per partition, whatever order their outputs land in.
+
+    Outputs are delivered by librdkafka per output partition, so delivery reports for
+    one input partition can arrive out of order. Faust's commit logic tolerates some
+    out-of-order acks but can step over an unacked offset at the edges (e.g. before the
+    first commit), so recstream never hands it a gap: an event is acked only when it and
+    every earlier event of its partition are done.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[Any, deque[list[Any]]] = {}
+
+    def track(self, event: EventT[Any]) -> None:
+        """Register an event as it arrives (stream order = offset order)."""
+        tp = event.message.tp
+        queue = self._queues.get(tp)
+        if queue is None:
+            queue = self._queues[tp] = deque()
+        queue.append([event, False])
+
+    def done(self, event: EventT[Any]) -> None:
+        """Mark an event's output delivered; ack the finished prefix of its partition."""
+        queue = self._queues.get(event.message.tp)
+        if not queue:
+            event.ack()  # not tracked (e.g. after a rebalance cleared it): ack directly
+            return
+        for entry in queue:
+            if entry[0] is event:
+                entry[1] = True
+                break
+        else:
+            event.ack()
+            return
+        while queue and queue[0][1]:
+            queue.popleft()[0].ack()
+
+    @property
+    def pending(self) -> int:
+        """Events tracked and not yet acked."""
+        return sum(len(q) for q in self._queues.values())
 
 
 @dataclass(slots=True)
@@ -75,6 +120,7 @@ class Pipeline:
         names = config.topics
         self._input_types: dict[str, EventType] = names.inputs()
         self._user_ref = UserRefs(config.pseudonymize_users, config.pseudonym_key)
+        self._acks = InOrderAcks()
         self.input_topic = app.topic(
             *self._input_types, key_serializer="raw", value_serializer="raw"
         )
@@ -120,6 +166,7 @@ class Pipeline:
         try:
             # noack() is on the Stream implementation, not on the StreamT interface.
             async for event in stream.noack().events():  # type: ignore[attr-defined]
+                self._acks.track(event)
                 try:
                     await self._handle(event)
                 except Exception as exc:  # never let one record stop the worker
@@ -212,7 +259,7 @@ class Pipeline:
                     event_ts=ev.ts,
                     produced_ts=now,
                 ),
-                req.event.ack,  # once delivered
+                functools.partial(self._acks.done, req.event),  # once delivered
             )
             self.metrics.recommendations.labels(rec.strategy).inc()
             record_ts = req.event.message.timestamp
@@ -255,5 +302,5 @@ class Pipeline:
                 value=msg.value,
                 failed_at=time.time(),
             ),
-            event.ack,  # once delivered
+            functools.partial(self._acks.done, event),  # once delivered
         )
