@@ -191,6 +191,14 @@ def evaluate(
         typer.Option("--onnx", help="Also rank with these exported model dirs / .onnx files."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for capped case lists.")] = 42,
+    online: Annotated[
+        Path | None,
+        typer.Option(
+            help="An exported model dir: also replay cases through a live pipeline "
+            "(embedded broker + worker) and compare with offline ranking."
+        ),
+    ] = None,
+    online_cases: Annotated[int, typer.Option(help="Cases replayed with --online.")] = 2000,
 ) -> None:
     """Full-ranking HR/NDCG@{5,10,20}, MRR@20 and coverage@10 of a trained model.
 
@@ -226,6 +234,16 @@ def evaluate(
         extra=extra,
     )
     _print_run(run, f"{on} ({split.protocol})")
+    if online is not None:
+        import json as _json
+
+        from deploy.online_eval import online_vs_offline
+
+        result = online_vs_offline(
+            list(cases)[:online_cases], online, Path("var/online-eval"), log=console.print
+        )
+        console.print("online vs offline (same ONNX model, purchases excluded in both):")
+        print(_json.dumps(result, indent=2))
 
 
 def export(
