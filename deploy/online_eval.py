@@ -143,4 +143,8 @@ def online_vs_offline(
         "online": _metrics(online, targets),
         "offline": _metrics(offline, targets),
         "identical_lists": sum(a == b for a, b in zip(online, offline, strict=True)),
+        "mean_overlap": sum(
+            len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(online, offline, strict=True)
+        )
+        / max(1, len(cases)),
     }
