@@ -199,6 +199,10 @@ def evaluate(
         ),
     ] = None,
     online_cases: Annotated[int, typer.Option(help="Cases replayed with --online.")] = 2000,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write report.json, metrics.png and training_curve.png here."),
+    ] = None,
 ) -> None:
     """Full-ranking HR/NDCG@{5,10,20}, MRR@20 and coverage@10 of a trained model.
 
@@ -234,16 +238,26 @@ def evaluate(
         extra=extra,
     )
     _print_run(run, f"{on} ({split.protocol})")
+    online_result: dict[str, object] | None = None
     if online is not None:
         import json as _json
 
         from deploy.online_eval import online_vs_offline
 
-        result = online_vs_offline(
+        online_result = online_vs_offline(
             list(cases)[:online_cases], online, Path("var/online-eval"), log=console.print
         )
         console.print("online vs offline (same ONNX model, purchases excluded in both):")
-        print(_json.dumps(result, indent=2))
+        print(_json.dumps(online_result, indent=2))
+    if out is not None:
+        from models.benchmark import write_report
+
+        files = [str(p) for p in (data, test, attributes) if p is not None]
+        report_extra = {"online_vs_offline": online_result} if online_result else None
+        path = write_report(
+            out, trained, run, command=_command(), data_files=files, extra=report_extra
+        )
+        console.print(f"report: {path} (+ metrics.png, training_curve.png)")
 
 
 def export(

@@ -103,10 +103,14 @@ def test_train_evaluate_export_on_event_log(
             "--no-baselines",
             "--onnx",
             str(model_store.current_dir()),
+            "--out",
+            str(tmp_path / "eval"),
         ],
     )
     assert result.exit_code == 0, result.output
     assert "onnx-fp32" in result.output
+    assert (tmp_path / "eval" / "metrics.png").stat().st_size > 1000
+    assert (tmp_path / "eval" / "report.json").exists()
 
     result = runner.invoke(
         app, ["export", str(run_dir), "--store", str(store), "--variant", "int8"]
