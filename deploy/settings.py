@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(
         0.5, ge=0, description="Python GIL switch interval in the worker (0 = Python's 5 ms)."
     )
+    rocksdb_write_buffer_mb: int = Field(
+        8, ge=1, description="RocksDB memtable size per table partition, MiB (2 kept)."
+    )
+    rocksdb_block_cache_mb: int = Field(
+        64, ge=1, description="RocksDB block cache per table partition, MiB."
+    )
     history_len: int = Field(50, ge=1, description="Interactions kept per user profile.")
     max_purchased: int = Field(200, ge=1, description="Purchased items remembered for exclusion.")
     dedup_window: int = Field(
@@ -142,6 +148,8 @@ class Settings(BaseSettings):
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             commit_interval_s=self.commit_interval_s,
             model_reload_interval_s=self.model_reload_interval_s,
+            rocksdb_write_buffer_mb=self.rocksdb_write_buffer_mb,
+            rocksdb_block_cache_mb=self.rocksdb_block_cache_mb,
             session_timeout_s=self.session_timeout_s,
             heartbeat_interval_s=self.heartbeat_interval_s,
             rebalance_timeout_s=self.rebalance_timeout_s,

@@ -70,6 +70,8 @@ class StreamConfig:
     fetch_max_wait_ms: int = 100
     commit_interval_s: float = 1.0
     changelog_linger_ms: int = 5
+    rocksdb_write_buffer_mb: int = 8
+    rocksdb_block_cache_mb: int = 64
     model_reload_interval_s: float = 10.0
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
@@ -174,6 +176,15 @@ def create_app(
         default=None,
         partitions=config.partitions,
         key_type=str,
+        # Faust's RocksDB defaults (64 MiB x 3 memtables per partition, a 2 GiB block
+        # cache) let a worker's RSS climb by hundreds of MiB before the first flush;
+        # profiles are small and hot in memory anyway, so bound both.
+        options={
+            "driver": "rocksdict",
+            "write_buffer_size": config.rocksdb_write_buffer_mb * 1024 * 1024,
+            "max_write_buffer_number": 2,
+            "block_cache_size": config.rocksdb_block_cache_mb * 1024 * 1024,
+        },
         # Keys and values are JSON in RocksDB and in the changelog, so any Kafka
         # tool can read a profile; see streams/profile.py for the document.
     )

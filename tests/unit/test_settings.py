@@ -59,3 +59,11 @@ def test_topic_specs_are_co_partitioned_and_changelog_is_compacted() -> None:
     }
     assert names["shop-profiles-changelog"].config["cleanup.policy"] == "compact"
     assert names["clicks"].config["cleanup.policy"] == "delete"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    undocumented = [n for n in Settings.model_fields if f"`RECSTREAM_{n.upper()}`" not in readme]
+    assert not undocumented, f"add to the README configuration table: {undocumented}"
