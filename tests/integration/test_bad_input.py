@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 
 import orjson
@@ -67,11 +68,16 @@ def near_valid(draw: st.DrawFn) -> dict[str, object]:
     return event
 
 
+def _dumps(value: object) -> bytes:
+    # json, not orjson: big integers and NaN/Infinity tokens are part of the fuzz.
+    return json.dumps(value).encode()
+
+
 payloads = st.one_of(
     st.binary(min_size=1, max_size=64),
     st.text(min_size=1, max_size=40).map(str.encode),
-    json_like.map(orjson.dumps),
-    near_valid().map(orjson.dumps),
+    json_like.map(_dumps),
+    near_valid().map(_dumps),
     st.integers(70_000, 300_000).map(lambda n: b"{" + b" " * n + b"}"),
 )
 
