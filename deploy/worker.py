@@ -68,11 +68,28 @@ def build_app(settings: Settings) -> RecstreamApp:
     return create_app(settings.stream_config(), scorer, model_source=source, loaded_version=version)
 
 
+def quiet_worker_class() -> type:
+    """Faust's :class:`~faust.worker.Worker` without its terminal spinner.
+
+    At log levels WARNING and above, Faust's worker sets the *root logger* to DEBUG
+    and adds a handler that spins a terminal progress wheel on every record. Every
+    ``log.debug`` in aiokafka and Faust (several per fetch and per produce) then
+    builds a ``LogRecord`` and runs the handlers: about 5 % of a busy worker's CPU,
+    and DEBUG records reach any handler a user adds. This worker leaves the root
+    logger at the configured level.
+    """
+    from faust.worker import Worker
+
+    class QuietWorker(Worker):  # type: ignore[misc]
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            self.spinner = None
+
+    return QuietWorker
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker until SIGTERM/SIGINT (flushes, commits and leaves the group)."""
     import logging.config
-
-    from faust.worker import Worker
 
     # Configured before the model loads so the start-up lines (model version,
     # provider) use the same format; Faust's worker applies the same config again.
@@ -84,7 +101,7 @@ def run_worker(settings: Settings) -> None:
         # a little throughput in pure-Python code and save whole milliseconds here.
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     app = build_app(settings)
-    Worker(
+    quiet_worker_class()(
         app,
         loglevel=settings.log_level.lower(),
         logging_config=logging_config(settings.log_level, settings.log_json),
