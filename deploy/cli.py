@@ -382,7 +382,10 @@ def bench_e2e(
     events: Annotated[int, typer.Option(help="Measured events per variant.")] = 20_000,
     rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0.0,
     variants: Annotated[
-        str, typer.Option(help="Comma list: batched, per-event, inline, gil-5ms, batch-N.")
+        str,
+        typer.Option(
+            help="Comma list: batched, per-event, inline, gil-5ms, faust-changelog, batch-N."
+        ),
     ] = "batched,per-event",
     repeats: Annotated[
         int, typer.Option(help="Run the variant list this many times, interleaved.")
@@ -408,6 +411,7 @@ def bench_e2e(
         "per-event": {"max_batch": 1, "max_wait_ms": 0},
         "inline": {"inference_thread": False},
         "gil-5ms": {"gil_switch_interval_ms": 0},
+        "faust-changelog": {"changelog_producer": "faust"},
     }
     chosen = []
     for name in (v.strip() for v in variants.split(",") if v.strip()):

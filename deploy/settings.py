@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         True,
         description="Score batches in a thread, overlapping the stream (false: on the loop).",
     )
+    changelog_producer: Literal["librdkafka", "faust"] = Field(
+        "librdkafka",
+        description="Producer of profile changelog records: librdkafka (fast) or "
+        "Faust's aiokafka producer.",
+    )
     fetch_max_wait_ms: int = Field(
         100, ge=1, description="Consumer fetch wait; bounds latency on quiet partitions."
     )
@@ -145,6 +150,7 @@ class Settings(BaseSettings):
             max_batch=self.max_batch,
             max_wait_ms=self.max_wait_ms,
             inference_thread=self.inference_thread,
+            changelog_producer=self.changelog_producer,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             commit_interval_s=self.commit_interval_s,
             model_reload_interval_s=self.model_reload_interval_s,

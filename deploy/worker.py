@@ -80,7 +80,7 @@ def quiet_worker_class() -> type:
     """
     from faust.worker import Worker
 
-    class QuietWorker(Worker):  # type: ignore[misc]
+    class QuietWorker(Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             self.spinner = None
 

@@ -11,9 +11,9 @@ Per input record, in stream order:
 
 The :class:`~streams.batcher.MicroBatcher` scores queued requests in batches and
 produces one recommendation list per event. Acks are manual (``stream.noack()``):
-an input offset is acked only after its recommendation (or dead letter) has been
-handed to the producer, and Faust flushes the producer before it commits, so a
-committed offset always has its output durably written.
+an input offset is acked only after every record it caused (its recommendation or
+dead letter, and its profile's changelog record) has been delivered by librdkafka,
+so a committed offset always has its outputs and its state change durably written.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from faust import current_event
 
 from models.scorer import Recommendation, Scorer
 from streams.batcher import MicroBatcher
@@ -35,6 +37,7 @@ from streams.metrics import Metrics
 from streams.output import OutputProducer
 from streams.privacy import UserRefs
 from streams.profile import Profile, apply_event
+from streams.tables import ProfileTable
 
 if TYPE_CHECKING:
     import faust
@@ -50,44 +53,57 @@ log = logging.getLogger("recstream.agents")
 class InOrderAcks:
     """Acks events in offset order per partition, whatever order their outputs land in.
 
-    Outputs are delivered by librdkafka per output partition, so delivery reports for
-    one input partition can arrive out of order. Faust's commit logic tolerates some
-    out-of-order acks but can step over an unacked offset at the edges (e.g. before the
-    first commit), so recstream never hands it a gap: an event is acked only when it and
-    every earlier event of its partition are done.
+    An event is finished when every record it caused has been delivered: its
+    recommendation or dead letter (counted by :meth:`track`) and its profile's
+    changelog record (added by :meth:`expect`). Delivery reports for one input
+    partition can arrive out of order (outputs and changelog go to different
+    partitions). Faust's commit logic tolerates some out-of-order acks but can step
+    over an unacked offset at the edges (e.g. before the first commit), so recstream
+    never hands it a gap: an event is acked only when it and every earlier event of
+    its partition are finished.
     """
 
     def __init__(self) -> None:
         self._queues: dict[Any, deque[list[Any]]] = {}
+        # id(event) -> [event, deliveries still outstanding]; entries keep their
+        # event alive, so an id is never reused while it is tracked.
+        self._entries: dict[int, list[Any]] = {}
 
     def track(self, event: EventT[Any]) -> None:
-        """Register an event as it arrives (stream order = offset order)."""
+        """Register an event as it arrives (stream order = offset order); one delivery due."""
         tp = event.message.tp
         queue = self._queues.get(tp)
         if queue is None:
             queue = self._queues[tp] = deque()
-        queue.append([event, False])
+        entry = [event, 1]
+        queue.append(entry)
+        self._entries[id(event)] = entry
+
+    def expect(self, event: EventT[Any]) -> None:
+        """One more delivery (e.g. a changelog record) is due before ``event`` is finished."""
+        entry = self._entries.get(id(event))
+        if entry is not None:
+            entry[1] += 1
 
     def done(self, event: EventT[Any]) -> None:
-        """Mark an event's output delivered; ack the finished prefix of its partition."""
-        queue = self._queues.get(event.message.tp)
-        if not queue:
-            event.ack()  # not tracked (e.g. after a rebalance cleared it): ack directly
+        """One of ``event``'s records was delivered; ack the finished prefix of its partition."""
+        entry = self._entries.get(id(event))
+        if entry is None:
+            event.ack()  # not tracked: nothing else to wait for
             return
-        for entry in queue:
-            if entry[0] is event:
-                entry[1] = True
-                break
-        else:
-            event.ack()
+        entry[1] -= 1
+        if entry[1] > 0:
             return
-        while queue and queue[0][1]:
-            queue.popleft()[0].ack()
+        queue = self._queues[event.message.tp]
+        while queue and queue[0][1] <= 0:
+            finished = queue.popleft()[0]
+            del self._entries[id(finished)]
+            finished.ack()
 
     @property
     def pending(self) -> int:
         """Events tracked and not yet acked."""
-        return sum(len(q) for q in self._queues.values())
+        return len(self._entries)
 
 
 @dataclass(slots=True)
@@ -139,6 +155,8 @@ class Pipeline:
             executor=self._executor,
             inline=not config.inference_thread,
         )
+        if isinstance(profiles, ProfileTable) and config.changelog_producer == "librdkafka":
+            profiles.changelog_writer = self._write_changelog
         stage = self.metrics.stage_seconds
         self._stage_decode = stage.labels("decode")
         self._stage_profile = stage.labels("profile")
@@ -259,7 +277,7 @@ class Pipeline:
                     event_ts=ev.ts,
                     produced_ts=now,
                 ),
-                functools.partial(self._acks.done, req.event),  # once delivered
+                functools.partial(self._delivered, req.event),
             )
             self.metrics.recommendations.labels(rec.strategy).inc()
             record_ts = req.event.message.timestamp
@@ -302,5 +320,28 @@ class Pipeline:
                 value=msg.value,
                 failed_at=time.time(),
             ),
-            functools.partial(self._acks.done, event),  # once delivered
+            functools.partial(self._delivered, event),
         )
+
+    def _delivered(self, event: EventT[Any], _offset: int) -> None:
+        self._acks.done(event)
+
+    def _write_changelog(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        on_delivered: Callable[[int], None],
+    ) -> None:
+        """The profiles table's changelog writer: librdkafka, tied to the event's ack."""
+        event = current_event()  # the event whose iteration is writing the table
+        if event is not None:
+            self._acks.expect(event)
+
+        def delivered(offset: int) -> None:
+            on_delivered(offset)
+            if event is not None:
+                self._acks.done(event)
+
+        self.output.produce(topic, key, value, delivered, partition=partition)

@@ -21,6 +21,7 @@ from streams.agents import Pipeline
 from streams.metrics import Metrics
 from streams.profile import ProfileLimits
 from streams.reload import ModelReloader, ModelSource
+from streams.tables import ProfileTable
 from streams.topics import PROFILES_TABLE, TopicNames, changelog_topic
 from streams.web import register_web
 
@@ -67,6 +68,7 @@ class StreamConfig:
     max_batch: int = 64
     max_wait_ms: float = 5.0
     inference_thread: bool = True
+    changelog_producer: str = "librdkafka"
     fetch_max_wait_ms: int = 100
     commit_interval_s: float = 1.0
     changelog_linger_ms: int = 5
@@ -158,12 +160,14 @@ def create_app(
         broker_commit_interval=config.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # Changelog writes (one per event) go out in batches instead of one
-        # produce request each: costs at most this much extra latency to durability.
+        # Faust's own producer now only carries what Faust itself sends (e.g. a
+        # table write before the agent starts); batched all the same.
         producer_linger_ms=config.changelog_linger_ms,
         # Profiles are JSON and compress 3-5x; less changelog bandwidth and storage.
         producer_compression_type="lz4",
         table_standby_replicas=0,
+        # Changelog records go out through librdkafka (see streams/tables.py).
+        Table=ProfileTable,
         web_enabled=config.web_enabled,
         web_bind=config.web_host,
         web_port=config.web_port,

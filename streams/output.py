@@ -1,12 +1,13 @@
-"""Writing recommendations and dead letters through librdkafka.
+"""Writing recommendations, dead letters and profile changelog records through librdkafka.
 
-Faust's own producer (aiokafka, pure Python) costs hundreds of microseconds per
-record in the worker's event loop; librdkafka batches, compresses and delivers on
-its own threads for a few microseconds of Python per record. Tables and their
-changelogs stay on Faust's producer, which Faust flushes before every commit.
+Faust's own producer (aiokafka, pure Python) costs tens to hundreds of microseconds
+per record in the worker's event loop; librdkafka batches, compresses and delivers
+on its own threads for a few microseconds of Python per record. The profiles
+table's changelog goes through the same producer (:mod:`streams.tables`).
 
 Delivery decides acknowledgement: an input event is acked (so its offset may be
-committed) only once librdkafka has reported its output record as delivered
+committed) only once librdkafka has reported every record it caused (its
+recommendation or dead letter, and its changelog record) as delivered
 (``acks=all``, idempotent producer). A record that cannot be delivered leaves its
 input event unacked, so the event is processed again after a restart instead of
 being lost.
@@ -52,23 +53,34 @@ class OutputProducer:
         }
         conf.update(config)
         self._producer = Producer(conf)
-        self._done: deque[tuple[Callable[[], Any], KafkaError | None]] = deque()
+        self._done: deque[tuple[Callable[[int], Any], KafkaError | None, int]] = deque()
         self._on_error = on_error
         self._interval = poll_interval_s
         self._task: asyncio.Task[None] | None = None
         self.in_flight = 0
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes, on_delivered: Callable[[], Any]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        on_delivered: Callable[[int], Any],
+        partition: int | None = None,
     ) -> None:
-        """Queue a record; ``on_delivered`` runs on the loop once it is durably written."""
+        """Queue a record; ``on_delivered(offset)`` runs on the loop once it is durably written.
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
-            self._done.append((on_delivered, err))
+        ``partition`` ``None`` lets the key choose it (murmur2, as Java clients do).
+        """
 
+        def report(err: KafkaError | None, msg: Message) -> None:
+            self._done.append((on_delivered, err, msg.offset() or 0))
+
+        args: dict[str, Any] = {"value": value, "key": key, "on_delivery": report}
+        if partition is not None:
+            args["partition"] = partition
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=report)
+                self._producer.produce(topic, **args)
                 break
             except BufferError:  # local queue full: wait for deliveries, then retry
                 self._producer.poll(0.01)
@@ -78,11 +90,11 @@ class OutputProducer:
     def _drain(self) -> int:
         n = 0
         while self._done:
-            callback, err = self._done.popleft()
+            callback, err, offset = self._done.popleft()
             self.in_flight -= 1
             n += 1
             if err is None:
-                callback()
+                callback(offset)
             else:
                 log.error("delivery failed, input left unacked for redelivery: %s", err)
                 self._on_error(str(err))

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,8 +17,9 @@ from models.synthetic import SyntheticShop
 from streams.client import event_from_dict
 from streams.events import Event, EventType
 from streams.profile import Profile, ProfileLimits, apply_event
+from streams.topics import changelog_topic
 
-from .conftest import Deployment
+from .conftest import PARTITIONS, Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -200,12 +202,45 @@ def fetch_profiles(url: str, users: set[str]) -> dict[str, Any]:
     return out
 
 
+def persisted_offsets(state_dir: Path) -> dict[int, int]:
+    from rocksdict import AccessType, Rdict
+
+    out = {}
+    for db_path in sorted(state_dir.glob("v1/tables/profiles-*.db")):
+        db = Rdict(str(db_path), access_type=AccessType.read_only())
+        try:
+            raw = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        if raw is not None:
+            out[int(db_path.stem.rsplit("-", 1)[1])] = int(raw)
+    return out
+
+
+def changelog_last_offsets(deployment: Deployment) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**deployment.client_config, "group.id": "watermarks"})
+    try:
+        out = {}
+        for p in range(PARTITIONS):
+            _low, high = consumer.get_watermark_offsets(
+                TopicPartition(changelog_topic(deployment.app_id), p), timeout=10
+            )
+            if high > 0:
+                out[p] = high - 1
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("changelog_producer", ["librdkafka", "faust"])
 def test_profiles_are_restored_from_the_changelog_after_losing_local_state(
-    deployment: Deployment, shop: SyntheticShop
+    deployment: Deployment, shop: SyntheticShop, changelog_producer: str
 ) -> None:
     events = shop_events(shop, 300)
     users = {e.user_id for e in events}
-    first = deployment.start_worker(web_profiles=True)
+    first = deployment.start_worker(web_profiles=True, changelog_producer=changelog_producer)
     with deployment.producer() as producer:
         for ev in events:
             producer.send(ev)
@@ -219,8 +254,12 @@ def test_profiles_are_restored_from_the_changelog_after_losing_local_state(
     assert first.stop() == 0
     state_dir = deployment.workdir / "state"
     assert state_dir.exists()
+    # Each partition's RocksDB remembers the last changelog offset it holds (written
+    # on delivery of the librdkafka changelog records), so a restart with its local
+    # state reads only what is newer.
+    assert persisted_offsets(state_dir) == changelog_last_offsets(deployment)
     shutil.rmtree(state_dir)
 
-    second = deployment.start_worker(web_profiles=True)
+    second = deployment.start_worker(web_profiles=True, changelog_producer=changelog_producer)
     after = fetch_profiles(second.url, users)
     assert after == before
