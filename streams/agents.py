@@ -157,6 +157,9 @@ class Pipeline:
         )
         if isinstance(profiles, ProfileTable) and config.changelog_producer == "librdkafka":
             profiles.changelog_writer = self._write_changelog
+        # Label children resolved once, not per event.
+        self._consumed = {t: self.metrics.events_consumed.labels(t.value) for t in EventType}
+        self._recommended: dict[str, Any] = {}
         stage = self.metrics.stage_seconds
         self._stage_decode = stage.labels("decode")
         self._stage_profile = stage.labels("profile")
@@ -210,7 +213,7 @@ class Pipeline:
                 event, InvalidEvent(code=ReasonCode.UNKNOWN_TOPIC, reason=f"topic {msg.topic!r}")
             )
             return
-        self.metrics.events_consumed.labels(event_type.value).inc()
+        self._consumed[event_type].inc()
         t0 = time.perf_counter()
         decoded = decode_event(event_type, msg.value, msg.key)
         t1 = time.perf_counter()
@@ -279,7 +282,12 @@ class Pipeline:
                 ),
                 functools.partial(self._delivered, req.event),
             )
-            self.metrics.recommendations.labels(rec.strategy).inc()
+            counter = self._recommended.get(rec.strategy)
+            if counter is None:
+                counter = self._recommended[rec.strategy] = self.metrics.recommendations.labels(
+                    rec.strategy
+                )
+            counter.inc()
             record_ts = req.event.message.timestamp
             if record_ts:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
