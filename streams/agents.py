@@ -222,7 +222,7 @@ class Pipeline:
             await self._dead_letter(event, decoded)
             return
         user = decoded.user_id
-        profile = Profile.from_dict(self.profiles.get(user))
+        profile = Profile.from_json(self.profiles.get(user))
         if apply_event(profile, decoded, self.config.limits):
             self.metrics.profile_updates.inc()
         else:
@@ -230,7 +230,7 @@ class Pipeline:
         # Written even for a replayed event: after a crash the local RocksDB can hold
         # an update whose changelog record never left the producer; rewriting the
         # profile re-sends it, so the changelog (the durable copy) converges.
-        self.profiles[user] = profile.to_dict()
+        self.profiles[user] = profile.to_json()
         self._stage_profile.inc(time.perf_counter() - t1)
         await self.batcher.submit(
             ScoreRequest(event, decoded, profile.history(), profile.purchased_items())

@@ -29,6 +29,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streams.events import Event, EventType
 
 __all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash"]
@@ -97,6 +99,15 @@ class Profile:
             seen=data.get("seen", []),
         )
 
+    @classmethod
+    def from_json(cls, raw: bytes | None) -> Profile:
+        """Decode the table's stored bytes (``None`` means a new user)."""
+        return cls.from_dict(orjson.loads(raw) if raw else None)
+
+    def to_json(self) -> bytes:
+        """The stored bytes: the :meth:`to_dict` document as compact JSON."""
+        return orjson.dumps(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON document stored in the table and its changelog."""
         return {
@@ -109,7 +120,7 @@ class Profile:
 
     def history(self) -> list[tuple[str, str, str]]:
         """``(item_id, event_type, channel)`` per recent interaction, oldest first."""
-        return [(str(r[0]), str(r[1]), str(r[3])) for r in self.recent]
+        return [(r[0], r[1], r[3]) for r in self.recent]
 
     def purchased_items(self) -> frozenset[str]:
         """Items this user bought (within the ``max_purchased`` bound)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.metrics import Metrics
@@ -87,4 +88,4 @@ def register_web(
             value = profiles.get(user_id)
             if value is None:
                 return self.json({"user_id": user_id, "profile": None}, status=404)
-            return self.json({"user_id": user_id, "profile": value})
+            return self.json({"user_id": user_id, "profile": orjson.loads(value)})

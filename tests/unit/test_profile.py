@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from random import Random
 
 import orjson
@@ -113,3 +114,17 @@ def test_json_round_trip_is_lossless() -> None:
     restored = Profile.from_dict(orjson.loads(orjson.dumps(p.to_dict())))
     assert restored == p
     assert Profile.from_dict(None) == Profile()
+
+
+def test_stored_bytes_are_plain_json_and_round_trip() -> None:
+    p = Profile()
+    apply_event(p, click(1, "a"), ProfileLimits())
+    apply_event(
+        p,
+        PurchaseEvent(event_id="p1", user_id="u", item_id="b", ts=TS + 2, order_id="o", price=2.5),
+        ProfileLimits(),
+    )
+    raw = p.to_json()
+    assert json.loads(raw) == p.to_dict()  # any JSON tool can read the changelog
+    assert Profile.from_json(raw) == p
+    assert Profile.from_json(None) == Profile()
