@@ -516,9 +516,13 @@ def soak(
             lag = sum(
                 v for k, v in metrics.items() if k.startswith("recstream_consumer_lag_records")
             )
+            rocksdb = sum(
+                v for k, v in metrics.items() if k.startswith("recstream_table_memory_bytes")
+            )
             sample = {
                 "t": time.monotonic() - started,
                 "rss_mb": rss,
+                "rocksdb_mb": rocksdb / 2**20,
                 "cpu_s": cpu,
                 "lag": lag,
                 "sent": float(sent[0]),
@@ -564,8 +568,14 @@ def plot_soak(result: SoakResult, path: Path) -> Path | None:
     t = [s["t"] / 60 for s in result.samples]
     fig, ax1 = plt.subplots(figsize=(9, 4))
     ax1.plot(t, [s["rss_mb"] for s in result.samples], color="tab:blue", label="worker RSS (MiB)")
+    ax1.plot(
+        t,
+        [s.get("rocksdb_mb", 0.0) for s in result.samples],
+        color="tab:green",
+        label="RocksDB memory (MiB)",
+    )
     ax1.set_xlabel("minutes")
-    ax1.set_ylabel("RSS (MiB)")
+    ax1.set_ylabel("MiB")
     ax2 = ax1.twinx()
     ax2.plot(t, [s["lag"] for s in result.samples], color="tab:orange", label="consumer lag")
     ax2.set_ylabel("lag (records)")

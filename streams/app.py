@@ -217,5 +217,6 @@ def create_app(
             metrics,
             profiles if config.web_profiles else None,
             tuple(config.topics.inputs()),
+            table=profiles,
         )
     return app

@@ -94,6 +94,12 @@ class Metrics:
             "Changelog records still to replay before the profiles table is restored.",
             registry=r,
         )
+        self.table_memory = Gauge(
+            "recstream_table_memory_bytes",
+            "RocksDB memory of the profiles table's open partitions, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.ready = Gauge(
             "recstream_ready",
             "1 when the worker has restored its tables and is serving.",

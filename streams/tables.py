@@ -72,3 +72,21 @@ class ProfileTable(faust.Table[Any, Any]):
 
         writer(name, partition, key_bytes, value_bytes, delivered)
         return _Sent(_Partition(partition))
+
+    def memory_usage(self) -> dict[str, int]:
+        """Bytes of RocksDB memory held by this worker's open partitions, by kind.
+
+        ``memtables`` (bounded by ``write_buffer_size`` x 2 per partition),
+        ``block_cache`` (bounded by ``block_cache_size`` per partition) and
+        ``table_readers`` (SST indexes and filters, which grow with the data).
+        """
+        usage = {"memtables": 0, "block_cache": 0, "table_readers": 0}
+        # faust.stores.rocksdb.Store keeps one database per partition in ``_dbs``;
+        # there is no public accessor. Other stores (memory://) hold none.
+        for db in list(getattr(self.data, "_dbs", {}).values()):
+            usage["memtables"] += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            usage["block_cache"] += db.property_int_value("rocksdb.block-cache-usage") or 0
+            usage["table_readers"] += (
+                db.property_int_value("rocksdb.estimate-table-readers-mem") or 0
+            )
+        return usage

@@ -29,6 +29,7 @@ def register_web(
     metrics: Metrics,
     profiles: Any = None,
     input_topics: tuple[str, ...] = (),
+    table: Any = None,
 ) -> None:
     """Add the health and metrics pages to the app's web server.
 
@@ -36,6 +37,7 @@ def register_web(
         app: the Faust app.
         metrics: the metrics to serve.
         input_topics: topics whose consumer lag is exported.
+        table: the profiles table whose RocksDB memory is exported.
         profiles: when given, ``/profiles/{user_id}`` returns that user's profile
             as held by this worker (an operator's debugging aid; off by default
             because it exposes user data).
@@ -48,6 +50,9 @@ def register_web(
             metrics.restore_remaining.set(recovery.active_remaining_total())
         except Exception:  # highwaters not known before the first assignment
             metrics.restore_remaining.set(0)
+        if table is not None and hasattr(table, "memory_usage"):
+            for kind, value in table.memory_usage().items():
+                metrics.table_memory.labels(kind).set(value)
         consumer = app.consumer
         inputs = set(input_topics)
         metrics.consumer_lag.clear()

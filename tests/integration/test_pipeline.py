@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 import shutil
 import urllib.request
 from pathlib import Path
@@ -192,6 +193,8 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_flow(
     assert worker.proc is not None and worker.proc.poll() is None, "worker died on bad input"
     metrics = worker.metrics_text()
     assert 'recstream_events_invalid_total{reason="invalid_json"} 1.0' in metrics
+    memtables = re.search(r'recstream_table_memory_bytes\{kind="memtables"\} (\S+)', metrics)
+    assert memtables and float(memtables.group(1)) > 0  # the profiles' RocksDB memory
 
 
 def fetch_profiles(url: str, users: set[str]) -> dict[str, Any]:
