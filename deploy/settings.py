@@ -74,10 +74,10 @@ class Settings(BaseSettings):
         0.5, ge=0, description="Python GIL switch interval in the worker (0 = Python's 5 ms)."
     )
     rocksdb_write_buffer_mb: int = Field(
-        8, ge=1, description="RocksDB memtable size per table partition, MiB (2 kept)."
+        4, ge=1, description="RocksDB memtable size per table partition, MiB (2 kept)."
     )
     rocksdb_block_cache_mb: int = Field(
-        64, ge=1, description="RocksDB block cache per table partition, MiB."
+        16, ge=1, description="RocksDB block cache per table partition, MiB."
     )
     history_len: int = Field(50, ge=1, description="Interactions kept per user profile.")
     max_purchased: int = Field(200, ge=1, description="Purchased items remembered for exclusion.")

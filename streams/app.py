@@ -72,8 +72,8 @@ class StreamConfig:
     fetch_max_wait_ms: int = 100
     commit_interval_s: float = 1.0
     changelog_linger_ms: int = 5
-    rocksdb_write_buffer_mb: int = 8
-    rocksdb_block_cache_mb: int = 64
+    rocksdb_write_buffer_mb: int = 4
+    rocksdb_block_cache_mb: int = 16
     model_reload_interval_s: float = 10.0
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
@@ -184,9 +184,11 @@ def create_app(
         # encoded and decoded by streams.profile with orjson: Faust's json codec
         # took about twice as long on the hot path.
         value_type=bytes,
-        # Faust's RocksDB defaults (64 MiB x 3 memtables per partition, a 2 GiB block
-        # cache) let a worker's RSS climb by hundreds of MiB before the first flush;
-        # profiles are small and hot in memory anyway, so bound both.
+        # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per
+        # partition) let a worker's RSS climb for hours. The block cache fills up to
+        # its cap whatever the live data size (blocks of compacted-away files stay
+        # until evicted), so RocksDB memory is bounded by partitions x (2 x write
+        # buffer + block cache): 96 MiB for 4 partitions with the defaults.
         options={
             "driver": "rocksdict",
             "write_buffer_size": config.rocksdb_write_buffer_mb * 1024 * 1024,
