@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +25,9 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import Broker
-from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer, event_payload
 from streams.events import Event
-from streams.topics import TopicNames, required_topics
 
 __all__ = [
     "E2EResult",
@@ -144,30 +142,16 @@ def run_e2e(
         warmup_events: sent and answered before measuring (distinct event ids).
         timeout_s: give up waiting for recommendations after this long.
     """
-    tag = uuid.uuid4().hex[:8]
-    topics = TopicNames(*(f"{n}-{tag}" for n in ("clicks", "browses", "purchases", "recs", "dlq")))
-    app_id = f"recstream-bench-{tag}"
-    broker.create_topics(required_topics(app_id, topics, partitions))
-    client = {"bootstrap.servers": broker.bootstrap_servers}
+    dep = ScratchDeployment.create(broker, "bench", partitions)
+    topics, tag, client = dep.topics, dep.tag, dep.client_config
     base = {
-        "kafka_bootstrap_servers": broker.bootstrap_servers,
-        "app_id": app_id,
-        "partitions": partitions,
-        "topic_clicks": topics.clicks,
-        "topic_browses": topics.browses,
-        "topic_purchases": topics.purchases,
-        "topic_recommendations": topics.recommendations,
-        "topic_dead_letter": topics.dead_letter,
-        "model_dir": model_dir,
-        "provider": "cpu",
-        "log_level": "WARNING",
         "fetch_max_wait_ms": 10,
-        **FAST_GROUP_SETTINGS,
         **variant.settings,
     }
     procs = [
         WorkerProcess(
-            {**base, "state_dir": workdir / tag / f"state-{i}"}, workdir / tag / f"worker-{i}.log"
+            dep.worker_settings(model_dir, workdir / tag / f"state-{i}", **base),
+            workdir / tag / f"worker-{i}.log",
         ).start()
         for i in range(workers)
     ]
@@ -449,28 +433,10 @@ def soak(
     RocksDB/table growth as new users arrive); ``non_rocksdb_growth_mb_per_h`` is
     the same for RSS minus the RocksDB memory the worker reports.
     """
-    tag = uuid.uuid4().hex[:8]
-    topics = TopicNames(*(f"{n}-{tag}" for n in ("clicks", "browses", "purchases", "recs", "dlq")))
-    app_id = f"recstream-soak-{tag}"
-    broker.create_topics(required_topics(app_id, topics, partitions))
-    client = {"bootstrap.servers": broker.bootstrap_servers}
+    dep = ScratchDeployment.create(broker, "soak", partitions)
+    topics, tag, client = dep.topics, dep.tag, dep.client_config
     worker = WorkerProcess(
-        {
-            "kafka_bootstrap_servers": broker.bootstrap_servers,
-            "app_id": app_id,
-            "partitions": partitions,
-            "topic_clicks": topics.clicks,
-            "topic_browses": topics.browses,
-            "topic_purchases": topics.purchases,
-            "topic_recommendations": topics.recommendations,
-            "topic_dead_letter": topics.dead_letter,
-            "model_dir": model_dir,
-            "state_dir": workdir / tag / "state",
-            "provider": "cpu",
-            "log_level": "WARNING",
-            **FAST_GROUP_SETTINGS,
-        },
-        workdir / tag / "worker.log",
+        dep.worker_settings(model_dir, workdir / tag / "state"), workdir / tag / "worker.log"
     ).start()
     worker.wait_ready(120)
     stop = threading.Event()

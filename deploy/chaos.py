@@ -17,7 +17,6 @@ import shutil
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,10 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import Broker
-from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer
 from streams.events import Event
 from streams.profile import Profile, ProfileLimits, apply_event
-from streams.topics import TopicNames, required_topics
 
 __all__ = ["DrillReport", "crash_drill", "reference_profiles"]
 
@@ -110,35 +108,17 @@ def crash_drill(
     delete the worker's RocksDB directory, forcing a restore from the changelog.
     """
     rng = random.Random(seed)
-    tag = uuid.uuid4().hex[:8]
-    topics = TopicNames(
-        clicks=f"clicks-{tag}",
-        browses=f"browses-{tag}",
-        purchases=f"purchases-{tag}",
-        recommendations=f"recommendations-{tag}",
-        dead_letter=f"events-dlq-{tag}",
-    )
-    app_id = f"recstream-drill-{tag}"
-    broker.create_topics(required_topics(app_id, topics, partitions))
-    client = {"bootstrap.servers": broker.bootstrap_servers}
+    dep = ScratchDeployment.create(broker, "drill", partitions)
+    topics, tag, client = dep.topics, dep.tag, dep.client_config
     state_dir = workdir / tag / "state"  # fresh per drill: topics are new too
-    settings = {
-        "kafka_bootstrap_servers": broker.bootstrap_servers,
-        "app_id": app_id,
-        "partitions": partitions,
-        "topic_clicks": topics.clicks,
-        "topic_browses": topics.browses,
-        "topic_purchases": topics.purchases,
-        "topic_recommendations": topics.recommendations,
-        "topic_dead_letter": topics.dead_letter,
-        "model_dir": model_dir,
-        "state_dir": state_dir,
-        "provider": "cpu",
-        "intra_op_threads": 1,
-        "fetch_max_wait_ms": 50,
-        "web_profiles": True,
-        **FAST_GROUP_SETTINGS,
-    }
+    settings = dep.worker_settings(
+        model_dir,
+        state_dir,
+        intra_op_threads=1,
+        fetch_max_wait_ms=50,
+        web_profiles=True,
+        log_level="INFO",
+    )
     users = sorted({e.user_id for e in events})
     report = DrillReport(events=len(events), users=len(users))
     started = time.monotonic()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import EmbeddedBroker
-from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.process import ScratchDeployment, WorkerProcess
 from models.scorer import OnnxScorer
 from models.splits import EvalCase
 from streams.client import EventProducer, event_from_dict
-from streams.topics import TopicNames, required_topics
 
 __all__ = ["online_vs_offline"]
 
@@ -58,30 +56,12 @@ def online_vs_offline(
     excludes = [{item for item, etype, _ in c.history if etype == "purchase"} for c in cases]
     offline = [[i for i, _ in r.items] for r in scorer.recommend(histories, excludes, k)]
 
-    tag = uuid.uuid4().hex[:8]
-    topics = TopicNames(*(f"{n}-{tag}" for n in ("clicks", "browses", "purchases", "recs", "dlq")))
-    app_id = f"recstream-online-{tag}"
     broker = EmbeddedBroker().start()
     try:
-        broker.create_topics(required_topics(app_id, topics, partitions))
-        client = {"bootstrap.servers": broker.bootstrap_servers}
+        dep = ScratchDeployment.create(broker, "online", partitions)
+        topics, tag, client = dep.topics, dep.tag, dep.client_config
         worker = WorkerProcess(
-            {
-                "kafka_bootstrap_servers": broker.bootstrap_servers,
-                "app_id": app_id,
-                "partitions": partitions,
-                "topic_clicks": topics.clicks,
-                "topic_browses": topics.browses,
-                "topic_purchases": topics.purchases,
-                "topic_recommendations": topics.recommendations,
-                "topic_dead_letter": topics.dead_letter,
-                "model_dir": model_dir,
-                "state_dir": workdir / tag / "state",
-                "provider": "cpu",
-                "top_k": k,
-                "log_level": "WARNING",
-                **FAST_GROUP_SETTINGS,
-            },
+            dep.worker_settings(model_dir, workdir / tag / "state", top_k=k),
             workdir / tag / "worker.log",
         ).start()
         worker.wait_ready(120)

@@ -14,10 +14,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WorkerProcess", "free_port", "settings_env"]
+from deploy.broker.base import Broker
+from streams.topics import TopicNames, required_topics
+
+__all__ = ["ScratchDeployment", "WorkerProcess", "free_port", "settings_env"]
 
 #: Consumer-group timings for the embedded broker: a restarted worker rejoins in
 #: seconds instead of waiting out two default session timeouts.
@@ -26,6 +31,61 @@ FAST_GROUP_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_s": 0.3,
     "rebalance_timeout_s": 3.0,
 }
+
+
+@dataclass(frozen=True)
+class ScratchDeployment:
+    """A throw-away deployment on a broker: uuid-tagged topics, app id and group.
+
+    The benchmarks, the crash drill, online evaluation and the tests run workers
+    against fresh topics, so runs never see each other's records, offsets or
+    changelog.
+    """
+
+    bootstrap_servers: str
+    app_id: str
+    topics: TopicNames
+    partitions: int
+    tag: str
+
+    @classmethod
+    def create(cls, broker: Broker, purpose: str, partitions: int) -> ScratchDeployment:
+        """Create the topics (inputs, output, DLQ, changelog) on ``broker``."""
+        tag = uuid.uuid4().hex[:8]
+        topics = TopicNames(
+            clicks=f"clicks-{tag}",
+            browses=f"browses-{tag}",
+            purchases=f"purchases-{tag}",
+            recommendations=f"recommendations-{tag}",
+            dead_letter=f"events-dlq-{tag}",
+        )
+        app_id = f"recstream-{purpose}-{tag}"
+        broker.create_topics(required_topics(app_id, topics, partitions))
+        return cls(broker.bootstrap_servers, app_id, topics, partitions, tag)
+
+    @property
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings for producers and consumers of this deployment."""
+        return {"bootstrap.servers": self.bootstrap_servers}
+
+    def worker_settings(self, model_dir: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
+        """Settings of a worker of this deployment (CPU provider, fast group timings)."""
+        return {
+            "kafka_bootstrap_servers": self.bootstrap_servers,
+            "app_id": self.app_id,
+            "partitions": self.partitions,
+            "topic_clicks": self.topics.clicks,
+            "topic_browses": self.topics.browses,
+            "topic_purchases": self.topics.purchases,
+            "topic_recommendations": self.topics.recommendations,
+            "topic_dead_letter": self.topics.dead_letter,
+            "model_dir": model_dir,
+            "state_dir": state_dir,
+            "provider": "cpu",
+            "log_level": "WARNING",
+            **FAST_GROUP_SETTINGS,
+            **overrides,
+        }
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ each other's records even on a shared external cluster.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import pytest
 
 from deploy.broker import Broker, choose_broker
 from deploy.kafka_io import read_topic
-from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer
-from streams.topics import TopicNames, required_topics
+from streams.topics import TopicNames
 
 PARTITIONS = 2
 
@@ -42,36 +41,28 @@ class Deployment:
     """One isolated recstream deployment on the shared broker."""
 
     broker: Broker
-    app_id: str
-    topics: TopicNames
+    scratch: ScratchDeployment
     model_dir: Path
     workdir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
+    def app_id(self) -> str:
+        return self.scratch.app_id
+
+    @property
+    def topics(self) -> TopicNames:
+        return self.scratch.topics
+
+    @property
     def client_config(self) -> dict[str, str]:
-        return {"bootstrap.servers": self.broker.bootstrap_servers}
+        return self.scratch.client_config
 
     def worker_settings(self, **overrides: Any) -> dict[str, Any]:
-        settings: dict[str, Any] = {
-            "kafka_bootstrap_servers": self.broker.bootstrap_servers,
-            "app_id": self.app_id,
-            "partitions": PARTITIONS,
-            "topic_clicks": self.topics.clicks,
-            "topic_browses": self.topics.browses,
-            "topic_purchases": self.topics.purchases,
-            "topic_recommendations": self.topics.recommendations,
-            "topic_dead_letter": self.topics.dead_letter,
-            "model_dir": self.model_dir,
-            "state_dir": self.workdir / "state",
-            "provider": "cpu",
-            "intra_op_threads": 1,
-            "fetch_max_wait_ms": 50,
-            "log_level": "INFO",
-            **FAST_GROUP_SETTINGS,
-        }
-        settings.update(overrides)
-        return settings
+        defaults = {"intra_op_threads": 1, "fetch_max_wait_ms": 50, "log_level": "INFO"}
+        return self.scratch.worker_settings(
+            self.model_dir, self.workdir / "state", **{**defaults, **overrides}
+        )
 
     def start_worker(self, **overrides: Any) -> WorkerProcess:
         n = len(self.workers)
@@ -104,17 +95,9 @@ class Deployment:
 
 @pytest.fixture
 def deployment(broker: Broker, model_dir: Path, tmp_path: Path) -> Iterator[Deployment]:
-    tag = uuid.uuid4().hex[:8]
-    topics = TopicNames(
-        clicks=f"clicks-{tag}",
-        browses=f"browses-{tag}",
-        purchases=f"purchases-{tag}",
-        recommendations=f"recommendations-{tag}",
-        dead_letter=f"events-dlq-{tag}",
+    dep = Deployment(
+        broker, ScratchDeployment.create(broker, "test", PARTITIONS), model_dir, tmp_path
     )
-    app_id = f"recstream-test-{tag}"
-    broker.create_topics(required_topics(app_id, topics, PARTITIONS))
-    dep = Deployment(broker, app_id, topics, model_dir, tmp_path)
     yield dep
     for worker in dep.workers:
         worker.stop(timeout_s=15)
