@@ -1,0 +1,59 @@
+"""The benchmark harnesses measure what they claim (not how fast: that is docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from deploy.bench import Variant, run_e2e, soak
+from deploy.broker import Broker
+from models.synthetic import SyntheticShop
+from streams.client import event_from_dict
+
+pytestmark = pytest.mark.integration
+
+
+def test_e2e_run_answers_every_event_and_reads_the_worker_stages(
+    broker: Broker, model_dir: Path, shop: SyntheticShop, tmp_path: Path
+) -> None:
+    events = [event_from_dict(dataclasses.asdict(e)) for e in shop.events[:400]]
+    result = run_e2e(
+        broker,
+        model_dir,
+        tmp_path,
+        events[100:],
+        Variant("batched"),
+        partitions=2,
+        warmup_events=events[:100],
+        timeout_s=120,
+    )
+    assert result.answered == result.events == 300
+    assert len(result.latencies_ms) == 300 and min(result.latencies_ms) > 0
+    assert result.events_per_s > 0 and result.worker_cpu_s > 0
+    # Every stage was timed by the worker over exactly the measured events.
+    assert all(v > 0 for v in result.stage_us_per_event.values()), result.stage_us_per_event
+    assert set(result.stage_us_per_event) == {"decode", "profile", "inference", "produce"}
+    assert result.mean_batch >= 1
+
+
+def test_soak_samples_rss_rocksdb_memory_and_lag(
+    broker: Broker, model_dir: Path, shop: SyntheticShop, tmp_path: Path
+) -> None:
+    events = [event_from_dict(dataclasses.asdict(e)) for e in shop.events]
+    result = soak(
+        broker,
+        model_dir,
+        tmp_path,
+        lambda i: events[i % len(events)].model_copy(update={"event_id": f"soak-{i}"}),
+        minutes=0.4,
+        rate=100,
+        partitions=2,
+        sample_every_s=2.0,
+    )
+    assert len(result.samples) >= 8
+    assert result.sent > 0 and result.answered > 0.8 * result.sent
+    assert all(s["rss_mb"] > 0 for s in result.samples)
+    assert result.rocksdb_max_mb > 0  # the worker's RocksDB memory metric is read
+    assert result.rss_max_mb >= max(s["rss_mb"] for s in result.samples)
