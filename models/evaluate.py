@@ -140,11 +140,11 @@ def rank_with_model(
         enc = encode_histories(
             histories[start : start + batch_size], trained.vocab.index, trained.config.max_len
         )
-        hidden = model.encode(
+        hidden = model.encode_last(
             torch.from_numpy(enc.item_seq),
             torch.from_numpy(enc.type_seq),
             torch.from_numpy(enc.channel_seq),
-        )[:, -1, :]
+        )
         scores = model.item_logits(hidden)
         scores[:, 0] = MASKED_SCORE
         top = torch.topk(scores, min(k, trained.vocab.n_items), dim=1).indices.numpy()

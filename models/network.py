@@ -48,6 +48,21 @@ class _CausalSelfAttention(nn.Module):
         out = (weights @ v).transpose(1, 2).reshape(b, length, dim)
         return self.proj(out)  # type: ignore[no-any-return]
 
+    def forward_last(self, x: Tensor, attn_bias: Tensor) -> Tensor:
+        """Attention output [B, 1, D] of the last query only, over all L keys.
+
+        Same math as ``forward(x, attn_bias)[:, -1:]`` without the L x L logits and
+        the output projection of the other queries.
+        """
+        b, length, dim = x.shape
+        qkv = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
+        q = q[:, :, -1:, :]  # [B, H, 1, Dh]
+        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim)) + attn_bias
+        weights = torch.softmax(logits, dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(b, 1, dim)
+        return self.proj(out)  # type: ignore[no-any-return]
+
 
 class _Block(nn.Module):
     """Pre-LN transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
@@ -65,6 +80,15 @@ class _Block(nn.Module):
     def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
         x = x + self.drop(self.attn(self.ln1(x), attn_bias))
         return x + self.drop(self.ffn(self.ln2(x)))  # type: ignore[no-any-return]
+
+    def forward_last(self, x: Tensor, attn_bias: Tensor) -> Tensor:
+        """``forward(x, attn_bias)[:, -1:]`` (eval mode) computing only the last position.
+
+        Keys and values still come from every position; the feed-forward network,
+        two thirds of a block's work, runs on one position instead of L.
+        """
+        last = x[:, -1:, :] + self.attn.forward_last(self.ln1(x), attn_bias[:, :, -1:, :])
+        return last + self.ffn(self.ln2(last))  # type: ignore[no-any-return]
 
 
 class SequentialRecommender(nn.Module):
@@ -198,6 +222,34 @@ class SequentialRecommender(nn.Module):
         Returns:
             Final-LayerNorm'd hidden states; position t only depends on positions <= t.
         """
+        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
+        for block in self.blocks:
+            x = block(x, attn_bias)
+        return self.final_norm(x)  # type: ignore[no-any-return]
+
+    def encode_last(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
+        """The last position's hidden state [B, D]: ``encode(...)[:, -1]`` for serving.
+
+        Earlier blocks run on every position (the last block's keys and values need
+        them); the last block computes only the final position, which is all that
+        next-item scoring reads. For the default 2-block model at L = 50 this skips
+        about 40 % of the encoder's multiply-adds. Eval mode only (no dropout).
+        """
+        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, None)
+        *early, last = self.blocks
+        for block in early:
+            x = block(x, attn_bias)
+        hidden = self.final_norm(last.forward_last(x, attn_bias))
+        return hidden[:, 0, :]  # type: ignore[no-any-return]
+
+    def _embed(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Input embeddings [B, L, D] and the additive attention bias [B, 1, L, L]."""
         valid = item_seq != 0  # [B, L]
         length = item_seq.shape[1]
         positions, causal, eye = self.positions, self.causal, self.eye
@@ -224,9 +276,7 @@ class SequentialRecommender(nn.Module):
             ~allowed, _ATTN_MASK_VALUE
         )
         attn_bias = attn_bias.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
-        for block in self.blocks:
-            x = block(x, attn_bias)
-        return self.final_norm(x)  # type: ignore[no-any-return]
+        return x, attn_bias
 
     def item_logits(self, hidden: Tensor) -> Tensor:
         """Scores over the whole item vocabulary via the tied item embeddings.
@@ -323,7 +373,7 @@ class ServingRecommender(nn.Module):
         Returns:
             (scores float32 [B, K], items int64 [B, K]), best first.
         """
-        hidden = self.model.encode(item_seq, type_seq, channel_seq)[:, -1, :]
+        hidden = self.model.encode_last(item_seq, type_seq, channel_seq)
         scores = self.model.item_logits(hidden) + self.pad_bias
         # zeros_like keeps the exclude shape symbolic in the traced graph.
         masked = torch.zeros_like(exclude, dtype=scores.dtype) + MASKED_SCORE

@@ -409,7 +409,7 @@ class ModuleRanker:
             torch.from_numpy(a).to(device)
             for a in (batch.item_seq, batch.type_seq, batch.channel_seq)
         ]
-        hidden = self.module.encode(*tensors)[:, -1, :]
+        hidden = self.module.encode_last(*tensors)
         scores = self.module.item_logits(hidden).float().cpu().numpy()
         self.module.train(was_training)
         return scores

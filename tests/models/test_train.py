@@ -147,3 +147,23 @@ def test_beats_popularity_on_default_shop() -> None:
     assert model["n_cases"] == popular["n_cases"] == 500
     assert model["hr@10"] > popular["hr@10"] + 0.25, (model, popular)
     assert model["ndcg@10"] > popular["ndcg@10"] + 0.15, (model, popular)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+@pytest.mark.parametrize("length", [1, 5, 12])
+def test_encode_last_equals_the_last_position_of_encode(n_layers: int, length: int) -> None:
+    """Serving computes only the last position of the last block; same numbers."""
+    torch.manual_seed(n_layers * 100 + length)
+    model = SequentialRecommender(40, max_len=12, dim=16, n_layers=n_layers, n_heads=2).eval()
+    batch = 9
+    items = torch.randint(1, 41, (batch, length))
+    # Left padding of different widths, including a row of a single item.
+    for row in range(batch):
+        items[row, : min(row, length - 1)] = 0
+    types = torch.randint(1, 4, (batch, length)) * (items > 0)
+    channels = torch.randint(1, 3, (batch, length)) * (items > 0)
+    with torch.no_grad():
+        full = model.encode(items, types, channels)[:, -1, :]
+        last = model.encode_last(items, types, channels)
+    assert last.shape == (batch, 16)
+    torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-5)
