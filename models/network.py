@@ -239,6 +239,7 @@ class SequentialRecommender(nn.Module):
         *early, last = self.blocks
         for block in early:
             x = block(x, attn_bias)
+        assert isinstance(last, _Block)
         hidden = self.final_norm(last.forward_last(x, attn_bias))
         return hidden[:, 0, :]  # type: ignore[no-any-return]
 
