@@ -59,10 +59,11 @@ class Deployment:
         return self.scratch.client_config
 
     def worker_settings(self, **overrides: Any) -> dict[str, Any]:
-        defaults = {"intra_op_threads": 1, "fetch_max_wait_ms": 50, "log_level": "INFO"}
-        return self.scratch.worker_settings(
-            self.model_dir, self.workdir / "state", **{**defaults, **overrides}
-        )
+        settings = {"intra_op_threads": 1, "fetch_max_wait_ms": 50, "log_level": "INFO"}
+        settings.update(overrides)
+        model_dir = settings.pop("model_dir", self.model_dir)
+        state_dir = settings.pop("state_dir", self.workdir / "state")
+        return self.scratch.worker_settings(model_dir, state_dir, **settings)
 
     def start_worker(self, **overrides: Any) -> WorkerProcess:
         n = len(self.workers)
