@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import Broker
+from deploy.kafka_io import topic_reader
 from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer, event_payload
 from streams.events import Event
@@ -168,16 +168,7 @@ def run_e2e(
     if not warm_ids:
         warmed.set()
 
-    consumer = Consumer(
-        {
-            **client,
-            "group.id": f"bench-{tag}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 5,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+    consumer = topic_reader(client, topics.recommendations, partitions, fetch_wait_ms=5)
 
     def consume() -> None:
         while not stop.is_set():
@@ -442,16 +433,7 @@ def soak(
     stop = threading.Event()
     answered = [0]
     sent = [0]
-    consumer = Consumer(
-        {
-            **client,
-            "group.id": f"soak-{tag}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 20,
-        }
-    )
-    consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+    consumer = topic_reader(client, topics.recommendations, partitions)
 
     def consume() -> None:
         while not stop.is_set():

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import Broker
+from deploy.kafka_io import topic_reader
 from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer
 from streams.events import Event
@@ -150,16 +150,7 @@ def crash_drill(
     stop_reading = threading.Event()
 
     def read_recommendations() -> None:
-        consumer = Consumer(
-            {
-                **client,
-                "group.id": f"drill-{tag}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 20,
-            }
-        )
-        consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+        consumer = topic_reader(client, topics.recommendations, partitions)
         try:
             while not stop_reading.is_set():
                 for msg in consumer.consume(1000, 0.1):

@@ -9,7 +9,27 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-__all__ = ["read_topic"]
+__all__ = ["read_topic", "topic_reader"]
+
+
+def topic_reader(
+    client_config: dict[str, Any], topic: str, partitions: int, fetch_wait_ms: int = 20
+) -> Consumer:
+    """A consumer assigned to every partition of ``topic`` from offset 0.
+
+    Assignment, not group membership: no rebalances, nothing committed.
+    """
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": f"recstream-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": fetch_wait_ms,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    return consumer
 
 
 def read_topic(
@@ -23,16 +43,7 @@ def read_topic(
 
     Reads all partitions by assignment (no group membership, nothing committed).
     """
-    consumer = Consumer(
-        {
-            **client_config,
-            "group.id": f"recstream-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 20,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    consumer = topic_reader(client_config, topic, partitions)
     records: list[Message] = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
 from deploy.broker import EmbeddedBroker
+from deploy.kafka_io import topic_reader
 from deploy.process import ScratchDeployment, WorkerProcess
 from models.scorer import OnnxScorer
 from models.splits import EvalCase
@@ -68,16 +68,7 @@ def online_vs_offline(
         last_ids = {}
         got: dict[str, list[str]] = {}
         stop = threading.Event()
-        consumer = Consumer(
-            {
-                **client,
-                "group.id": f"online-{tag}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 20,
-            }
-        )
-        consumer.assign([TopicPartition(topics.recommendations, p, 0) for p in range(partitions)])
+        consumer = topic_reader(client, topics.recommendations, partitions)
 
         def consume() -> None:
             while not stop.is_set():
