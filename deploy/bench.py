@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from deploy.broker import Broker
-from deploy.kafka_io import topic_reader
+from deploy.kafka_io import poll_batch, topic_reader
 from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer, event_payload
 from streams.events import Event
@@ -58,6 +58,8 @@ class E2EResult:
     seconds: float
     events_per_s: float
     latency_ms: dict[str, float]
+    #: Send -> the worker's ``produced_ts`` of the recommendation (broker in, worker).
+    to_produced_ms: dict[str, float]
     stage_us_per_event: dict[str, float]
     mean_batch: float
     worker_cpu_s: float
@@ -160,6 +162,7 @@ def run_e2e(
 
     sent_at: dict[str, float] = {}
     received: dict[str, float] = {}
+    produced: dict[str, float] = {}
     expected = {e.event_id for e in events}
     warm_ids = {e.event_id for e in warmup_events}
     warm_seen: set[str] = set()
@@ -172,13 +175,15 @@ def run_e2e(
 
     def consume() -> None:
         while not stop.is_set():
-            for msg in consumer.consume(2000, 0.05):
+            for msg in poll_batch(consumer, 2000, 0.05):
                 if msg.error():
                     continue
                 now = time.time()
-                tid = orjson.loads(msg.value() or b"{}").get("trigger_event_id")
+                rec = orjson.loads(msg.value() or b"{}")
+                tid = rec.get("trigger_event_id")
                 if tid in expected and tid not in received:
                     received[tid] = now
+                    produced[tid] = float(rec.get("produced_ts") or now)
                 elif tid in warm_ids:
                     warm_seen.add(tid)
                     if warm_seen >= warm_ids:
@@ -244,6 +249,7 @@ def run_e2e(
 
     seconds = max(1e-9, t_end - t_start)
     latencies = [1000 * (received[i] - sent_at[i]) for i in received if i in sent_at]
+    to_produced = [1000 * (produced[i] - sent_at[i]) for i in received if i in sent_at]
     stages = {}
     n = max(1, len(received))
     for stage in ("decode", "profile", "inference", "produce"):
@@ -273,6 +279,7 @@ def run_e2e(
         seconds=seconds,
         events_per_s=len(received) / seconds,
         latency_ms=_percentiles(latencies),
+        to_produced_ms=_percentiles(to_produced),
         stage_us_per_event=stages,
         mean_batch=batch_sum / batch_n if batch_n else float("nan"),
         worker_cpu_s=cpu1 - cpu0,
@@ -437,7 +444,7 @@ def soak(
 
     def consume() -> None:
         while not stop.is_set():
-            answered[0] += sum(1 for m in consumer.consume(2000, 0.1) if not m.error())
+            answered[0] += sum(1 for m in poll_batch(consumer, 2000, 0.1) if not m.error())
 
     def produce() -> None:
         producer = EventProducer(client, topics)

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from deploy.broker import Broker
-from deploy.kafka_io import topic_reader
+from deploy.kafka_io import poll_batch, topic_reader
 from deploy.process import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer
 from streams.events import Event
@@ -153,7 +153,7 @@ def crash_drill(
         consumer = topic_reader(client, topics.recommendations, partitions)
         try:
             while not stop_reading.is_set():
-                for msg in consumer.consume(1000, 0.1):
+                for msg in poll_batch(consumer, 1000, 0.1):
                     if msg.error():
                         continue
                     tid = orjson.loads(msg.value() or b"{}").get("trigger_event_id")

@@ -443,7 +443,9 @@ def bench_e2e(
                 results.append(res)
                 console.print(
                     f"  {res.variant} (run {r + 1}): {res.events_per_s:,.0f} events/s, "
-                    f"p50 {res.latency_ms['p50']:.1f} ms, p99 {res.latency_ms['p99']:.1f} ms, "
+                    f"p50 {res.latency_ms['p50']:.1f} ms, p99 {res.latency_ms['p99']:.1f} ms "
+                    f"(send->produced p50 {res.to_produced_ms['p50']:.1f}, "
+                    f"p99 {res.to_produced_ms['p99']:.1f} ms), "
                     f"batch {res.mean_batch:.1f}, worker CPU {res.worker_cpu_util:.2f} cores"
                 )
     finally:

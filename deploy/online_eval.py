@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from deploy.broker import EmbeddedBroker
-from deploy.kafka_io import topic_reader
+from deploy.kafka_io import poll_batch, topic_reader
 from deploy.process import ScratchDeployment, WorkerProcess
 from models.scorer import OnnxScorer
 from models.splits import EvalCase
@@ -72,7 +72,7 @@ def online_vs_offline(
 
         def consume() -> None:
             while not stop.is_set():
-                for msg in consumer.consume(1000, 0.1):
+                for msg in poll_batch(consumer, 1000, 0.1):
                     if not msg.error():
                         rec = orjson.loads(msg.value() or b"{}")
                         got[rec["trigger_event_id"]] = [i["item_id"] for i in rec["items"]]
