@@ -384,7 +384,8 @@ def bench_e2e(
     variants: Annotated[
         str,
         typer.Option(
-            help="Comma list: batched, per-event, inline, gil-5ms, faust-changelog, batch-N."
+            help="Comma list: batched, per-event, inline, gil-5ms, asyncio-loop, "
+            "faust-changelog, batch-N."
         ),
     ] = "batched,per-event",
     repeats: Annotated[
@@ -411,6 +412,7 @@ def bench_e2e(
         "per-event": {"max_batch": 1, "max_wait_ms": 0},
         "inline": {"inference_thread": False},
         "gil-5ms": {"gil_switch_interval_ms": 0},
+        "asyncio-loop": {"event_loop": "asyncio"},
         "faust-changelog": {"changelog_producer": "faust"},
     }
     chosen = []

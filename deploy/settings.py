@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         description="onnxruntime intra-op threads (0 = onnxruntime's default, all cores). "
         "1 leaves the other cores to the event loop and librdkafka.",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="Event loop of the worker: uvloop (libuv, less CPU per event and per "
+        "wake-up) or the standard library's asyncio loop.",
+    )
     gil_switch_interval_ms: float = Field(
         0.5, ge=0, description="Python GIL switch interval in the worker (0 = Python's 5 ms)."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -100,6 +101,12 @@ def run_worker(settings: Settings) -> None:
         # stall the inference thread for up to 5 ms (a convoy). Shorter slices cost
         # a little throughput in pure-Python code and save whole milliseconds here.
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        # Set before the app exists: Faust's consumer thread creates its own loop
+        # through the policy too, so both loops run on libuv.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_app(settings)
     quiet_worker_class()(
         app,

@@ -163,6 +163,8 @@ class OnnxScorer:
         self._metadata = metadata
         self._provider = provider
         self._items: list[str | None] = list(metadata.items)
+        # Index -> id as an object array: a whole top-k block maps in one take().
+        self._item_ids = np.asarray(self._items, dtype=object)
         self._item_index = vocab_index(metadata.items)
         self._type_index = vocab_index([None, *metadata.event_types])
         self._channel_index = vocab_index([None, *metadata.channels])
@@ -325,19 +327,27 @@ class OnnxScorer:
                 enc.channel_seq[rows, start:],
                 excl,
             )
+            # Fast path, vectorised: the graph already masks padding and excluded items,
+            # so when a row's first k scores are all real its first k items are the
+            # answer. Rows that hit masked scores (tiny catalogs, huge exclusions) take
+            # the item-by-item path.
+            top_ids = self._item_ids[items[:, :k]].tolist()
+            top_scores = scores[:, :k].tolist()
+            if scores.shape[1] >= k:
+                clean = (scores[:, k - 1] > _MASKED_THRESHOLD).tolist()
+            else:
+                clean = [False] * len(top_ids)
             for j, row in enumerate(rows.tolist()):
-                banned = set(exclude[row])
-                picked: list[tuple[str, float]] = []
-                for score, idx in zip(scores[j].tolist(), items[j].tolist(), strict=True):
-                    if score <= _MASKED_THRESHOLD:
-                        break  # sorted descending: only masked items follow
-                    item = self._items[idx]
-                    if item is None or item in banned:  # defensive; the graph masks these
-                        continue
-                    picked.append((item, float(score)))
-                    if len(picked) == k:
-                        break
-                results[row] = Recommendation(items=picked, strategy="sequential")
+                banned = exclude[row]
+                if not isinstance(banned, set | frozenset):
+                    banned = set(banned)
+                if clean[j] and banned.isdisjoint(top_ids[j]):
+                    picked = list(zip(top_ids[j], top_scores[j], strict=True))
+                    results[row] = Recommendation(items=picked, strategy="sequential")
+                    continue
+                results[row] = Recommendation(
+                    items=self._pick(scores[j], items[j], exclude[row], k), strategy="sequential"
+                )
         for row, rec in enumerate(results):
             if rec is None:
                 channel = histories[row][-1][2] if histories[row] else None
@@ -345,6 +355,23 @@ class OnnxScorer:
                     items=self._popular_top(exclude[row], k, channel), strategy="popular"
                 )
         return [rec for rec in results if rec is not None]
+
+    def _pick(
+        self, scores: np.ndarray, items: np.ndarray, exclude: Collection[str], k: int
+    ) -> list[tuple[str, float]]:
+        """The first k real, non-excluded items of one graph row, item by item."""
+        banned = set(exclude)
+        picked: list[tuple[str, float]] = []
+        for score, idx in zip(scores.tolist(), items.tolist(), strict=True):
+            if score <= _MASKED_THRESHOLD:
+                break  # sorted descending: only masked items follow
+            item = self._items[idx]
+            if item is None or item in banned:  # defensive; the graph masks these
+                continue
+            picked.append((item, float(score)))
+            if len(picked) == k:
+                break
+        return picked
 
     def popular_list(self, channel: str | None = None) -> list[tuple[str, float]]:
         """The fallback ranking for a user without known items.

@@ -33,7 +33,7 @@ from models.scorer import Recommendation, Scorer
 from streams.batcher import MicroBatcher
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
 from streams.messages import dead_letter_bytes, recommendation_bytes
-from streams.metrics import Metrics
+from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer
 from streams.privacy import UserRefs
 from streams.profile import Profile, apply_event
@@ -157,14 +157,24 @@ class Pipeline:
         )
         if isinstance(profiles, ProfileTable) and config.changelog_producer == "librdkafka":
             profiles.changelog_writer = self._write_changelog
-        # Label children resolved once, not per event.
-        self._consumed = {t: self.metrics.events_consumed.labels(t.value) for t in EventType}
-        self._recommended: dict[str, Any] = {}
+        # Per-event counts go to tallies (plain floats), published once per batch.
         stage = self.metrics.stage_seconds
-        self._stage_decode = stage.labels("decode")
-        self._stage_profile = stage.labels("profile")
+        self._consumed = {t: Tally(self.metrics.events_consumed.labels(t.value)) for t in EventType}
+        self._recommended: dict[str, Tally] = {}
+        self._updates = Tally(self.metrics.profile_updates)
+        self._duplicates = Tally(self.metrics.duplicate_events)
+        self._stage_decode = Tally(stage.labels("decode"))
+        self._stage_profile = Tally(stage.labels("profile"))
+        self._stage_produce = Tally(stage.labels("produce"))
+        self._tallies = [
+            *self._consumed.values(),
+            self._updates,
+            self._duplicates,
+            self._stage_decode,
+            self._stage_profile,
+            self._stage_produce,
+        ]
         self._stage_inference = stage.labels("inference")
-        self._stage_produce = stage.labels("produce")
         self.metrics.model_info.info(
             {"model_version": scorer.model_version, "provider": scorer.provider}
         )
@@ -213,25 +223,25 @@ class Pipeline:
                 event, InvalidEvent(code=ReasonCode.UNKNOWN_TOPIC, reason=f"topic {msg.topic!r}")
             )
             return
-        self._consumed[event_type].inc()
+        self._consumed[event_type].add()
         t0 = time.perf_counter()
         decoded = decode_event(event_type, msg.value, msg.key)
         t1 = time.perf_counter()
-        self._stage_decode.inc(t1 - t0)
+        self._stage_decode.add(t1 - t0)
         if isinstance(decoded, InvalidEvent):
             await self._dead_letter(event, decoded)
             return
         user = decoded.user_id
         profile = Profile.from_json(self.profiles.get(user))
         if apply_event(profile, decoded, self.config.limits):
-            self.metrics.profile_updates.inc()
+            self._updates.add()
         else:
-            self.metrics.duplicate_events.inc()
+            self._duplicates.add()
         # Written even for a replayed event: after a crash the local RocksDB can hold
         # an update whose changelog record never left the producer; rewriting the
         # profile re-sends it, so the changelog (the durable copy) converges.
         self.profiles[user] = profile.to_json()
-        self._stage_profile.inc(time.perf_counter() - t1)
+        self._stage_profile.add(time.perf_counter() - t1)
         await self.batcher.submit(
             ScoreRequest(event, decoded, profile.history(), profile.purchased_items())
         )
@@ -284,18 +294,25 @@ class Pipeline:
             )
             counter = self._recommended.get(rec.strategy)
             if counter is None:
-                counter = self._recommended[rec.strategy] = self.metrics.recommendations.labels(
-                    rec.strategy
+                counter = self._recommended[rec.strategy] = Tally(
+                    self.metrics.recommendations.labels(rec.strategy)
                 )
-            counter.inc()
+                self._tallies.append(counter)
+            counter.add()
             record_ts = req.event.message.timestamp
             if record_ts:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
-        self._stage_produce.inc(time.perf_counter() - started)
+        self._stage_produce.add(time.perf_counter() - started)
+        self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        for tally in self._tallies:
+            tally.flush()
 
     async def _dead_letter(self, event: EventT[Any], invalid: InvalidEvent) -> None:
         msg = event.message
         self.metrics.events_invalid.labels(invalid.code.value).inc()
+        self._flush_metrics()
         # The reason never quotes the payload, so this line is safe at WARNING.
         log.warning(
             "dead-lettered %s[%d]@%d (key %s): %s: %s",

@@ -66,7 +66,7 @@ def recommendation_bytes(
         {
             "schema_version": 1,
             "user_id": user_id,
-            "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items],
+            "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
             "model_version": model_version,
             "strategy": strategy,
             "trigger_event_id": trigger_event_id,

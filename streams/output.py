@@ -75,12 +75,11 @@ class OutputProducer:
         def report(err: KafkaError | None, msg: Message) -> None:
             self._done.append((on_delivered, err, msg.offset() or 0))
 
-        args: dict[str, Any] = {"value": value, "key": key, "on_delivery": report}
-        if partition is not None:
-            args["partition"] = partition
+        # -1: librdkafka's "unassigned", the partitioner picks from the key.
+        part = -1 if partition is None else partition
         while True:
             try:
-                self._producer.produce(topic, **args)
+                self._producer.produce(topic, value, key, part, on_delivery=report)
                 break
             except BufferError:  # local queue full: wait for deliveries, then retry
                 self._producer.poll(0.01)
