@@ -42,6 +42,14 @@ MaxSessionsOpt = Annotated[
     int | None,
     typer.Option(help="sessions: train on the most recent N sessions only (CPU budgets)."),
 ]
+ValidFractionOpt = Annotated[
+    float,
+    typer.Option(
+        help="sessions/events: share held out for validation (sessions: the newest ones).",
+        min=0.0,
+        max=0.5,
+    ),
+]
 MaxCasesOpt = Annotated[
     int, typer.Option(help="Cap on validation cases (sessions) / cases per window (events).")
 ]
@@ -92,6 +100,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed.")] = 42,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     max_train_sessions: MaxSessionsOpt = None,
+    valid_fraction: ValidFractionOpt = 0.1,
     max_cases: MaxCasesOpt = 20_000,
     baselines: Annotated[bool, typer.Option(help="Also evaluate the baselines.")] = True,
     item_texts: Annotated[
@@ -121,6 +130,7 @@ def train(
         test_path=test,
         attributes_path=attributes,
         max_train_sessions=max_train_sessions,
+        valid_fraction=valid_fraction,
         max_cases=max_cases,
         seed=seed,
     )
@@ -180,6 +190,7 @@ def evaluate(
     test: TestOpt = None,
     attributes: AttrOpt = None,
     max_train_sessions: MaxSessionsOpt = None,
+    valid_fraction: ValidFractionOpt = 0.1,
     max_cases: MaxCasesOpt = 20_000,
     on: Annotated[str, typer.Option(help="Which cases: test or valid.")] = "test",
     exclude_history: Annotated[
@@ -220,6 +231,7 @@ def evaluate(
         test_path=test,
         attributes_path=attributes,
         max_train_sessions=max_train_sessions,
+        valid_fraction=valid_fraction,
         max_cases=max_cases,
         seed=seed,
     )

@@ -54,6 +54,7 @@ def load_split(
     attributes_path: Path | None = None,
     max_train_sessions: int | None = None,
     max_cases: int | None = 20_000,
+    valid_fraction: float = 0.1,
     seed: int = 0,
 ) -> SplitData:
     """Read a dataset and split it with the protocol of its format.
@@ -67,6 +68,8 @@ def load_split(
         attributes_path: Optional ``{item: [attribute, ...]}`` JSON (side features).
         max_train_sessions: "sessions" only: train on the most recent N sessions.
         max_cases: Cap on validation cases ("sessions") / cases per window ("events").
+        valid_fraction: Share held out for validation: the newest training sessions
+            ("sessions") or the events before the test window ("events").
         seed: Sampling seed for capped case lists.
 
     Returns:
@@ -85,10 +88,16 @@ def load_split(
             read_prefix_targets(test_path),
             max_train_sessions=max_train_sessions,
             max_valid_cases=max_cases,
+            valid_fraction=valid_fraction,
             seed=seed,
         )
     elif fmt == "events":
-        split = time_split(read_event_log(path), max_cases=max_cases, seed=seed)
+        split = time_split(
+            read_event_log(path),
+            valid_fraction=valid_fraction,
+            max_cases=max_cases,
+            seed=seed,
+        )
     else:
         raise ValueError(f"unknown dataset format {fmt!r}")
     if attributes_path is not None:

@@ -14,7 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import onnxruntime as ort
 
-from models.encoding import encode_exclude, encode_histories, vocab_index
+from models.encoding import EncodedHistories, encode_exclude, encode_histories, vocab_index
 from models.interactions import HistoryItem
 from models.metadata import MODEL_FILENAME, ModelMetadata
 from models.store import resolve_model_dir
@@ -38,6 +38,10 @@ _CPU = "CPUExecutionProvider"
 # Graph scores at or below this are masked items (pad / excluded), see network.MASKED_SCORE
 # (-1e9 in fp32 graphs; the fp16 variant saturates it to -65504). Real logits are O(10).
 _MASKED_THRESHOLD = -1.0e4
+
+#: Fixed cost of one onnxruntime call on the CPU (session overhead, small kernels),
+#: as multiply-adds: ~60 us on the 2-core x86 machine the benchmarks ran on.
+_CALL_MACS = 1.0e6
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -163,6 +167,12 @@ class OnnxScorer:
         self._metadata = metadata
         self._provider = provider
         self._items: list[str | None] = list(metadata.items)
+        # Cost model of one inference call, in units of one history position of one
+        # row (n_layers x 12 dim^2 multiply-adds: attention projections and FFN):
+        # every row also pays for its item logits (n_items x dim), every call _CALL_MACS.
+        per_position = 12.0 * metadata.n_layers * metadata.dim**2
+        self._row_cost = metadata.n_items * metadata.dim / per_position
+        self._call_cost = _CALL_MACS / per_position
         # Index -> id as an object array: a whole top-k block maps in one take().
         self._item_ids = np.asarray(self._items, dtype=object)
         self._item_index = vocab_index(metadata.items)
@@ -317,37 +327,8 @@ class OnnxScorer:
         rows = np.flatnonzero(enc.has_known)
         results: list[Recommendation | None] = [None] * len(histories)
         if rows.size:
-            excl = encode_exclude([exclude[int(r)] for r in rows], self._item_index)
-            # Drop the columns that are padding in every row (left padding: a prefix).
-            # Exact, and the transformer's cost is proportional to the length left.
-            start = self.max_len - int(enc.lengths[rows].max()) if self._dynamic_seq else 0
-            scores, items = self._run(
-                enc.item_seq[rows, start:],
-                enc.type_seq[rows, start:],
-                enc.channel_seq[rows, start:],
-                excl,
-            )
-            # Fast path, vectorised: the graph already masks padding and excluded items,
-            # so when a row's first k scores are all real its first k items are the
-            # answer. Rows that hit masked scores (tiny catalogs, huge exclusions) take
-            # the item-by-item path.
-            top_ids = self._item_ids[items[:, :k]].tolist()
-            top_scores = scores[:, :k].tolist()
-            if scores.shape[1] >= k:
-                clean = (scores[:, k - 1] > _MASKED_THRESHOLD).tolist()
-            else:
-                clean = [False] * len(top_ids)
-            for j, row in enumerate(rows.tolist()):
-                banned = exclude[row]
-                if not isinstance(banned, set | frozenset):
-                    banned = set(banned)
-                if clean[j] and banned.isdisjoint(top_ids[j]):
-                    picked = list(zip(top_ids[j], top_scores[j], strict=True))
-                    results[row] = Recommendation(items=picked, strategy="sequential")
-                    continue
-                results[row] = Recommendation(
-                    items=self._pick(scores[j], items[j], exclude[row], k), strategy="sequential"
-                )
+            for group in self._length_groups(enc.lengths[rows]):
+                self._rank_rows(enc, rows[group], exclude, k, results)
         for row, rec in enumerate(results):
             if rec is None:
                 channel = histories[row][-1][2] if histories[row] else None
@@ -355,6 +336,83 @@ class OnnxScorer:
                     items=self._popular_top(exclude[row], k, channel), strategy="popular"
                 )
         return [rec for rec in results if rec is not None]
+
+    def _length_groups(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Split a batch into at most 3 runs of similar history length (CPU only).
+
+        Every row of one call is padded to that call's longest history, and the
+        transformer's cost grows with that width, so one long history makes the whole
+        batch pay for it (in a Beauty replay the longest of 64 histories averages 47
+        items, the mean is 8). Rows are sorted by length and cut where the modelled
+        cost -- rows x (width + per-row scoring cost) + a fixed cost per call, in
+        units of one position of one row -- is least. On CUDA one call stays cheaper.
+
+        Returns:
+            Index arrays into ``lengths``, one per inference call.
+        """
+        n = lengths.size
+        if n < 2 or not self._dynamic_seq or self._provider != "cpu":
+            return [np.arange(n)]
+        order = np.argsort(lengths, kind="stable")
+        # Cost of one call over sorted rows [i, j): (j - i) * width[j - 1].
+        width = lengths[order].astype(np.float64) + self._row_cost
+        last = width[-1]
+        cuts: list[int] = []
+        best = n * last + self._call_cost
+        a = np.arange(1, n)  # two calls: [0, a), [a, n)
+        two = a * width[a - 1] + (n - a) * last + 2 * self._call_cost
+        if two.min() < best:
+            best, cuts = float(two.min()), [int(a[np.argmin(two)])]
+        if n >= 3:  # three calls: [0, a), [a, b), [b, n)
+            a3 = np.arange(1, n - 1)[:, None]
+            b3 = np.arange(2, n)[None, :]
+            three = a3 * width[a3 - 1] + (b3 - a3) * width[b3 - 1] + (n - b3) * last
+            three = np.where(b3 > a3, three + 3 * self._call_cost, np.inf)
+            i, j = np.unravel_index(int(np.argmin(three)), three.shape)
+            if three[i, j] < best:
+                cuts = [int(a3[i, 0]), int(b3[0, j])]
+        return np.split(order, cuts)
+
+    def _rank_rows(
+        self,
+        enc: EncodedHistories,
+        rows: np.ndarray,
+        exclude: Sequence[Collection[str]],
+        k: int,
+        results: list[Recommendation | None],
+    ) -> None:
+        """One inference call for ``rows`` of ``enc``; fills their ``results``."""
+        excl = encode_exclude([exclude[int(r)] for r in rows], self._item_index)
+        # Drop the columns that are padding in every row (left padding: a prefix).
+        # Exact, and the transformer's cost is proportional to the length left.
+        start = self.max_len - int(enc.lengths[rows].max()) if self._dynamic_seq else 0
+        scores, items = self._run(
+            enc.item_seq[rows, start:],
+            enc.type_seq[rows, start:],
+            enc.channel_seq[rows, start:],
+            excl,
+        )
+        # Fast path, vectorised: the graph already masks padding and excluded items,
+        # so when a row's first k scores are all real its first k items are the
+        # answer. Rows that hit masked scores (tiny catalogs, huge exclusions) take
+        # the item-by-item path.
+        top_ids = self._item_ids[items[:, :k]].tolist()
+        top_scores = scores[:, :k].tolist()
+        if scores.shape[1] >= k:
+            clean = (scores[:, k - 1] > _MASKED_THRESHOLD).tolist()
+        else:
+            clean = [False] * len(top_ids)
+        for j, row in enumerate(rows.tolist()):
+            banned = exclude[row]
+            if not isinstance(banned, set | frozenset):
+                banned = set(banned)
+            if clean[j] and banned.isdisjoint(top_ids[j]):
+                picked = list(zip(top_ids[j], top_scores[j], strict=True))
+                results[row] = Recommendation(items=picked, strategy="sequential")
+                continue
+            results[row] = Recommendation(
+                items=self._pick(scores[j], items[j], banned, k), strategy="sequential"
+            )
 
     def _pick(
         self, scores: np.ndarray, items: np.ndarray, exclude: Collection[str], k: int

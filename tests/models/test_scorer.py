@@ -280,3 +280,37 @@ def test_trimming_padding_columns_is_exact(
         np.testing.assert_allclose([s for _, s in t.items], [s for _, s in p.items], atol=1e-4)
     torch_ranked = rank_with_model(tiny_trained, histories, k=10)
     assert [[i for i, _ in r.items] for r in trimmed] == torch_ranked
+
+
+def test_length_groups_split_one_long_history_off(cpu_scorer: OnnxScorer) -> None:
+    """One long history among short ones gets its own call; equal lengths stay one call."""
+    lengths = np.array([3] * 40 + [cpu_scorer.max_len] + [2] * 23)
+    groups = cpu_scorer._length_groups(lengths)
+    assert 2 <= len(groups) <= 3
+    assert sorted(np.concatenate(groups).tolist()) == list(range(lengths.size))
+    longest = next(g for g in groups if 40 in g.tolist())
+    assert lengths[longest].min() > 3  # no short row is padded to the long one
+    assert len(cpu_scorer._length_groups(np.full(64, 7))) == 1
+    assert len(cpu_scorer._length_groups(np.array([5]))) == 1
+
+
+def test_length_grouped_batch_equals_one_call(
+    cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop
+) -> None:
+    """Splitting a batch by history length changes no list and no score."""
+    full = _history(tiny_shop, "user-0007")
+    rng = np.random.default_rng(3)
+    histories = [full[-int(n) :] for n in rng.integers(1, len(full) + 1, size=40)]
+    histories[5] = full  # one long row
+    exclude = [{full[-1][0]} if i % 3 == 0 else set() for i in range(len(histories))]
+    assert len(cpu_scorer._length_groups(np.array([len(h) for h in histories]))) > 1
+    grouped = cpu_scorer.recommend(histories, exclude, k=10)
+    one_call = cpu_scorer._length_groups
+    cpu_scorer._length_groups = lambda lengths: [np.arange(lengths.size)]  # type: ignore[method-assign]
+    try:
+        single = cpu_scorer.recommend(histories, exclude, k=10)
+    finally:
+        cpu_scorer._length_groups = one_call  # type: ignore[method-assign]
+    for g, s in zip(grouped, single, strict=True):
+        assert [i for i, _ in g.items] == [i for i, _ in s.items]
+        np.testing.assert_allclose([x for _, x in g.items], [x for _, x in s.items], atol=1e-4)
