@@ -354,6 +354,65 @@ def inference_benchmark(
     return rows
 
 
+def grouping_benchmark(
+    model_dir: Path,
+    histories: Sequence[Sequence[tuple[str, str, str]]],
+    batch_sizes: Sequence[int] = (16, 64, 256),
+    *,
+    rows_per_size: int = 2560,
+    repeats: int = 3,
+    threads: int = 1,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Length-grouped vs one-call scoring of the same batches (``OnnxScorer.recommend``).
+
+    Batches are random draws from ``histories`` (e.g. every prefix of every user of a
+    replay), so their length mix is what a worker sees. The two modes alternate;
+    each reports its best of ``repeats`` passes, in microseconds per row.
+    """
+    from models.scorer import OnnxScorer
+
+    scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=threads)
+    grouped = scorer._length_groups
+
+    def one_call(lengths: np.ndarray) -> list[np.ndarray]:
+        return [np.arange(lengths.size)]
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for size in batch_sizes:
+        batches = [
+            [histories[int(i)] for i in rng.integers(0, len(histories), size)]
+            for _ in range(max(4, rows_per_size // size))
+        ]
+        excludes: list[frozenset[str]] = [frozenset()] * size
+        best: dict[str, float] = {}
+        for _ in range(repeats):
+            for mode, split in (("one_call", one_call), ("grouped", grouped)):
+                scorer._length_groups = split  # type: ignore[method-assign]
+                for batch in batches[:2]:  # warm the shapes
+                    scorer.recommend(batch, excludes, 20)
+                t0 = time.perf_counter()
+                for batch in batches:
+                    scorer.recommend(batch, excludes, 20)
+                per_row = 1e6 * (time.perf_counter() - t0) / (len(batches) * size)
+                best[mode] = min(best.get(mode, float("inf")), per_row)
+        scorer._length_groups = grouped  # type: ignore[method-assign]
+        out.append(
+            {
+                "batch": size,
+                "one_call_us_per_row": best["one_call"],
+                "grouped_us_per_row": best["grouped"],
+                "speedup": best["one_call"] / best["grouped"],
+                # Longest history per batch as scored (the scorer keeps max_len items).
+                "mean_longest": float(
+                    np.mean([min(scorer.max_len, max(map(len, b))) for b in batches])
+                ),
+            }
+        )
+    return out
+
+
 def plot_e2e(results: Sequence[E2EResult], path: Path) -> Path | None:
     """Latency distribution and throughput over time per variant, as a PNG."""
     try:

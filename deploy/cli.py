@@ -546,6 +546,39 @@ def bench_inference(
         )
 
 
+@bench_app.command("grouping")
+def bench_grouping(
+    sequences: Annotated[Path, typer.Option(help="user item1 item2 ... file to replay.")],
+    model_dir: Annotated[Path, typer.Option(help="Model to score with.")],
+    batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "16,64,256",
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
+    out: Annotated[Path, typer.Option(help="Directory for grouping.json.")] = Path("var/bench"),
+) -> None:
+    """Length-grouped vs one-call inference on the history lengths of a replay."""
+    from deploy.bench import grouping_benchmark
+    from models.datasets import read_sequences
+
+    # Every prefix of every user, as the worker sees them during a replay (the scorer
+    # keeps the newest max_len items of each).
+    histories = [
+        [(item, "browse", "web") for item in items[:n]]
+        for items in read_sequences(sequences).values()
+        for n in range(1, len(items) + 1)
+    ]
+    rows = grouping_benchmark(
+        model_dir, histories, [int(b) for b in batch_sizes.split(",")], threads=threads
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"command": " ".join(sys.argv), "machine": _machine(), "rows": rows}
+    (out / "grouping.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    for row in rows:
+        print(
+            f"batch {row['batch']:>4}: one call {row['one_call_us_per_row']:6.0f} us/row, "
+            f"grouped {row['grouped_us_per_row']:6.0f} us/row, speed-up {row['speedup']:.2f}x "
+            f"(longest history per batch {row['mean_longest']:.1f} on average)"
+        )
+
+
 def _machine() -> dict[str, Any]:
     import os
     import platform
