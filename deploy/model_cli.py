@@ -93,6 +93,15 @@ def train(
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 2,
     dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    lr_decay: Annotated[
+        float,
+        typer.Option(
+            help="Multiply the learning rate by this after each evaluation without a better "
+            "validation NDCG@10 (1 = constant).",
+            min=0.01,
+            max=1.0,
+        ),
+    ] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
     negatives: Annotated[
         int, typer.Option(help="0 = full softmax CE; N = sampled softmax with N negatives.")
@@ -145,6 +154,7 @@ def train(
         n_heads=heads,
         dropout=dropout,
         lr=lr,
+        lr_decay=lr_decay,
         batch_size=batch_size,
         epochs=epochs,
         seed=seed,

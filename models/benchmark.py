@@ -214,7 +214,7 @@ def write_report(
             "n_train_interactions": run.n_train_interactions,
             "n_items": trained.vocab.n_items,
             "curve": [
-                {"epoch": e.epoch, "loss": e.loss, "seconds": e.seconds, **e.valid}
+                {"epoch": e.epoch, "loss": e.loss, "seconds": e.seconds, "lr": e.lr, **e.valid}
                 for e in trained.stats.epochs
             ],
         },

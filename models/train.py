@@ -89,6 +89,9 @@ class TrainConfig:
             quality); N > 0 = sampled softmax with N shared uniform negatives per batch.
         bucket_batches: Group windows of similar length into batches and trim padding
             columns (same data and targets, much less attention compute).
+        lr_decay: With validation cases: multiply the learning rate by this factor after
+            every evaluation that does not improve validation NDCG@10 (1.0 = constant
+            learning rate). Counted towards ``val_patience`` all the same.
     """
 
     max_len: int = 50
@@ -112,6 +115,7 @@ class TrainConfig:
     max_minutes: float | None = None
     n_negatives: int = 0
     bucket_batches: bool = True
+    lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -122,6 +126,8 @@ class TrainConfig:
             raise ValueError("batch_size, epochs and max_k must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError("lr_decay must be in (0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +173,14 @@ class EpochStats:
         loss: Mean training cross-entropy (nats) over the epoch's target positions.
         seconds: Wall time of the epoch (training only, without validation).
         valid: Validation metrics after this epoch (empty if not evaluated).
+        lr: Learning rate the epoch trained with.
     """
 
     epoch: int
     loss: float
     seconds: float
     valid: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
 
 
 @dataclass(slots=True)
@@ -501,6 +509,16 @@ class _Trainer:
             total_targets += n_targets
         return total_loss / max(1, total_targets)
 
+    @property
+    def lr(self) -> float:
+        """The current learning rate."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def decay_lr(self) -> None:
+        """Multiply every parameter group's learning rate by ``config.lr_decay``."""
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.config.lr_decay
+
     def should_stop(self, stats: EpochStats) -> bool:
         """Patience rule on the training loss (used when there is no validation data)."""
         if stats.loss < self.best_loss - self.config.min_delta:
@@ -590,13 +608,14 @@ def train_model(
         bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
         for epoch in bar:
             e0 = time.perf_counter()
+            lr = trainer.lr
             loss = trainer.train_epoch()
             seconds = time.perf_counter() - e0
             val: dict[str, float] = {}
             if valid and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
                 val = {k: v for k, v in report.metrics.items() if k in ("hr@10", "ndcg@10")}
-            stats = EpochStats(epoch=epoch, loss=loss, seconds=seconds, valid=val)
+            stats = EpochStats(epoch=epoch, loss=loss, seconds=seconds, valid=val, lr=lr)
             epochs.append(stats)
             postfix = {"loss": f"{loss:.4f}"} | {k: f"{v:.4f}" for k, v in val.items()}
             bar.set_postfix(postfix)
@@ -610,6 +629,7 @@ def train_model(
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     else:
                         bad_evals += 1
+                        trainer.decay_lr()
                     stop = 0 < config.val_patience <= bad_evals
             else:
                 best_epoch = epoch
