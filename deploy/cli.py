@@ -537,8 +537,7 @@ def bench_inference(
     rows = inference_benchmark(
         trained, model, [int(b) for b in batch_sizes.split(",")], threads=threads
     )
-    report = {"command": " ".join(sys.argv), "machine": _machine(), "rows": rows}
-    (out / "inference.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    _write_rows(out / "inference.json", rows)
     for row in rows:
         print(
             f"batch {row['batch']:>4}: onnxruntime {row['onnxruntime_ms']:8.2f} ms, "
@@ -568,15 +567,20 @@ def bench_grouping(
     rows = grouping_benchmark(
         model_dir, histories, [int(b) for b in batch_sizes.split(",")], threads=threads
     )
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"command": " ".join(sys.argv), "machine": _machine(), "rows": rows}
-    (out / "grouping.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    _write_rows(out / "grouping.json", rows)
     for row in rows:
         print(
             f"batch {row['batch']:>4}: one call {row['one_call_us_per_row']:6.0f} us/row, "
             f"grouped {row['grouped_us_per_row']:6.0f} us/row, speed-up {row['speedup']:.2f}x "
             f"(longest history per batch {row['mean_longest']:.1f} on average)"
         )
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A benchmark's rows as JSON, with the command line and the machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"command": " ".join(sys.argv), "machine": _machine(), "rows": rows}
+    path.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
 
 def _machine() -> dict[str, Any]:
