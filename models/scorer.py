@@ -173,6 +173,8 @@ class OnnxScorer:
         per_position = 12.0 * metadata.n_layers * metadata.dim**2
         self._row_cost = metadata.n_items * metadata.dim / per_position
         self._call_cost = _CALL_MACS / per_position
+        #: Split CPU batches by history length (see `_length_groups`); False = one call.
+        self.group_by_length = True
         # Index -> id as an object array: a whole top-k block maps in one take().
         self._item_ids = np.asarray(self._items, dtype=object)
         self._item_index = vocab_index(metadata.items)
@@ -351,7 +353,7 @@ class OnnxScorer:
             Index arrays into ``lengths``, one per inference call.
         """
         n = lengths.size
-        if n < 2 or not self._dynamic_seq or self._provider != "cpu":
+        if n < 2 or not self.group_by_length or not self._dynamic_seq or self._provider != "cpu":
             return [np.arange(n)]
         order = np.argsort(lengths, kind="stable")
         # Cost of one call over sorted rows [i, j): (j - i) * width[j - 1].

@@ -305,12 +305,11 @@ def test_length_grouped_batch_equals_one_call(
     exclude = [{full[-1][0]} if i % 3 == 0 else set() for i in range(len(histories))]
     assert len(cpu_scorer._length_groups(np.array([len(h) for h in histories]))) > 1
     grouped = cpu_scorer.recommend(histories, exclude, k=10)
-    one_call = cpu_scorer._length_groups
-    cpu_scorer._length_groups = lambda lengths: [np.arange(lengths.size)]  # type: ignore[method-assign]
+    cpu_scorer.group_by_length = False
     try:
         single = cpu_scorer.recommend(histories, exclude, k=10)
     finally:
-        cpu_scorer._length_groups = one_call  # type: ignore[method-assign]
+        cpu_scorer.group_by_length = True
     for g, s in zip(grouped, single, strict=True):
         assert [i for i, _ in g.items] == [i for i, _ in s.items]
         np.testing.assert_allclose([x for _, x in g.items], [x for _, x in s.items], atol=1e-4)
