@@ -124,6 +124,14 @@ def train(
         Path | None, typer.Option(help="Export the trained model into this model store.")
     ] = None,
     promote: Annotated[bool, typer.Option(help="Make the exported version CURRENT.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Warm start from this run directory or checkpoint .pt (fine-tune on newer "
+            "data, or continue a run): its weights are the starting point, items are "
+            "matched by id, and its architecture (max-len, dim, layers, heads) is used."
+        ),
+    ] = None,
 ) -> None:
     """Train the transformer, early-stopped on validation NDCG@10, and test it.
 
@@ -131,7 +139,19 @@ def train(
     the baselines), ``OUT/training_curve.png`` and ``OUT/metrics.png``.
     """
     from models.benchmark import evaluate_all, load_split, write_report
-    from models.train import TrainConfig, train_model
+    from models.train import TrainConfig, load_checkpoint, train_model
+
+    parent = None
+    if init_from is not None:
+        parent_path = init_from / "checkpoint" if (init_from / "checkpoint").is_dir() else init_from
+        parent = load_checkpoint(parent_path)
+        max_len, dim = parent.config.max_len, parent.config.dim
+        layers, heads = parent.config.n_layers, parent.config.n_heads
+        console.print(
+            f"warm start from {init_from} (best epoch {parent.stats.best_epoch}, "
+            f"{parent.vocab.n_items} items; max-len {max_len}, dim {dim}, "
+            f"{layers} layers, {heads} heads)"
+        )
 
     split = load_split(
         _fmt(fmt),
@@ -172,7 +192,10 @@ def train(
         item_content=content,
         checkpoint_dir=out / "checkpoint",
         progress=True,
+        init_from=parent,
     )
+    if trained.stats.init_from is not None:
+        trained.stats.init_from["checkpoint"] = str(init_from)
     console.print(
         f"trained in {trained.stats.seconds / 60:.1f} min, best epoch "
         f"{trained.stats.best_epoch} ({trained.stats.stop_reason}); testing..."

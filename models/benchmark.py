@@ -213,6 +213,7 @@ def write_report(
             "stop_reason": trained.stats.stop_reason,
             "n_train_interactions": run.n_train_interactions,
             "n_items": trained.vocab.n_items,
+            "init_from": trained.stats.init_from,
             "curve": [
                 {"epoch": e.epoch, "loss": e.loss, "seconds": e.seconds, "lr": e.lr, **e.valid}
                 for e in trained.stats.epochs

@@ -50,6 +50,7 @@ __all__ = [
     "recent_popularity",
     "save_checkpoint",
     "train_model",
+    "warm_start",
 ]
 
 logger = logging.getLogger("recstream.models.train")
@@ -197,6 +198,8 @@ class TrainingStats:
         stopped_early: Whether patience or the time budget ended training before `epochs`.
         best_epoch: Epoch whose weights were kept (the last one without validation).
         stop_reason: "max_epochs", "patience" or "time_budget".
+        init_from: For a warm start (`train_model(init_from=...)`): the parent's data
+            fingerprint, best epoch and how many item rows were carried over / new.
     """
 
     epochs: list[EpochStats]
@@ -208,6 +211,7 @@ class TrainingStats:
     stopped_early: bool
     best_epoch: int = 0
     stop_reason: str = "max_epochs"
+    init_from: dict[str, Any] | None = None
 
     @property
     def epoch_losses(self) -> list[float]:
@@ -241,6 +245,9 @@ class TrainedModel:
         metrics: Optional evaluation metrics to carry into the model metadata.
         recent_popularity: Cold-start counts ("all" and per channel) over the newest
             part of the training data (see `recent_popularity`).
+        attribute_names: Attribute ids in attribute-embedding order (row i + 1 is
+            `attribute_names[i]`); empty without item attributes. Lets a warm start map
+            attribute embeddings by name.
     """
 
     module: SequentialRecommender
@@ -251,6 +258,7 @@ class TrainedModel:
     data_fingerprint: str
     metrics: dict[str, float] = field(default_factory=dict)
     recent_popularity: dict[str, list[int]] = field(default_factory=dict)
+    attribute_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,8 +433,8 @@ class ModuleRanker:
 
 def _attribute_tensor(
     vocab: ItemVocab, attributes: Mapping[str, Sequence[str]]
-) -> tuple[torch.Tensor, int]:
-    """[n_items + 1, A] attribute indices (0 = pad) and the attribute vocabulary size."""
+) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """[n_items + 1, A] attribute indices (0 = pad) and the attribute names by index - 1."""
     names = sorted({a for item in vocab.ids[1:] if item for a in attributes.get(item, ())})
     index = {name: i + 1 for i, name in enumerate(names)}
     width = max((len(attributes.get(item or "", ())) for item in vocab.ids), default=0)
@@ -434,7 +442,7 @@ def _attribute_tensor(
     for row, item in enumerate(vocab.ids):
         for col, name in enumerate(attributes.get(item or "", ()) if item else ()):
             table[row, col] = index[name]
-    return table, len(names)
+    return table, tuple(names)
 
 
 class _Trainer:
@@ -542,6 +550,7 @@ def train_model(
     item_content: Mapping[str, npt.NDArray[np.float32]] | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = False,
+    init_from: TrainedModel | None = None,
 ) -> TrainedModel:
     """Train a `SequentialRecommender` on next-item prediction.
 
@@ -560,12 +569,16 @@ def train_model(
         checkpoint_dir: Write `best.pt` (and `last.pt` each epoch) here.
         progress: Show a tqdm progress bar with loss and validation metrics, and log one
             INFO line per epoch on logger "recstream.models.train".
+        init_from: Warm start: begin from this model's weights instead of a random init
+            (see `warm_start`); its architecture must equal `config`'s. For fine-tuning a
+            model on newer data, or continuing a run past its time budget.
 
     Returns:
         The trained model (CPU, eval mode) with vocabulary, popularity and stats.
 
     Raises:
-        ValueError: If there is no user with at least two known interactions.
+        ValueError: If there is no user with at least two known interactions, or
+            `init_from` does not fit (see `warm_start`).
     """
     from models.ranking import evaluate_ranker  # local: ranking imports nothing from here
 
@@ -584,7 +597,9 @@ def train_model(
         torch.set_num_threads(config.num_threads)
     try:
         torch.manual_seed(config.seed)  # parameter init and dropout
-        attrs, n_attrs = _attribute_tensor(vocab, item_attributes) if item_attributes else (None, 0)
+        attrs, attr_names = (
+            _attribute_tensor(vocab, item_attributes) if item_attributes else (None, ())
+        )
         content = _content_tensor(vocab, item_content) if item_content else None
         model = SequentialRecommender(
             vocab.n_items,
@@ -593,10 +608,11 @@ def train_model(
             n_layers=config.n_layers,
             n_heads=config.n_heads,
             dropout=config.dropout,
-            item_attributes=attrs if n_attrs else None,
-            n_attributes=n_attrs,
+            item_attributes=attrs if attr_names else None,
+            n_attributes=len(attr_names),
             item_content=content,
         )
+        lineage = warm_start(model, vocab, attr_names, init_from, config) if init_from else None
         trainer = _Trainer(model, windows, config)
         ranker = ModuleRanker(model)
         epochs: list[EpochStats] = []
@@ -649,6 +665,8 @@ def train_model(
                     best_epoch,
                     stop_reason,
                     recent,
+                    attr_names,
+                    lineage,
                 )
                 save_checkpoint(partial, Path(checkpoint_dir) / "last.pt")
                 if best_epoch == epoch:
@@ -682,6 +700,8 @@ def train_model(
         best_epoch,
         stop_reason,
         recent,
+        attr_names,
+        lineage,
     )
 
 
@@ -699,6 +719,8 @@ def _assemble(
     best_epoch: int,
     stop_reason: str,
     recent: dict[str, list[int]],
+    attribute_names: tuple[str, ...],
+    lineage: dict[str, Any] | None,
 ) -> TrainedModel:
     stats = TrainingStats(
         epochs=list(epochs),
@@ -710,6 +732,7 @@ def _assemble(
         stopped_early=stop_reason != "max_epochs",
         best_epoch=best_epoch,
         stop_reason=stop_reason,
+        init_from=lineage,
     )
     return TrainedModel(
         module=model,
@@ -719,7 +742,112 @@ def _assemble(
         stats=stats,
         data_fingerprint=fingerprint,
         recent_popularity=recent,
+        attribute_names=attribute_names,
     )
+
+
+#: Parameters warm_start maps row by row (by external id) instead of copying whole.
+_ROW_MAPPED = ("item_embedding.weight", "attribute_embedding.weight")
+#: Buffers that describe the current data's catalog; always rebuilt, never carried over.
+_CATALOG_BUFFERS = ("item_attributes", "item_content")
+#: Architecture settings a warm start must share with its parent.
+_ARCH_FIELDS = ("max_len", "dim", "n_layers", "n_heads")
+
+
+def warm_start(
+    model: SequentialRecommender,
+    vocab: ItemVocab,
+    attribute_names: Sequence[str],
+    parent: TrainedModel,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """Copy a trained parent's weights into a freshly initialised `model`, in place.
+
+    Items are matched by external id: an item both catalogs share keeps its learned
+    embedding, an item only the new data has keeps its random init, an item only the
+    parent had is dropped. Attribute embeddings are matched by attribute id the same
+    way (a parent saved without attribute names must have exactly the same attribute
+    vocabulary size). Every other parameter is copied as is.
+
+    Args:
+        model: The new network (built for `vocab`).
+        vocab: The new training data's item vocabulary.
+        attribute_names: The new attribute vocabulary (empty without attributes).
+        parent: The model to start from.
+        config: The new run's configuration (`max_len`, `dim`, `n_layers` and `n_heads`
+            must equal the parent's).
+
+    Returns:
+        Lineage for `TrainingStats.init_from`.
+
+    Raises:
+        ValueError: If the architectures differ (width, depth, heads, sequence length,
+            side features).
+    """
+    mismatched = [
+        f"{name} {getattr(parent.config, name)} != {getattr(config, name)}"
+        for name in _ARCH_FIELDS
+        if getattr(parent.config, name) != getattr(config, name)
+    ]
+    own = model.state_dict()
+    theirs = parent.module.state_dict()
+    for key, value in theirs.items():
+        if key in _CATALOG_BUFFERS or key in _ROW_MAPPED:
+            continue
+        if key not in own:
+            mismatched.append(f"{key} only in the parent (side features differ?)")
+        elif own[key].shape != value.shape:
+            mismatched.append(f"{key} {tuple(value.shape)} != {tuple(own[key].shape)}")
+    if ("attribute_embedding.weight" in own) != ("attribute_embedding.weight" in theirs):
+        mismatched.append("item attributes used by only one of the two models")
+    if mismatched:
+        detail = "; ".join(mismatched)
+        raise ValueError(f"cannot warm-start from a different architecture: {detail}")
+    state = {k: v for k, v in theirs.items() if k not in _CATALOG_BUFFERS + _ROW_MAPPED}
+    state["item_embedding.weight"], copied = _map_rows(
+        own["item_embedding.weight"], theirs["item_embedding.weight"], parent.vocab.ids, vocab.ids
+    )
+    if "attribute_embedding.weight" in own:
+        old_names: Sequence[str | None] = parent.attribute_names
+        if not old_names:
+            if len(theirs["attribute_embedding.weight"]) != len(attribute_names) + 1:
+                raise ValueError(
+                    "the parent does not record its attribute names and its attribute "
+                    "vocabulary has a different size; cannot map attribute embeddings"
+                )
+            old_names = attribute_names
+        state["attribute_embedding.weight"], _ = _map_rows(
+            own["attribute_embedding.weight"],
+            theirs["attribute_embedding.weight"],
+            (None, *old_names),
+            (None, *attribute_names),
+        )
+    model.load_state_dict(state, strict=False)
+    return {
+        "data_fingerprint": parent.data_fingerprint,
+        "best_epoch": parent.stats.best_epoch,
+        "n_items_copied": copied,
+        "n_items_new": vocab.n_items - copied,
+        "n_items_dropped": parent.vocab.n_items - copied,
+    }
+
+
+def _map_rows(
+    fresh: torch.Tensor,
+    old: torch.Tensor,
+    old_ids: Sequence[str | None],
+    new_ids: Sequence[str | None],
+) -> tuple[torch.Tensor, int]:
+    """`fresh` with row 0 (padding) and the rows of ids both lists share taken from `old`.
+
+    Returns the rows and how many ids (padding not counted) were carried over.
+    """
+    where = {item: row for row, item in enumerate(old_ids) if item is not None}
+    pairs = [(0, 0)] + [(row, where[item]) for row, item in enumerate(new_ids) if item in where]
+    out = fresh.detach().clone()
+    dst, src = (torch.tensor(side) for side in zip(*pairs, strict=True))
+    out[dst] = old[src]
+    return out, len(pairs) - 1
 
 
 def _content_tensor(
@@ -770,6 +898,7 @@ def save_checkpoint(trained: TrainedModel, path: Path) -> Path:
         "data_fingerprint": trained.data_fingerprint,
         "metrics": dict(trained.metrics),
         "recent_popularity": {k: list(v) for k, v in trained.recent_popularity.items()},
+        "attribute_names": list(trained.attribute_names),
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
     tmp = path.with_name(f".{path.name}.tmp")
@@ -822,4 +951,5 @@ def load_checkpoint(path: Path) -> TrainedModel:
         recent_popularity={
             str(k): [int(c) for c in v] for k, v in payload.get("recent_popularity", {}).items()
         },
+        attribute_names=tuple(str(a) for a in payload.get("attribute_names", ())),
     )

@@ -92,6 +92,20 @@ def test_train_evaluate_export_on_event_log(
     result = runner.invoke(app, ["models", "list", str(store)])
     assert result.exit_code == 0 and current in result.output
 
+    # Warm start from the run: the parent's architecture wins over --dim.
+    warm_dir = tmp_path / "warm"
+    result = runner.invoke(
+        app,
+        ["train", str(event_log), "--format", "events", "--out", str(warm_dir), *small]
+        + ["--dim", "16", "--epochs", "1", "--init-from", str(run_dir), "--no-baselines"],
+    )
+    assert result.exit_code == 0, result.output
+    warm = json.loads((warm_dir / "report.json").read_text())
+    assert warm["config"]["dim"] == 32
+    lineage = warm["training"]["init_from"]
+    assert lineage["checkpoint"] == str(run_dir)
+    assert lineage["n_items_copied"] == report["training"]["n_items"]
+
     result = runner.invoke(
         app,
         [
