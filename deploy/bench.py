@@ -367,12 +367,21 @@ def grouping_benchmark(
     """Length-grouped vs one-call scoring of the same batches (``OnnxScorer.recommend``).
 
     Batches are random draws from ``histories`` (e.g. every prefix of every user of a
-    replay), so their length mix is what a worker sees. The two modes alternate;
-    each reports its best of ``repeats`` passes, in microseconds per row.
+    replay), so their length mix is what a worker sees. Three modes alternate: one
+    call per batch, grouping with the modelled costs, and grouping with the costs
+    `OnnxScorer.warmup` measured on this machine; each reports its best of
+    ``repeats`` passes, in microseconds per row.
     """
     from models.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=threads)
+    calibrated = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=threads)
+    calibrated.warmup()
+    modes = (
+        ("one_call", scorer, False),
+        ("grouped", scorer, True),
+        ("grouped_measured", calibrated, True),
+    )
     rng = np.random.default_rng(seed)
     out = []
     for size in batch_sizes:
@@ -383,13 +392,13 @@ def grouping_benchmark(
         excludes: list[frozenset[str]] = [frozenset()] * size
         best: dict[str, float] = {}
         for _ in range(repeats):
-            for mode, split in (("one_call", False), ("grouped", True)):
-                scorer.group_by_length = split
+            for mode, mode_scorer, split in modes:
+                mode_scorer.group_by_length = split
                 for batch in batches[:2]:  # warm the shapes
-                    scorer.recommend(batch, excludes, 20)
+                    mode_scorer.recommend(batch, excludes, 20)
                 t0 = time.perf_counter()
                 for batch in batches:
-                    scorer.recommend(batch, excludes, 20)
+                    mode_scorer.recommend(batch, excludes, 20)
                 per_row = 1e6 * (time.perf_counter() - t0) / (len(batches) * size)
                 best[mode] = min(best.get(mode, float("inf")), per_row)
         scorer.group_by_length = True
@@ -399,6 +408,10 @@ def grouping_benchmark(
                 "one_call_us_per_row": best["one_call"],
                 "grouped_us_per_row": best["grouped"],
                 "speedup": best["one_call"] / best["grouped"],
+                "grouped_measured_us_per_row": best["grouped_measured"],
+                "speedup_measured": best["one_call"] / best["grouped_measured"],
+                "modelled_costs": scorer.grouping_costs,
+                "measured_costs": calibrated.grouping_costs,
                 # Longest history per batch as scored (the scorer keeps max_len items).
                 "mean_longest": float(
                     np.mean([min(scorer.max_len, max(map(len, b))) for b in batches])

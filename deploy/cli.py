@@ -571,9 +571,13 @@ def bench_grouping(
     for row in rows:
         print(
             f"batch {row['batch']:>4}: one call {row['one_call_us_per_row']:6.0f} us/row, "
-            f"grouped {row['grouped_us_per_row']:6.0f} us/row, speed-up {row['speedup']:.2f}x "
-            f"(longest history per batch {row['mean_longest']:.1f} on average)"
+            f"grouped {row['grouped_us_per_row']:6.0f} us/row ({row['speedup']:.2f}x), "
+            f"with measured costs {row['grouped_measured_us_per_row']:6.0f} us/row "
+            f"({row['speedup_measured']:.2f}x); longest history per batch "
+            f"{row['mean_longest']:.1f} on average"
         )
+    measured = rows[0]["measured_costs"] if rows else {}
+    print(f"measured costs (positions): row {measured.get('row')}, call {measured.get('call')}")
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

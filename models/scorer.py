@@ -6,6 +6,7 @@ This module must stay importable without torch: the stream workers load it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "Recommendation",
     "Scorer",
     "Strategy",
+    "solve_grouping_costs",
 ]
 
 logger = logging.getLogger("recstream.models.scorer")
@@ -42,6 +44,35 @@ _MASKED_THRESHOLD = -1.0e4
 #: Fixed cost of one onnxruntime call on the CPU (session overhead, small kernels),
 #: as multiply-adds: ~60 us on the 2-core x86 machine the benchmarks ran on.
 _CALL_MACS = 1.0e6
+
+
+def solve_grouping_costs(
+    one: float, narrow: float, wide: float, rows: int, width: int
+) -> tuple[float, float, float] | None:
+    """Solve the length-grouping cost model from three timed calls.
+
+    The model: a call of ``r`` rows, padded to ``w`` positions, takes
+    ``position * (call + r * (w + row))`` seconds.
+
+    Args:
+        one: Seconds for 1 row x 1 position.
+        narrow: Seconds for ``rows`` rows x 1 position.
+        wide: Seconds for ``rows`` rows x ``width`` positions.
+        rows: Rows of the last two calls (>= 2).
+        width: Positions of the last call (>= 2).
+
+    Returns:
+        (seconds per position, row cost, call cost), the costs in positions; None if
+        the timings contradict the model (a cost would be zero or negative).
+    """
+    position = (wide - narrow) / (rows * (width - 1))
+    if not position > 0:
+        return None
+    row = (narrow - one) / (rows - 1) / position - 1.0
+    call = one / position - (1.0 + row)
+    if row > 0 and call > 0 and np.isfinite([row, call]).all():
+        return position, row, call
+    return None
 
 
 class ProviderUnavailableError(RuntimeError):
@@ -173,6 +204,7 @@ class OnnxScorer:
         per_position = 12.0 * metadata.n_layers * metadata.dim**2
         self._row_cost = metadata.n_items * metadata.dim / per_position
         self._call_cost = _CALL_MACS / per_position
+        self._cost_source = "modelled"  # "measured" after calibrate_grouping()
         #: Split CPU batches by history length (see `_length_groups`); False = one call.
         self.group_by_length = True
         # Index -> id as an object array: a whole top-k block maps in one take().
@@ -266,12 +298,67 @@ class OnnxScorer:
         """Catalog size known to the model (excluding padding)."""
         return self._metadata.n_items
 
-    def warmup(self, batch_sizes: Sequence[int] = (1, 8, 64)) -> None:
-        """Run dummy batches so allocations / kernel selection happen before traffic."""
+    def warmup(self, batch_sizes: Sequence[int] = (1, 8, 64), calibrate: bool = True) -> None:
+        """Run dummy batches so allocations / kernel selection happen before traffic.
+
+        Args:
+            batch_sizes: Batch sizes to run once each (full width).
+            calibrate: Then measure the length-grouping cost model on this machine
+                (`calibrate_grouping`; CPU graphs with a dynamic sequence axis only).
+        """
         for batch in batch_sizes:
-            item_seq = np.zeros((batch, self.max_len), dtype=np.int64)
-            item_seq[:, -1] = 1
-            self._run(item_seq, item_seq.copy(), item_seq.copy(), np.zeros((batch, 1), np.int64))
+            self._dummy_run(batch, self.max_len)
+        if calibrate and self._dynamic_seq and self._provider == "cpu" and self.max_len > 1:
+            self.calibrate_grouping()
+
+    def _dummy_run(self, batch: int, width: int) -> None:
+        item_seq = np.ones((batch, width), dtype=np.int64)
+        self._run(item_seq, item_seq.copy(), item_seq.copy(), np.zeros((batch, 1), np.int64))
+
+    @property
+    def grouping_costs(self) -> dict[str, float | str]:
+        """The length-grouping cost model: per-row scoring and per-call costs in units of
+        one history position of one row, and whether they were measured or modelled."""
+        return {"row": self._row_cost, "call": self._call_cost, "source": self._cost_source}
+
+    def calibrate_grouping(self, rows: int = 32, repeats: int = 7) -> dict[str, float | str]:
+        """Measure the cost model `_length_groups` uses, instead of counting multiply-adds.
+
+        Times (best of `repeats`) one call of 1 row x 1 position, `rows` x 1 and
+        `rows` x max_len, and solves for the cost of one position, of one row's item
+        scoring and of one call. A measurement that comes out non-positive (a noisy
+        machine) keeps the modelled values.
+
+        Returns:
+            `grouping_costs` after calibration.
+        """
+
+        def median_seconds(batch: int, width: int) -> float:
+            self._dummy_run(batch, width)  # first run of a shape is slow in onnxruntime
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                self._dummy_run(batch, width)
+                times.append(time.perf_counter() - t0)
+            return min(times)  # the least disturbed run: noise only ever adds time
+
+        one = median_seconds(1, 1)
+        narrow = median_seconds(rows, 1)
+        wide = median_seconds(rows, self.max_len)
+        solved = solve_grouping_costs(one, narrow, wide, rows, self.max_len)
+        if solved is not None:
+            position, row, call = solved
+            self._row_cost, self._call_cost, self._cost_source = row, call, "measured"
+            logger.info(
+                "length-grouping costs measured: per row %.1f, per call %.1f positions "
+                "(one position %.2f us)",
+                row,
+                call,
+                position * 1e6,
+            )
+        else:
+            logger.info("length-grouping calibration too noisy; keeping the modelled costs")
+        return self.grouping_costs
 
     def _run(
         self,

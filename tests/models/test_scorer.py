@@ -20,6 +20,7 @@ from models.scorer import (
     ProviderUnavailableError,
     Recommendation,
     Scorer,
+    solve_grouping_costs,
 )
 from models.synthetic import SyntheticShop
 from models.train import TrainedModel
@@ -313,3 +314,43 @@ def test_length_grouped_batch_equals_one_call(
     for g, s in zip(grouped, single, strict=True):
         assert [i for i, _ in g.items] == [i for i, _ in s.items]
         np.testing.assert_allclose([x for _, x in g.items], [x for _, x in s.items], atol=1e-4)
+
+
+def _modelled_seconds(batch: int, width: int, row: float = 40.0, call: float = 25.0) -> float:
+    return 2e-6 * (call + batch * (width + row))
+
+
+def test_solve_grouping_costs_recovers_the_model() -> None:
+    one, narrow, wide = (_modelled_seconds(b, w) for b, w in ((1, 1), (32, 1), (32, 50)))
+    solved = solve_grouping_costs(one, narrow, wide, rows=32, width=50)
+    assert solved is not None
+    np.testing.assert_allclose(solved, (2e-6, 40.0, 25.0), rtol=1e-9)
+    # Timings that contradict the model (noise) give None, not negative costs.
+    assert solve_grouping_costs(one, narrow, narrow * 0.9, rows=32, width=50) is None
+    assert solve_grouping_costs(one, one * 0.5, wide, rows=32, width=50) is None
+    assert solve_grouping_costs(narrow, narrow, wide, rows=32, width=50) is None
+
+
+def test_warmup_measures_grouping_costs(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warmup() times calls of known shapes and adopts the solved costs."""
+    scorer = OnnxScorer.load(tiny_model_dir, provider="cpu", intra_op_threads=1)
+    assert scorer.grouping_costs["source"] == "modelled"
+    lengths = np.array([2] * 30 + [scorer.max_len] * 2)
+    assert len(scorer._length_groups(lengths)) >= 2  # modelled: a call is cheap
+    clock = [0.0]
+    real_run = scorer._dummy_run
+
+    def timed_run(batch: int, width: int) -> None:
+        real_run(batch, width)
+        clock[0] += _modelled_seconds(batch, width, row=1.0, call=5000.0)
+
+    monkeypatch.setattr(scorer, "_dummy_run", timed_run)
+    monkeypatch.setattr("models.scorer.time.perf_counter", lambda: clock[0])
+    scorer.warmup()
+    costs = scorer.grouping_costs
+    assert costs["source"] == "measured"
+    assert costs["row"] == pytest.approx(1.0) and costs["call"] == pytest.approx(5000.0)
+    # The grouping rule now uses the measured costs: a call this dear is never split.
+    assert len(scorer._length_groups(lengths)) == 1
