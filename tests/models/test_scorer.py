@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from models.evaluate import rank_with_model
 from models.scorer import (
+    CUDA_PROVIDER_OPTIONS,
     OnnxScorer,
     ProviderUnavailableError,
     Recommendation,
@@ -354,3 +355,36 @@ def test_warmup_measures_grouping_costs(
     assert costs["row"] == pytest.approx(1.0) and costs["call"] == pytest.approx(5000.0)
     # The grouping rule now uses the measured costs: a call this dear is never split.
     assert len(scorer._length_groups(lengths)) == 1
+
+
+def test_io_binding_gives_the_same_lists(cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop) -> None:
+    """The IO-binding path (default on CUDA) returns exactly what session.run returns."""
+    full = _history(tiny_shop, "user-0003")
+    histories = [full[-n:] for n in range(1, min(len(full), 12) + 1)]
+    exclude = [{full[-1][0]} if i % 2 else set() for i in range(len(histories))]
+    assert not cpu_scorer.io_binding  # off on CPU by default
+    plain = cpu_scorer.recommend(histories, exclude, k=10)
+    cpu_scorer.io_binding = True
+    try:
+        bound = cpu_scorer.recommend(histories, exclude, k=10)
+    finally:
+        cpu_scorer.io_binding = False
+    assert [r.items for r in bound] == [r.items for r in plain]
+
+
+def test_cuda_session_gets_the_provider_options(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+    real = ort.InferenceSession
+
+    def spy(path: str, options: ort.SessionOptions, providers: list[object]) -> object:
+        seen.append(providers)
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    with pytest.raises(ProviderUnavailableError):  # the spy's session runs on CPU
+        OnnxScorer.load(tiny_model_dir, provider="cuda")
+    assert seen == [[("CUDAExecutionProvider", CUDA_PROVIDER_OPTIONS), "CPUExecutionProvider"]]
+    assert CUDA_PROVIDER_OPTIONS["arena_extend_strategy"] == "kSameAsRequested"
