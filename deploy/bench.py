@@ -421,6 +421,95 @@ def grouping_benchmark(
     return out
 
 
+#: `provider_benchmark` variants: (graph variant, execution provider, IO binding).
+PROVIDER_VARIANTS: dict[str, tuple[str, str, bool]] = {
+    "cpu": ("fp32", "cpu", False),
+    "cpu-int8": ("int8", "cpu", False),
+    "cuda": ("fp32", "cuda", True),
+    "cuda-run": ("fp32", "cuda", False),
+    "cuda-fp16": ("fp16", "cuda", True),
+}
+
+
+def provider_benchmark(
+    model_dirs: dict[str, Path],
+    variants: Sequence[str],
+    batch_sizes: Sequence[int] = (1, 64, 256, 1024),
+    *,
+    repeats: int = 20,
+    threads: int = 0,
+    k: int = 20,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Scoring latency per execution provider, graph variant and batch size.
+
+    Times ``OnnxScorer.recommend`` (encoding, inference, top-k mapping) on random
+    full-length histories over the model's catalog. A variant whose provider cannot
+    be used (no GPU, CPU-only onnxruntime) gets a row with its ``error``.
+
+    Args:
+        model_dirs: Exported model directory per graph variant ("fp32", "fp16", "int8").
+        variants: Names from `PROVIDER_VARIANTS`.
+        batch_sizes: Rows per call.
+        repeats: Timed calls per batch size (after 3 warm-up calls).
+        threads: onnxruntime intra-op threads (0 = its default).
+        k: List length.
+        seed: Seed of the random histories.
+
+    Returns:
+        One row per (variant, batch size), or one error row per unusable variant.
+    """
+    from models.scorer import OnnxScorer, ProviderUnavailableError
+
+    rows: list[dict[str, Any]] = []
+    for name in variants:
+        graph, provider, io_binding = PROVIDER_VARIANTS[name]
+        try:
+            scorer = OnnxScorer.load(
+                model_dirs[graph],
+                provider=provider,  # type: ignore[arg-type]
+                intra_op_threads=threads,
+            )
+        except ProviderUnavailableError as exc:
+            rows.append({"variant": name, "error": str(exc)})
+            continue
+        scorer.io_binding = io_binding
+        scorer.group_by_length = False  # full-length rows: one call per batch
+        items = [i for i in scorer.metadata.items if i is not None]
+        rng = np.random.default_rng(seed)
+        for batch in batch_sizes:
+            histories = [
+                [
+                    (items[int(j)], "browse", "web")
+                    for j in rng.integers(0, len(items), scorer.max_len)
+                ]
+                for _ in range(batch)
+            ]
+            exclude: list[frozenset[str]] = [frozenset()] * batch
+            for _ in range(3):  # first runs of a shape are slow in onnxruntime
+                scorer.recommend(histories, exclude, k)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                scorer.recommend(histories, exclude, k)
+                times.append(time.perf_counter() - t0)
+            ms = 1000 * np.asarray(times)
+            rows.append(
+                {
+                    "variant": name,
+                    "graph": graph,
+                    "provider": scorer.provider,
+                    "io_binding": io_binding,
+                    "batch": batch,
+                    "n_items": scorer.n_items,
+                    "p50_ms": float(np.percentile(ms, 50)),
+                    "p99_ms": float(np.percentile(ms, 99)),
+                    "rows_per_s": batch / (float(np.percentile(ms, 50)) / 1000),
+                }
+            )
+    return rows
+
+
 def plot_e2e(results: Sequence[E2EResult], path: Path) -> Path | None:
     """Latency distribution and throughput over time per variant, as a PNG."""
     try:

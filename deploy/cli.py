@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -542,6 +543,68 @@ def bench_inference(
         print(
             f"batch {row['batch']:>4}: onnxruntime {row['onnxruntime_ms']:8.2f} ms, "
             f"torch eager {row['torch_eager_ms']:8.2f} ms, speed-up {row['speedup']:.2f}x"
+        )
+
+
+@bench_app.command("providers")
+def bench_providers(
+    items: Annotated[
+        int, typer.Option(help="Catalog size of the synthetic, untrained model.")
+    ] = 1_000_000,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Score with this exported fp32 model instead (fp16/int8 derived)."),
+    ] = None,
+    variants: Annotated[
+        str, typer.Option(help="Comma list: cpu, cpu-int8, cuda, cuda-run, cuda-fp16.")
+    ] = "cpu,cuda,cuda-run,cuda-fp16",
+    batch_sizes: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,64,256,1024",
+    repeats: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 20,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0 = default).")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for models and providers.json.")] = Path(
+        "var/bench"
+    ),
+) -> None:
+    """Scoring latency per execution provider (CPU, CUDA with and without IO binding,
+    fp16 on CUDA, int8 on CPU) on a large catalog; unusable providers are reported."""
+    from deploy.bench import PROVIDER_VARIANTS, provider_benchmark
+    from models.export import convert_variant, export_onnx
+
+    names = [v for v in variants.split(",") if v]
+    unknown = sorted(set(names) - set(PROVIDER_VARIANTS))
+    if unknown:
+        raise typer.BadParameter(f"unknown variants: {', '.join(unknown)}")
+    graphs = {PROVIDER_VARIANTS[v][0] for v in names}
+    dirs: dict[str, Path] = {}
+    if model_dir is not None:
+        dirs["fp32"] = model_dir
+    else:
+        from models.train import untrained_model
+
+        console.print(f"exporting an untrained default-shape model over {items:,} items")
+        dirs["fp32"] = export_onnx(
+            untrained_model(items), out / "model-fp32", model_version=f"synthetic-{items}"
+        )
+    for graph in sorted(graphs - {"fp32"}):
+        target = out / f"model-{graph}"
+        shutil.copytree(dirs["fp32"], target, dirs_exist_ok=True)
+        convert_variant(target / "model.onnx", target / "model.onnx", graph)  # type: ignore[arg-type]
+        dirs[graph] = target
+    rows = provider_benchmark(
+        dirs,
+        names,
+        [int(b) for b in batch_sizes.split(",")],
+        repeats=repeats,
+        threads=threads,
+    )
+    _write_rows(out / "providers.json", rows)
+    for row in rows:
+        if "error" in row:
+            print(f"{row['variant']:>10}: unavailable ({row['error']})")
+            continue
+        print(
+            f"{row['variant']:>10} batch {row['batch']:>5}: p50 {row['p50_ms']:8.2f} ms, "
+            f"p99 {row['p99_ms']:8.2f} ms, {row['rows_per_s']:>10,.0f} rows/s"
         )
 
 
