@@ -386,7 +386,7 @@ def bench_e2e(
         str,
         typer.Option(
             help="Comma list: batched, per-event, inline, gil-5ms, asyncio-loop, "
-            "faust-changelog, batch-N."
+            "faust-changelog, cuda, batch-N."
         ),
     ] = "batched,per-event",
     repeats: Annotated[
@@ -415,6 +415,8 @@ def bench_e2e(
         "gil-5ms": {"gil_switch_interval_ms": 0},
         "asyncio-loop": {"event_loop": "asyncio"},
         "faust-changelog": {"changelog_producer": "faust"},
+        # GPU hosts: CUDA execution provider (fails loudly without one), bigger batches.
+        "cuda": {"provider": "cuda", "max_batch": 256},
     }
     chosen = []
     for name in (v.strip() for v in variants.split(",") if v.strip()):
