@@ -13,7 +13,7 @@ from models.scorer import OnnxScorer
 from models.store import CURRENT_FILENAME, ModelStore
 from streams.app import RecstreamApp, create_app
 
-__all__ = ["StoreModelSource", "build_app", "run_worker"]
+__all__ = ["StoreModelSource", "build_app", "run_worker", "warmup_batch_sizes"]
 
 log = logging.getLogger("recstream.worker")
 
@@ -21,10 +21,17 @@ log = logging.getLogger("recstream.worker")
 class StoreModelSource:
     """Model versions from a model store (``<root>/<version>/`` + ``CURRENT``)."""
 
-    def __init__(self, root: Path, provider: str, intra_op_threads: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        provider: str,
+        intra_op_threads: int,
+        warmup_batches: tuple[int, ...] = (1, 8, 64),
+    ) -> None:
         self.store = ModelStore(root)
         self.provider = provider
         self.intra_op_threads = intra_op_threads
+        self.warmup_batches = warmup_batches
 
     def current_version(self) -> str | None:
         """The version ``CURRENT`` names."""
@@ -37,16 +44,29 @@ class StoreModelSource:
             provider=self.provider,  # type: ignore[arg-type]
             intra_op_threads=self.intra_op_threads,
         )
-        scorer.warmup()
+        scorer.warmup(self.warmup_batches)
         return scorer
+
+
+def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """1, 8, 64, ... (x8) below ``max_batch``, then ``max_batch`` itself."""
+    sizes = [1]
+    while sizes[-1] * 8 < max_batch:
+        sizes.append(sizes[-1] * 8)
+    return (*sizes, max_batch) if max_batch > 1 else (1,)
 
 
 def build_app(settings: Settings) -> RecstreamApp:
     """Load the model and build the Faust app (no connection is made yet)."""
     source: StoreModelSource | None = None
     version: str | None = None
+    # Warm up every batch size the stream will use, up to max_batch (first runs of a
+    # new shape are slow in onnxruntime).
+    warmup = warmup_batch_sizes(settings.max_batch)
     if (settings.model_dir / CURRENT_FILENAME).is_file():
-        source = StoreModelSource(settings.model_dir, settings.provider, settings.intra_op_threads)
+        source = StoreModelSource(
+            settings.model_dir, settings.provider, settings.intra_op_threads, warmup
+        )
         version = source.current_version()
         if version is None:
             raise RuntimeError(f"model store {settings.model_dir} has an empty CURRENT")
@@ -57,7 +77,7 @@ def build_app(settings: Settings) -> RecstreamApp:
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
         )
-        scorer.warmup()
+        scorer.warmup(warmup)
     log.info(
         "model %s loaded from %s; execution provider %s%s",
         scorer.model_version,
