@@ -569,8 +569,11 @@ def bench_providers(
 ) -> None:
     """Scoring latency per execution provider (CPU, CUDA with and without IO binding,
     fp16 on CUDA, int8 on CPU) on a large catalog; unusable providers are reported."""
+    from dataclasses import replace
+
     from deploy.bench import PROVIDER_VARIANTS, provider_benchmark
     from models.export import convert_variant, export_onnx
+    from models.metadata import ModelMetadata
 
     names = [v for v in variants.split(",") if v]
     unknown = sorted(set(names) - set(PROVIDER_VARIANTS))
@@ -579,7 +582,9 @@ def bench_providers(
     graphs = {PROVIDER_VARIANTS[v][0] for v in names}
     dirs: dict[str, Path] = {}
     if model_dir is not None:
-        dirs["fp32"] = model_dir
+        from models.store import resolve_model_dir
+
+        dirs["fp32"] = resolve_model_dir(model_dir)
     else:
         from models.train import untrained_model
 
@@ -591,6 +596,8 @@ def bench_providers(
         target = out / f"model-{graph}"
         shutil.copytree(dirs["fp32"], target, dirs_exist_ok=True)
         convert_variant(target / "model.onnx", target / "model.onnx", graph)  # type: ignore[arg-type]
+        meta = ModelMetadata.load(target)
+        replace(meta, variant=graph).save(target / "metadata.json")
         dirs[graph] = target
     rows = provider_benchmark(
         dirs,

@@ -55,6 +55,13 @@ MaxCasesOpt = Annotated[
 ]
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    # By name: typer ships its own copy of click, whose enum is not click's.
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def _fmt(value: str) -> DatasetFormat:
     if value not in ("sequences", "sessions", "events"):
         raise typer.BadParameter("format must be sequences, sessions or events")
@@ -73,6 +80,7 @@ def _print_run(run: EvaluationRun, title: str) -> None:
 
 
 def train(
+    ctx: typer.Context,
     data: DataArg,
     fmt: FormatOpt = "sequences",
     test: TestOpt = None,
@@ -128,8 +136,9 @@ def train(
         Path | None,
         typer.Option(
             help="Warm start from this run directory or checkpoint .pt (fine-tune on newer "
-            "data, or continue a run): its weights are the starting point, items are "
-            "matched by id, and its architecture (max-len, dim, layers, heads) is used."
+            "data, or continue a run): its weights are the starting point (the optimizer "
+            "starts afresh at --lr), items are matched by id, and its architecture "
+            "(max-len, dim, layers, heads) is used."
         ),
     ] = None,
 ) -> None:
@@ -144,9 +153,29 @@ def train(
     parent = None
     if init_from is not None:
         parent_path = init_from / "checkpoint" if (init_from / "checkpoint").is_dir() else init_from
+        if (out / "checkpoint").resolve() == parent_path.resolve() or (
+            out.resolve() == init_from.resolve()
+        ):
+            raise typer.BadParameter("--out must differ from --init-from (it would overwrite it)")
         parent = load_checkpoint(parent_path)
-        max_len, dim = parent.config.max_len, parent.config.dim
-        layers, heads = parent.config.n_layers, parent.config.n_heads
+        inherited = {
+            "max_len": parent.config.max_len,
+            "dim": parent.config.dim,
+            "layers": parent.config.n_layers,
+            "heads": parent.config.n_heads,
+        }
+        given = {"max_len": max_len, "dim": dim, "layers": layers, "heads": heads}
+        clashes = [
+            f"--{name.replace('_', '-')} {given[name]} (the parent has {value})"
+            for name, value in inherited.items()
+            if _typed(ctx, name) and given[name] != value
+        ]
+        if clashes:
+            raise typer.BadParameter(
+                "a warm start keeps the parent's architecture: " + ", ".join(clashes)
+            )
+        max_len, dim = inherited["max_len"], inherited["dim"]
+        layers, heads = inherited["layers"], inherited["heads"]
         console.print(
             f"warm start from {init_from} (best epoch {parent.stats.best_epoch}, "
             f"{parent.vocab.n_items} items; max-len {max_len}, dim {dim}, "
@@ -194,8 +223,8 @@ def train(
         progress=True,
         init_from=parent,
     )
-    if trained.stats.init_from is not None:
-        trained.stats.init_from["checkpoint"] = str(init_from)
+    if trained.stats.init_from is not None and init_from is not None:
+        trained.stats.init_from["checkpoint"] = str(init_from.resolve())
     console.print(
         f"trained in {trained.stats.seconds / 60:.1f} min, best epoch "
         f"{trained.stats.best_epoch} ({trained.stats.stop_reason}); testing..."

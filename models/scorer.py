@@ -349,7 +349,7 @@ class OnnxScorer:
             `grouping_costs` after calibration.
         """
 
-        def median_seconds(batch: int, width: int) -> float:
+        def best_seconds(batch: int, width: int) -> float:
             self._dummy_run(batch, width)  # first run of a shape is slow in onnxruntime
             times = []
             for _ in range(repeats):
@@ -358,9 +358,9 @@ class OnnxScorer:
                 times.append(time.perf_counter() - t0)
             return min(times)  # the least disturbed run: noise only ever adds time
 
-        one = median_seconds(1, 1)
-        narrow = median_seconds(rows, 1)
-        wide = median_seconds(rows, self.max_len)
+        one = best_seconds(1, 1)
+        narrow = best_seconds(rows, 1)
+        wide = best_seconds(rows, self.max_len)
         solved = solve_grouping_costs(one, narrow, wide, rows, self.max_len)
         if solved is not None:
             position, row, call = solved

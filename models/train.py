@@ -573,7 +573,11 @@ def train_model(
             INFO line per epoch on logger "recstream.models.train".
         init_from: Warm start: begin from this model's weights instead of a random init
             (see `warm_start`); its architecture must equal `config`'s. For fine-tuning a
-            model on newer data, or continuing a run past its time budget.
+            model on newer data, or continuing a run past its time budget. Only the
+            weights carry over: AdamW starts afresh at `config.lr` (pass the learning
+            rate the parent had reached to continue its schedule). With `valid`, the
+            parent's own weights are scored first and an epoch must beat them to be
+            kept (best epoch 0 = the parent's weights are returned).
 
     Returns:
         The trained model (CPU, eval mode) with vocabulary, popularity and stats.
@@ -614,7 +618,11 @@ def train_model(
             n_attributes=len(attr_names),
             item_content=content,
         )
-        lineage = warm_start(model, vocab, attr_names, init_from, config) if init_from else None
+        lineage = (
+            warm_start(model, vocab, attr_names, init_from, config)
+            if init_from is not None
+            else None
+        )
         trainer = _Trainer(model, windows, config)
         ranker = ModuleRanker(model)
         epochs: list[EpochStats] = []
@@ -623,6 +631,14 @@ def train_model(
         best_epoch = 0
         best_state: dict[str, torch.Tensor] | None = None
         bad_evals = 0
+        if valid and lineage is not None:
+            # A warm start's own weights are "epoch 0": epochs must beat them to be kept.
+            report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
+            best_score = report.metrics[SELECTION_METRIC]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            lineage["valid_ndcg@10"] = best_score
+            if progress:
+                logger.info("warm start: validation %s %.4f", SELECTION_METRIC, best_score)
         bar = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not progress)
         for epoch in bar:
             e0 = time.perf_counter()
@@ -844,6 +860,8 @@ def warm_start(
             mismatched.append(f"{key} only in the parent (side features differ?)")
         elif own[key].shape != value.shape:
             mismatched.append(f"{key} {tuple(value.shape)} != {tuple(own[key].shape)}")
+    for key in own.keys() - theirs.keys() - set(_CATALOG_BUFFERS):
+        mismatched.append(f"{key} only in the new model (side features differ?)")
     if ("attribute_embedding.weight" in own) != ("attribute_embedding.weight" in theirs):
         mismatched.append("item attributes used by only one of the two models")
     if mismatched:
@@ -856,6 +874,10 @@ def warm_start(
     if "attribute_embedding.weight" in own:
         old_names: Sequence[str | None] = parent.attribute_names
         if not old_names:
+            logger.warning(
+                "the parent checkpoint does not record attribute names; attribute "
+                "embeddings are copied by index, which assumes the same attribute file"
+            )
             if len(theirs["attribute_embedding.weight"]) != len(attribute_names) + 1:
                 raise ValueError(
                     "the parent does not record its attribute names and its attribute "

@@ -24,5 +24,4 @@ def test_grouping_benchmark_times_every_mode(
             row["one_call_us_per_row"] / row["grouped_measured_us_per_row"]
         )
         assert row["modelled_costs"]["source"] == "modelled"
-        assert row["measured_costs"]["source"] in ("measured", "modelled")  # noisy: kept
         assert 1 <= row["mean_longest"] <= max(len(h) for h in histories)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ from deploy.model_cli import register
 from models.metadata import ModelMetadata
 from models.store import ModelStore
 from models.synthetic import SyntheticShop
+
+
+def _flat(output: str) -> str:
+    """CLI output without whitespace and box characters (rich wraps error panels)."""
+    return re.sub(r"[\s│╭╮╰╯─]", "", output)
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +98,21 @@ def test_train_evaluate_export_on_event_log(
     result = runner.invoke(app, ["models", "list", str(store)])
     assert result.exit_code == 0 and current in result.output
 
-    # Warm start from the run: the parent's architecture wins over --dim.
+    # Warm start from the run: the parent's architecture is inherited, not overridden.
     warm_dir = tmp_path / "warm"
-    result = runner.invoke(
-        app,
-        ["train", str(event_log), "--format", "events", "--out", str(warm_dir), *small]
-        + ["--dim", "16", "--epochs", "1", "--init-from", str(run_dir), "--no-baselines"],
-    )
+    warm_args = ["train", str(event_log), "--format", "events", "--out", str(warm_dir)]
+    warm_args += ["--epochs", "1", "--threads", "1", "--init-from", str(run_dir)]
+    result = runner.invoke(app, [*warm_args, "--dim", "16"])
+    assert result.exit_code != 0 and "--dim16(theparenthas32)" in _flat(result.output)
+    result = runner.invoke(app, [*warm_args[:4], "--out", str(run_dir), *warm_args[6:]])
+    assert result.exit_code != 0 and "--outmustdiffer" in _flat(result.output)
+    result = runner.invoke(app, [*warm_args, "--no-baselines"])
     assert result.exit_code == 0, result.output
     warm = json.loads((warm_dir / "report.json").read_text())
-    assert warm["config"]["dim"] == 32
+    assert warm["config"]["dim"] == 32 and warm["config"]["max_len"] == 20
     lineage = warm["training"]["init_from"]
-    assert lineage["checkpoint"] == str(run_dir)
+    assert lineage["checkpoint"] == str(run_dir.resolve())
+    assert "valid_ndcg@10" in lineage  # the parent was scored before training on
     assert lineage["n_items_copied"] == report["training"]["n_items"]
 
     result = runner.invoke(

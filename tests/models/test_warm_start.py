@@ -12,6 +12,7 @@ import torch
 from models.encoding import encode_histories
 from models.interactions import Interaction
 from models.network import SequentialRecommender
+from models.splits import EvalCase
 from models.synthetic import SyntheticShop
 from models.train import (
     ModuleRanker,
@@ -86,7 +87,6 @@ def test_warm_start_trains_from_where_the_parent_stopped(
     warm = train_model(data, config, item_attributes=attributes, init_from=parent)
     # The parent trained 4 epochs: its weights start far below a random init's loss.
     assert warm.stats.epochs[0].loss < cold.stats.epochs[0].loss - 0.2
-    assert warm.stats.epochs[0].loss < parent.stats.epochs[0].loss
 
 
 def test_items_and_attributes_are_matched_by_id(parent: TrainedModel) -> None:
@@ -94,7 +94,7 @@ def test_items_and_attributes_are_matched_by_id(parent: TrainedModel) -> None:
     kept = old_items[::2]  # drop half of the parent's items
     new_items = sorted([*kept, "brand-new-1", "brand-new-2"])
     vocab, _ = build_vocab(
-        [Interaction("u", item, "view", float(n)) for n, item in enumerate(new_items)]
+        [Interaction("u", item, "browse", float(n)) for n, item in enumerate(new_items)]
     )
     names = ("brand2", "cat3", "color-new")  # a subset in another order, plus a new one
     model = _fresh(parent, new_items, len(names))
@@ -135,3 +135,56 @@ def test_checkpoint_keeps_attribute_names(parent: TrainedModel, tmp_path: Path) 
     assert parent.attribute_names and list(parent.attribute_names) == sorted(parent.attribute_names)
     loaded = load_checkpoint(save_checkpoint(parent, tmp_path / "p.pt"))
     assert loaded.attribute_names == parent.attribute_names
+
+
+def test_side_features_must_match_both_ways(parent: TrainedModel) -> None:
+    items = [i for i in parent.vocab.ids if i is not None]
+    cfg = parent.config
+    shape = {"max_len": cfg.max_len, "dim": cfg.dim, "n_layers": cfg.n_layers}
+    with_content = SequentialRecommender(
+        len(items),
+        **shape,
+        n_heads=cfg.n_heads,
+        item_attributes=torch.ones(len(items) + 1, 2, dtype=torch.long),
+        n_attributes=len(parent.attribute_names),
+        item_content=torch.zeros(len(items) + 1, 8),
+    )
+    with pytest.raises(ValueError, match="content_projection.weight only in the new model"):
+        warm_start(with_content, parent.vocab, parent.attribute_names, parent, cfg)
+    no_attributes = SequentialRecommender(len(items), **shape, n_heads=cfg.n_heads)
+    with pytest.raises(ValueError, match="item attributes used by only one"):
+        warm_start(no_attributes, parent.vocab, (), parent, cfg)
+
+
+def test_validation_keeps_the_parent_when_no_epoch_beats_it(
+    parent: TrainedModel, tiny_shop: SyntheticShop, tiny_config: TrainConfig
+) -> None:
+    data = sorted(tiny_shop.interactions(), key=lambda it: it.ts)
+    by_user: dict[str, list[Interaction]] = {}
+    for it in data:
+        by_user.setdefault(it.user_id, []).append(it)
+    valid = [
+        EvalCase(
+            user, tuple((i.item_id, i.event_type, i.channel) for i in rows[:-1]), rows[-1].item_id
+        )
+        for user, rows in by_user.items()
+        if len(rows) > 2
+    ]
+    # A learning rate this large wrecks the weights within the epoch.
+    child = train_model(
+        data,
+        replace(tiny_config, epochs=2, lr=5.0, val_patience=0),
+        valid=valid,
+        item_attributes=_attributes(sorted({it.item_id for it in data})),
+        init_from=parent,
+    )
+    assert child.stats.init_from is not None
+    parent_score = child.stats.init_from["valid_ndcg@10"]
+    assert all(e.valid["ndcg@10"] < parent_score for e in child.stats.epochs)
+    assert child.stats.best_epoch == 0
+    enc = encode_histories(
+        [c.history for c in valid[:20]], parent.vocab.index, parent.config.max_len
+    )
+    np.testing.assert_allclose(
+        ModuleRanker(child.module).score(enc), ModuleRanker(parent.module).score(enc), atol=1e-6
+    )
