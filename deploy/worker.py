@@ -32,19 +32,27 @@ class StoreModelSource:
         self.provider = provider
         self.intra_op_threads = intra_op_threads
         self.warmup_batches = warmup_batches
+        # Grouping costs measured by an earlier load: (scorer shape, costs).
+        self._costs: tuple[tuple[object, ...], dict[str, float | str]] | None = None
 
     def current_version(self) -> str | None:
         """The version ``CURRENT`` names."""
         return self.store.current()
 
     def load(self, version: str) -> OnnxScorer:
-        """Load and warm up a version (first runs of new shapes are slow in onnxruntime)."""
+        """Load and warm up a version (first runs of new shapes are slow in onnxruntime).
+
+        The length-grouping costs are measured once; a later version of the same shape
+        reuses them instead of timing calls while the old version serves traffic.
+        """
         scorer = OnnxScorer.load(
             self.store.root / version,
             provider=self.provider,  # type: ignore[arg-type]
             intra_op_threads=self.intra_op_threads,
         )
-        scorer.warmup(self.warmup_batches)
+        reused = self._costs is not None and scorer.adopt_grouping_costs(*self._costs)
+        scorer.warmup(self.warmup_batches, calibrate=not reused)
+        self._costs = (scorer.grouping_shape, scorer.grouping_costs)
         return scorer
 
 

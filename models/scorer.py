@@ -337,6 +337,30 @@ class OnnxScorer:
         one history position of one row, and whether they were measured or modelled."""
         return {"row": self._row_cost, "call": self._call_cost, "source": self._cost_source}
 
+    @property
+    def grouping_shape(self) -> tuple[object, ...]:
+        """What the measured grouping costs depend on besides the machine: two scorers
+        with the same shape can share them (see `adopt_grouping_costs`)."""
+        m = self._metadata
+        return (m.n_items, m.dim, m.n_layers, m.max_len, self._provider, self._dynamic_seq)
+
+    def adopt_grouping_costs(
+        self, shape: tuple[object, ...], costs: dict[str, float | str]
+    ) -> bool:
+        """Take costs another scorer measured, if it had the same `grouping_shape`.
+
+        A hot reload of a same-shaped model then needs no new timing while the old
+        model is still serving on the same cores (which would skew it).
+
+        Returns:
+            Whether the costs were adopted.
+        """
+        if shape != self.grouping_shape or costs.get("source") != "measured":
+            return False
+        self._row_cost, self._call_cost = float(costs["row"]), float(costs["call"])
+        self._cost_source = "measured"
+        return True
+
     def calibrate_grouping(self, rows: int = 32, repeats: int = 7) -> dict[str, float | str]:
         """Measure the cost model `_length_groups` uses, instead of counting multiply-adds.
 

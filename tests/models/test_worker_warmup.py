@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,13 @@ import pytest
 from deploy.worker import StoreModelSource, warmup_batch_sizes
 from models.scorer import OnnxScorer
 from models.store import ModelStore
+
+
+def _publish_copy(store: ModelStore, model_dir: Path, version: str) -> str:
+    """Publish a copy: `ModelStore.publish` moves its directory (a shared fixture here)."""
+    staging = store.root.parent / f"staging-{version}"
+    shutil.copytree(model_dir, staging)
+    return store.publish(staging, version)
 
 
 def test_warmup_batch_sizes_reach_max_batch() -> None:
@@ -22,7 +30,7 @@ def test_store_source_warms_up_its_batch_sizes(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = ModelStore(tmp_path / "store")
-    version = store.publish(tiny_model_dir)
+    version = _publish_copy(store, tiny_model_dir, "v1")
     seen: list[tuple[int, ...]] = []
     real = OnnxScorer.warmup
 
@@ -34,3 +42,31 @@ def test_store_source_warms_up_its_batch_sizes(
     source = StoreModelSource(store.root, "cpu", 1, warmup_batch_sizes(256))
     source.load(version)
     assert seen == [(1, 8, 64, 256)]
+
+
+def test_reload_of_the_same_shape_reuses_measured_costs(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    first = _publish_copy(store, tiny_model_dir, "v1")
+    second = _publish_copy(store, tiny_model_dir, "v2")
+    timed: list[str] = []
+
+    def fake_calibration(self: OnnxScorer, rows: int = 32, repeats: int = 7) -> object:
+        timed.append(self.model_version)
+        assert self.adopt_grouping_costs(
+            self.grouping_shape, {"row": 3.0, "call": 500.0, "source": "measured"}
+        )
+        return self.grouping_costs
+
+    monkeypatch.setattr(OnnxScorer, "calibrate_grouping", fake_calibration)
+    source = StoreModelSource(store.root, "cpu", 1)
+    a = source.load(first)
+    b = source.load(second)
+    assert len(timed) == 1  # measured once, for the first load only
+    assert b.grouping_costs == a.grouping_costs == {"row": 3.0, "call": 500.0, "source": "measured"}
+    # Another shape (or modelled costs) is not adopted.
+    assert not b.adopt_grouping_costs(("other",), a.grouping_costs)
+    assert not b.adopt_grouping_costs(
+        b.grouping_shape, {"row": 1.0, "call": 1.0, "source": "modelled"}
+    )
