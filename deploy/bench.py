@@ -401,7 +401,6 @@ def grouping_benchmark(
                     mode_scorer.recommend(batch, excludes, 20)
                 per_row = 1e6 * (time.perf_counter() - t0) / (len(batches) * size)
                 best[mode] = min(best.get(mode, float("inf")), per_row)
-        scorer.group_by_length = True
         out.append(
             {
                 "batch": size,

@@ -537,9 +537,7 @@ def bench_inference(
 
     out.mkdir(parents=True, exist_ok=True)
     model, trained = _bench_model(None, sequences, out)
-    rows = inference_benchmark(
-        trained, model, [int(b) for b in batch_sizes.split(",")], threads=threads
-    )
+    rows = inference_benchmark(trained, model, _int_list(batch_sizes), threads=threads)
     _write_rows(out / "inference.json", rows)
     for row in rows:
         print(
@@ -602,7 +600,7 @@ def bench_providers(
     rows = provider_benchmark(
         dirs,
         names,
-        [int(b) for b in batch_sizes.split(",")],
+        _int_list(batch_sizes),
         repeats=repeats,
         threads=threads,
     )
@@ -636,9 +634,7 @@ def bench_grouping(
         for items in read_sequences(sequences).values()
         for n in range(1, len(items) + 1)
     ]
-    rows = grouping_benchmark(
-        model_dir, histories, [int(b) for b in batch_sizes.split(",")], threads=threads
-    )
+    rows = grouping_benchmark(model_dir, histories, _int_list(batch_sizes), threads=threads)
     _write_rows(out / "grouping.json", rows)
     for row in rows:
         print(
@@ -650,6 +646,11 @@ def bench_grouping(
         )
     measured = rows[0]["measured_costs"] if rows else {}
     print(f"measured costs (positions): row {measured.get('row')}, call {measured.get('call')}")
+
+
+def _int_list(text: str) -> list[int]:
+    """``"1,64,256"`` -> ``[1, 64, 256]`` (a comma list option)."""
+    return [int(part) for part in text.split(",")]
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

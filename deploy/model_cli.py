@@ -55,6 +55,11 @@ MaxCasesOpt = Annotated[
 ]
 
 
+def _checkpoint_path(path: Path) -> Path:
+    """A run directory's ``checkpoint/`` folder, or ``path`` itself (a .pt or that folder)."""
+    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
+
+
 def _typed(ctx: typer.Context, name: str) -> bool:
     """Whether option ``name`` was given on the command line (not left at its default)."""
     source = ctx.get_parameter_source(name)
@@ -152,7 +157,7 @@ def train(
 
     parent = None
     if init_from is not None:
-        parent_path = init_from / "checkpoint" if (init_from / "checkpoint").is_dir() else init_from
+        parent_path = _checkpoint_path(init_from)
         if (out / "checkpoint").resolve() == parent_path.resolve() or (
             out.resolve() == init_from.resolve()
         ):
@@ -285,7 +290,7 @@ def evaluate(
     from models.benchmark import evaluate_all, load_split
     from models.train import load_checkpoint
 
-    ckpt = checkpoint / "checkpoint" if (checkpoint / "checkpoint").is_dir() else checkpoint
+    ckpt = _checkpoint_path(checkpoint)
     trained = load_checkpoint(ckpt)
     split = load_split(
         _fmt(fmt),
@@ -363,7 +368,7 @@ def export(
 
     if (out is None) == (store is None):
         raise typer.BadParameter("give exactly one of --out or --store")
-    ckpt = checkpoint / "checkpoint" if (checkpoint / "checkpoint").is_dir() else checkpoint
+    ckpt = _checkpoint_path(checkpoint)
     trained = load_checkpoint(ckpt)
     if cold_items is not None:
         from models.content import add_cold_items

@@ -61,7 +61,7 @@ def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
     sizes = [1]
     while sizes[-1] * 8 < max_batch:
         sizes.append(sizes[-1] * 8)
-    return (*sizes, max_batch) if max_batch > 1 else (1,)
+    return tuple(sorted({*sizes, max_batch}))
 
 
 def build_app(settings: Settings) -> RecstreamApp:

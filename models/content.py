@@ -23,8 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.network import SequentialRecommender
-from models.train import ItemVocab, TrainedModel
+from models.train import ItemVocab, TrainedModel, build_network
 
 __all__ = ["TextEncoder", "add_cold_items", "encode_item_texts"]
 
@@ -123,13 +122,9 @@ def add_cold_items(trained: TrainedModel, content: Mapping[str, FloatArray]) -> 
         attrs[: len(trained.vocab)] = module.item_attributes
     n_attrs = module.attribute_embedding.num_embeddings - 1 if module.attribute_embedding else 0
     cfg = trained.config
-    extended = SequentialRecommender(
+    extended = build_network(
+        cfg,
         vocab.n_items,
-        max_len=cfg.max_len,
-        dim=cfg.dim,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        dropout=cfg.dropout,
         item_attributes=attrs,
         n_attributes=n_attrs,
         item_content=item_content,

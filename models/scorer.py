@@ -201,6 +201,9 @@ class OnnxScorer:
         # longest history; older graphs with a fixed max_len get full-width rows.
         seq_dim = session.get_inputs()[0].shape[1] if session.get_inputs() else None
         self._dynamic_seq = not isinstance(seq_dim, int)
+        # Length grouping (and its calibration) needs trimmable rows; on CUDA one call
+        # stays cheaper.
+        self._can_group = self._dynamic_seq and provider == "cpu"
         if inputs != metadata.onnx_inputs or outputs != metadata.onnx_outputs:
             raise ValueError(
                 f"graph I/O {inputs} -> {outputs} does not match metadata "
@@ -324,7 +327,7 @@ class OnnxScorer:
         """
         for batch in batch_sizes:
             self._dummy_run(batch, self.max_len)
-        if calibrate and self._dynamic_seq and self._provider == "cpu" and self.max_len > 1:
+        if calibrate and self._can_group and self.max_len > 1:
             self.calibrate_grouping()
 
     def _dummy_run(self, batch: int, width: int) -> None:
@@ -490,7 +493,7 @@ class OnnxScorer:
             Index arrays into ``lengths``, one per inference call.
         """
         n = lengths.size
-        if n < 2 or not self.group_by_length or not self._dynamic_seq or self._provider != "cpu":
+        if n < 2 or not self.group_by_length or not self._can_group:
             return [np.arange(n)]
         order = np.argsort(lengths, kind="stable")
         # Cost of one call over sorted rows [i, j): (j - i) * width[j - 1].

@@ -44,6 +44,7 @@ __all__ = [
     "TrainedModel",
     "TrainingStats",
     "TrainingWindows",
+    "build_network",
     "build_training_windows",
     "build_vocab",
     "group_timelines",
@@ -607,13 +608,9 @@ def train_model(
             _attribute_tensor(vocab, item_attributes) if item_attributes else (None, ())
         )
         content = _content_tensor(vocab, item_content) if item_content else None
-        model = SequentialRecommender(
+        model = build_network(
+            config,
             vocab.n_items,
-            max_len=config.max_len,
-            dim=config.dim,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            dropout=config.dropout,
             item_attributes=attrs if attr_names else None,
             n_attributes=len(attr_names),
             item_content=content,
@@ -631,11 +628,15 @@ def train_model(
         best_epoch = 0
         best_state: dict[str, torch.Tensor] | None = None
         bad_evals = 0
+
+        def validate() -> dict[str, float]:
+            assert valid is not None  # only called with validation cases
+            report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
+            return {k: v for k, v in report.metrics.items() if k in ("hr@10", "ndcg@10")}
+
         if valid and lineage is not None:
             # A warm start's own weights are "epoch 0": epochs must beat them to be kept.
-            report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
-            best_score = report.metrics[SELECTION_METRIC]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_score, best_state = validate()[SELECTION_METRIC], _snapshot(model)
             lineage["valid_ndcg@10"] = best_score
             if progress:
                 logger.info("warm start: validation %s %.4f", SELECTION_METRIC, best_score)
@@ -647,8 +648,7 @@ def train_model(
             seconds = time.perf_counter() - e0
             val: dict[str, float] = {}
             if valid and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
-                val = {k: v for k, v in report.metrics.items() if k in ("hr@10", "ndcg@10")}
+                val = validate()
             stats = EpochStats(epoch=epoch, loss=loss, seconds=seconds, valid=val, lr=lr)
             epochs.append(stats)
             postfix = {"loss": f"{loss:.4f}"} | {k: f"{v:.4f}" for k, v in val.items()}
@@ -660,7 +660,7 @@ def train_model(
                 if val:
                     if val[SELECTION_METRIC] > best_score:
                         best_score, best_epoch, bad_evals = val[SELECTION_METRIC], epoch, 0
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        best_state = _snapshot(model)
                     else:
                         bad_evals += 1
                         trainer.decay_lr()
@@ -723,6 +723,11 @@ def train_model(
     )
 
 
+def _snapshot(model: SequentialRecommender) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights (restored at the end as the best epoch's)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _assemble(
     model: SequentialRecommender,
     vocab: ItemVocab,
@@ -764,6 +769,39 @@ def _assemble(
     )
 
 
+def build_network(
+    config: TrainConfig,
+    n_items: int,
+    *,
+    item_attributes: torch.Tensor | None = None,
+    n_attributes: int = 0,
+    item_content: torch.Tensor | None = None,
+) -> SequentialRecommender:
+    """A freshly initialised `SequentialRecommender` of `config`'s shape over `n_items`.
+
+    Args:
+        config: Shape and dropout.
+        n_items: Catalog size (excluding padding).
+        item_attributes: Optional [n_items + 1, A] attribute indices.
+        n_attributes: Attribute vocabulary size (with `item_attributes`).
+        item_content: Optional [n_items + 1, C] content vectors.
+
+    Returns:
+        The network (training mode).
+    """
+    return SequentialRecommender(
+        n_items,
+        max_len=config.max_len,
+        dim=config.dim,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        dropout=config.dropout,
+        item_attributes=item_attributes,
+        n_attributes=n_attributes,
+        item_content=item_content,
+    )
+
+
 def untrained_model(n_items: int, config: TrainConfig | None = None) -> TrainedModel:
     """A randomly initialised model over a catalog of ``n_items`` synthetic ids.
 
@@ -780,14 +818,7 @@ def untrained_model(n_items: int, config: TrainConfig | None = None) -> TrainedM
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     vocab = ItemVocab((None, *(f"item-{i:07d}" for i in range(n_items))))
-    module = SequentialRecommender(
-        n_items,
-        max_len=config.max_len,
-        dim=config.dim,
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        dropout=config.dropout,
-    ).eval()
+    module = build_network(config, n_items).eval()
     stats = TrainingStats(
         epochs=[],
         seconds=0.0,
@@ -992,13 +1023,9 @@ def load_checkpoint(path: Path) -> TrainedModel:
     arch = payload["arch"]
     vocab = ItemVocab(tuple(payload["vocab"]))
     n = len(vocab)
-    model = SequentialRecommender(
+    model = build_network(
+        config,
         vocab.n_items,
-        max_len=config.max_len,
-        dim=config.dim,
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        dropout=config.dropout,
         item_attributes=(
             torch.zeros(n, arch["attribute_width"], dtype=torch.long)
             if arch["n_attributes"]
