@@ -116,6 +116,16 @@ def train(
         ),
     ] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
+    similarity: Annotated[
+        str,
+        typer.Option(
+            help="Output scoring: dot (inner product with the item embeddings) or cosine "
+            "(normalised hidden state and items, divided by --temperature)."
+        ),
+    ] = "dot",
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature of --similarity cosine.", min=1e-4)
+    ] = 0.07,
     negatives: Annotated[
         int, typer.Option(help="0 = full softmax CE; N = sampled softmax with N negatives.")
     ] = 0,
@@ -143,7 +153,7 @@ def train(
             help="Warm start from this run directory or checkpoint .pt (fine-tune on newer "
             "data, or continue a run): its weights are the starting point (the optimizer "
             "starts afresh at --lr), items are matched by id, and its architecture "
-            "(max-len, dim, layers, heads) is used."
+            "(max-len, dim, layers, heads, similarity, temperature) is used."
         ),
     ] = None,
 ) -> None:
@@ -153,8 +163,11 @@ def train(
     the baselines), ``OUT/training_curve.png`` and ``OUT/metrics.png``.
     """
     from models.benchmark import evaluate_all, load_split, write_report
+    from models.network import SIMILARITIES
     from models.train import TrainConfig, load_checkpoint, train_model
 
+    if similarity not in SIMILARITIES:
+        raise typer.BadParameter(f"--similarity must be one of {', '.join(SIMILARITIES)}")
     parent = None
     if init_from is not None:
         parent_path = _checkpoint_path(init_from)
@@ -163,13 +176,23 @@ def train(
         ):
             raise typer.BadParameter("--out must differ from --init-from (it would overwrite it)")
         parent = load_checkpoint(parent_path)
-        inherited = {
-            "max_len": parent.config.max_len,
-            "dim": parent.config.dim,
-            "layers": parent.config.n_layers,
-            "heads": parent.config.n_heads,
+        cfg = parent.config
+        inherited: dict[str, object] = {
+            "max_len": cfg.max_len,
+            "dim": cfg.dim,
+            "layers": cfg.n_layers,
+            "heads": cfg.n_heads,
+            "similarity": cfg.similarity,
+            "temperature": cfg.temperature,
         }
-        given = {"max_len": max_len, "dim": dim, "layers": layers, "heads": heads}
+        given: dict[str, object] = {
+            "max_len": max_len,
+            "dim": dim,
+            "layers": layers,
+            "heads": heads,
+            "similarity": similarity,
+            "temperature": temperature,
+        }
         clashes = [
             f"--{name.replace('_', '-')} {given[name]} (the parent has {value})"
             for name, value in inherited.items()
@@ -179,12 +202,12 @@ def train(
             raise typer.BadParameter(
                 "a warm start keeps the parent's architecture: " + ", ".join(clashes)
             )
-        max_len, dim = inherited["max_len"], inherited["dim"]
-        layers, heads = inherited["layers"], inherited["heads"]
+        max_len, dim, layers, heads = cfg.max_len, cfg.dim, cfg.n_layers, cfg.n_heads
+        similarity, temperature = cfg.similarity, cfg.temperature
         console.print(
             f"warm start from {init_from} (best epoch {parent.stats.best_epoch}, "
             f"{parent.vocab.n_items} items; max-len {max_len}, dim {dim}, "
-            f"{layers} layers, {heads} heads)"
+            f"{layers} layers, {heads} heads, {similarity} scoring)"
         )
 
     split = load_split(
@@ -209,6 +232,8 @@ def train(
         dropout=dropout,
         lr=lr,
         lr_decay=lr_decay,
+        similarity=similarity,
+        temperature=temperature,
         batch_size=batch_size,
         epochs=epochs,
         seed=seed,

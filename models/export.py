@@ -161,6 +161,8 @@ def export_onnx(
         variant=variant,
         exporter=EXPORTER,
         recent_popularity={k: list(v) for k, v in trained.recent_popularity.items()},
+        similarity=cfg.similarity,
+        temperature=cfg.temperature if cfg.similarity == "cosine" else 1.0,
     )
     meta.validate()
 

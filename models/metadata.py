@@ -96,6 +96,9 @@ class ModelMetadata:
         recent_popularity: Cold-start lists for new users: interaction counts per item
             index over the most recent part of the training data, under "all" and per
             channel (same alignment as `items`). Empty = use `popularity`.
+        similarity: What a score is: "dot" (inner product, unbounded) or "cosine"
+            (cosine similarity / `temperature`, within +-1/temperature).
+        temperature: The "cosine" temperature (1.0 with "dot").
     """
 
     model_version: str
@@ -118,6 +121,8 @@ class ModelMetadata:
     variant: str = "fp32"
     exporter: str = ""
     recent_popularity: dict[str, list[int]] = field(default_factory=dict)
+    similarity: str = "dot"
+    temperature: float = 1.0
 
     @property
     def n_items(self) -> int:
@@ -160,6 +165,10 @@ class ModelMetadata:
                 raise MetadataError(f"recent_popularity[{key!r}] must be {len(self.items)} counts")
         if self.variant not in VARIANTS:
             raise MetadataError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.similarity not in ("dot", "cosine"):
+            raise MetadataError(f"similarity must be dot or cosine, got {self.similarity!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise MetadataError("temperature must be a positive number")
         if any(not math.isfinite(v) for v in self.metrics.values()):
             raise MetadataError("metrics must be finite numbers")
 

@@ -15,7 +15,12 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 
 from models.interactions import CHANNELS, EVENT_TYPES
 
-__all__ = ["MASKED_SCORE", "SequentialRecommender", "ServingRecommender"]
+__all__ = ["MASKED_SCORE", "SIMILARITIES", "SequentialRecommender", "ServingRecommender"]
+
+#: How a hidden state is scored against the (tied) item table: "dot" = inner product
+#: (classic SASRec); "cosine" = cosine similarity divided by a temperature (both sides
+#: L2-normalised, as in NISER / CORE), which stops popular items winning on norm alone.
+SIMILARITIES = ("dot", "cosine")
 
 #: Score given to padding / excluded items before TopK. A large negative *finite* value
 #: (not -inf) keeps TopK well defined in every runtime; real scores are O(10).
@@ -110,6 +115,8 @@ class SequentialRecommender(nn.Module):
         item_content: Optional float [n_items + 1, C] content vectors per item (e.g. text
             embeddings); a learned projection is added to the item's embedding, which is
             what lets items without interactions be scored (see `models.content`).
+        similarity: Output scoring, one of `SIMILARITIES`.
+        temperature: With ``similarity="cosine"``: logits are cosine / temperature.
     """
 
     causal: Tensor  # registered buffer, [max_len, max_len] bool
@@ -130,11 +137,19 @@ class SequentialRecommender(nn.Module):
         item_attributes: Tensor | None = None,
         n_attributes: int = 0,
         item_content: Tensor | None = None,
+        similarity: str = "dot",
+        temperature: float = 0.07,
     ) -> None:
         super().__init__()
         if n_items < 1 or max_len < 1:
             raise ValueError("n_items and max_len must be positive")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if not temperature > 0:
+            raise ValueError("temperature must be > 0")
         self.n_items = n_items
+        self.similarity = similarity
+        self.temperature = temperature
         self.max_len = max_len
         self.dim = dim
         self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
@@ -279,6 +294,17 @@ class SequentialRecommender(nn.Module):
         attn_bias = attn_bias.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
         return x, attn_bias
 
+    def _scoring_pair(self, hidden: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+        """(queries, keys) whose inner products are the logits of `similarity`.
+
+        For "cosine" both sides are L2-normalised and the queries divided by the
+        temperature; the zero padding row stays zero (it is masked at the output).
+        """
+        if self.similarity == "dot":
+            return hidden, table
+        queries = F.normalize(hidden, dim=-1) * (1.0 / self.temperature)
+        return queries, F.normalize(table, dim=-1)
+
     def item_logits(self, hidden: Tensor) -> Tensor:
         """Scores over the whole item vocabulary via the tied item embeddings.
 
@@ -288,7 +314,8 @@ class SequentialRecommender(nn.Module):
         Returns:
             Logits [..., n_items + 1]; column 0 (padding) is not masked here.
         """
-        return hidden @ self.item_table().t()
+        queries, keys = self._scoring_pair(hidden, self.item_table())
+        return queries @ keys.t()
 
     def forward(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
         """Training forward: next-item logits at every position, [B, L, n_items + 1]."""
@@ -326,14 +353,14 @@ class SequentialRecommender(nn.Module):
         table = self.item_table()
         hidden = self.encode(item_seq, type_seq, channel_seq, table)
         mask = targets != 0
-        h = hidden[mask]  # [N, D]
         y = targets[mask]
+        h, keys = self._scoring_pair(hidden[mask], table)  # [N, D], [n_items + 1, D]
         if n_negatives <= 0:
-            return F.cross_entropy(h @ table.t(), y)
+            return F.cross_entropy(h @ keys.t(), y)
         negatives = torch.randint(1, self.n_items + 1, (n_negatives,), generator=generator)
         negatives = negatives.to(h.device)
-        pos = (h * table[y]).sum(dim=-1, keepdim=True)  # [N, 1]
-        neg = (h @ table[negatives].t()).masked_fill(
+        pos = (h * keys[y]).sum(dim=-1, keepdim=True)  # [N, 1]
+        neg = (h @ keys[negatives].t()).masked_fill(
             negatives.unsqueeze(0) == y.unsqueeze(1), _ATTN_MASK_VALUE
         )  # [N, S]
         logits = torch.cat([pos, neg], dim=1)

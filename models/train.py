@@ -32,7 +32,7 @@ from models.encoding import (
     vocab_index,
 )
 from models.interactions import Interaction, fingerprint_interactions
-from models.network import SequentialRecommender
+from models.network import SIMILARITIES, SequentialRecommender
 from models.splits import EvalCase
 
 __all__ = [
@@ -96,6 +96,9 @@ class TrainConfig:
         lr_decay: With validation cases: multiply the learning rate by this factor after
             every evaluation that does not improve validation NDCG@10 (1.0 = constant
             learning rate). Counted towards ``val_patience`` all the same.
+        similarity: Output scoring: "dot" (inner product with the tied item table) or
+            "cosine" (L2-normalised hidden state and items, divided by `temperature`).
+        temperature: Softmax temperature of the "cosine" scoring (unused with "dot").
     """
 
     max_len: int = 50
@@ -120,6 +123,8 @@ class TrainConfig:
     n_negatives: int = 0
     bucket_batches: bool = True
     lr_decay: float = 1.0
+    similarity: str = "dot"
+    temperature: float = 0.07
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -132,6 +137,10 @@ class TrainConfig:
             raise ValueError("dropout must be in [0, 1)")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError("lr_decay must be in (0, 1]")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -799,6 +808,8 @@ def build_network(
         item_attributes=item_attributes,
         n_attributes=n_attributes,
         item_content=item_content,
+        similarity=config.similarity,
+        temperature=config.temperature,
     )
 
 
@@ -844,7 +855,7 @@ _ROW_MAPPED = ("item_embedding.weight", "attribute_embedding.weight")
 #: Buffers that describe the current data's catalog; always rebuilt, never carried over.
 _CATALOG_BUFFERS = ("item_attributes", "item_content")
 #: Architecture settings a warm start must share with its parent.
-_ARCH_FIELDS = ("max_len", "dim", "n_layers", "n_heads")
+_ARCH_FIELDS = ("max_len", "dim", "n_layers", "n_heads", "similarity", "temperature")
 
 
 def warm_start(
@@ -867,15 +878,15 @@ def warm_start(
         vocab: The new training data's item vocabulary.
         attribute_names: The new attribute vocabulary (empty without attributes).
         parent: The model to start from.
-        config: The new run's configuration (`max_len`, `dim`, `n_layers` and `n_heads`
-            must equal the parent's).
+        config: The new run's configuration (`max_len`, `dim`, `n_layers`, `n_heads`,
+            `similarity` and `temperature` must equal the parent's).
 
     Returns:
         Lineage for `TrainingStats.init_from`.
 
     Raises:
         ValueError: If the architectures differ (width, depth, heads, sequence length,
-            side features).
+            side features, scoring).
     """
     mismatched = [
         f"{name} {getattr(parent.config, name)} != {getattr(config, name)}"

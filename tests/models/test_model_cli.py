@@ -76,6 +76,10 @@ def test_train_evaluate_export_on_event_log(
             "--store",
             str(store),
             "--promote",
+            "--similarity",
+            "cosine",
+            "--temperature",
+            "0.1",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -94,6 +98,7 @@ def test_train_evaluate_export_on_event_log(
     assert current is not None and model_store.versions() == [current]
     meta = ModelMetadata.load(model_store.current_dir())
     assert meta.metrics["ndcg@10"] == report["results"][0]["ndcg@10"]
+    assert (meta.similarity, meta.temperature) == ("cosine", 0.1)
 
     result = runner.invoke(app, ["models", "list", str(store)])
     assert result.exit_code == 0 and current in result.output
@@ -104,12 +109,15 @@ def test_train_evaluate_export_on_event_log(
     warm_args += ["--epochs", "1", "--threads", "1", "--init-from", str(run_dir)]
     result = runner.invoke(app, [*warm_args, "--dim", "16"])
     assert result.exit_code != 0 and "--dim16(theparenthas32)" in _flat(result.output)
+    result = runner.invoke(app, [*warm_args, "--similarity", "dot"])
+    assert result.exit_code != 0 and "--similaritydot(theparenthascosine)" in _flat(result.output)
     result = runner.invoke(app, [*warm_args[:4], "--out", str(run_dir), *warm_args[6:]])
     assert result.exit_code != 0 and "--outmustdiffer" in _flat(result.output)
     result = runner.invoke(app, [*warm_args, "--no-baselines"])
     assert result.exit_code == 0, result.output
     warm = json.loads((warm_dir / "report.json").read_text())
     assert warm["config"]["dim"] == 32 and warm["config"]["max_len"] == 20
+    assert (warm["config"]["similarity"], warm["config"]["temperature"]) == ("cosine", 0.1)
     lineage = warm["training"]["init_from"]
     assert lineage["checkpoint"] == str(run_dir.resolve())
     assert "valid_ndcg@10" in lineage  # the parent was scored before training on
