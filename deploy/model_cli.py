@@ -122,7 +122,7 @@ def train(
             help="Output scoring: dot (inner product with the item embeddings) or cosine "
             "(normalised hidden state and items, divided by --temperature)."
         ),
-    ] = "dot",
+    ] = "cosine",
     temperature: Annotated[
         float, typer.Option(help="Softmax temperature of --similarity cosine.", min=1e-4)
     ] = 0.07,

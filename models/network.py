@@ -137,7 +137,7 @@ class SequentialRecommender(nn.Module):
         item_attributes: Tensor | None = None,
         n_attributes: int = 0,
         item_content: Tensor | None = None,
-        similarity: str = "dot",
+        similarity: str = "cosine",
         temperature: float = 0.07,
     ) -> None:
         super().__init__()

@@ -96,8 +96,10 @@ class TrainConfig:
         lr_decay: With validation cases: multiply the learning rate by this factor after
             every evaluation that does not improve validation NDCG@10 (1.0 = constant
             learning rate). Counted towards ``val_patience`` all the same.
-        similarity: Output scoring: "dot" (inner product with the tied item table) or
-            "cosine" (L2-normalised hidden state and items, divided by `temperature`).
+        similarity: Output scoring: "cosine" (default: L2-normalised hidden state and
+            items, divided by `temperature`; better on both benchmark datasets, see
+            docs/BENCHMARKS.md) or "dot" (inner product with the tied item table, as in
+            the original SASRec; checkpoints written before this setting existed).
         temperature: Softmax temperature of the "cosine" scoring (unused with "dot").
     """
 
@@ -123,7 +125,7 @@ class TrainConfig:
     n_negatives: int = 0
     bucket_batches: bool = True
     lr_decay: float = 1.0
-    similarity: str = "dot"
+    similarity: str = "cosine"
     temperature: float = 0.07
 
     def __post_init__(self) -> None:
@@ -1030,7 +1032,8 @@ def load_checkpoint(path: Path) -> TrainedModel:
     if path.is_dir():
         path = path / "best.pt"
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    config = TrainConfig(**payload["config"])
+    # Checkpoints written before cosine scoring existed (and became the default) are dot.
+    config = TrainConfig(**{"similarity": "dot", **payload["config"]})
     arch = payload["arch"]
     vocab = ItemVocab(tuple(payload["vocab"]))
     n = len(vocab)

@@ -15,7 +15,14 @@ from models.export import export_onnx
 from models.metadata import ONNX_INPUTS, ONNX_OUTPUTS, MetadataError, ModelMetadata
 from models.network import SequentialRecommender, ServingRecommender
 from models.synthetic import SyntheticShop
-from models.train import TrainConfig, TrainedModel, train_model, warm_start
+from models.train import (
+    TrainConfig,
+    TrainedModel,
+    load_checkpoint,
+    save_checkpoint,
+    train_model,
+    warm_start,
+)
 
 TEMPERATURE = 0.1
 
@@ -150,3 +157,22 @@ def test_warm_start_keeps_the_scoring(cosine_trained: TrainedModel) -> None:
     model = SequentialRecommender(len(items), max_len=config.max_len, dim=config.dim)
     with pytest.raises(ValueError, match="similarity cosine != dot"):
         warm_start(model, cosine_trained.vocab, (), cosine_trained, config)
+
+
+def test_checkpoints_from_before_the_setting_load_as_dot(
+    tiny_shop: SyntheticShop, tiny_config: TrainConfig, tmp_path: Path
+) -> None:
+    dot = train_model(tiny_shop.interactions(), replace(tiny_config, similarity="dot", epochs=1))
+    path = save_checkpoint(dot, tmp_path / "old.pt")
+    payload = torch.load(path, weights_only=True)
+    for key in ("similarity", "temperature"):  # what an older checkpoint lacks
+        del payload["config"][key]
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert TrainConfig().similarity == "cosine"  # the default changed ...
+    assert loaded.config.similarity == loaded.module.similarity == "dot"  # ... old files did not
+    batch = _inputs(n_items=dot.vocab.n_items, max_len=tiny_config.max_len)
+    with torch.no_grad():
+        expected = dot.module.item_logits(dot.module.encode_last(*batch))
+        got = loaded.module.item_logits(loaded.module.encode_last(*batch))
+    torch.testing.assert_close(got, expected)
