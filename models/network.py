@@ -242,15 +242,22 @@ class SequentialRecommender(nn.Module):
             x = block(x, attn_bias)
         return self.final_norm(x)  # type: ignore[no-any-return]
 
-    def encode_last(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
+    def encode_last(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None = None,
+    ) -> Tensor:
         """The last position's hidden state [B, D]: ``encode(...)[:, -1]`` for serving.
 
         Earlier blocks run on every position (the last block's keys and values need
         them); the last block computes only the final position, which is all that
         next-item scoring reads. For the default 2-block model at L = 50 this skips
         about 40 % of the encoder's multiply-adds. Eval mode only (no dropout).
+        `item_table` is a precomputed `item_table()`, as in `encode`.
         """
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, None)
+        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
         *early, last = self.blocks
         for block in early:
             x = block(x, attn_bias)
@@ -300,10 +307,17 @@ class SequentialRecommender(nn.Module):
         For "cosine" both sides are L2-normalised and the queries divided by the
         temperature; the zero padding row stays zero (it is masked at the output).
         """
+        return self.score_queries(hidden), self.score_keys(table)
+
+    def score_queries(self, hidden: Tensor) -> Tensor:
+        """The query side of the logits: `hidden` itself, or normalised / temperature."""
         if self.similarity == "dot":
-            return hidden, table
-        queries = F.normalize(hidden, dim=-1) * (1.0 / self.temperature)
-        return queries, F.normalize(table, dim=-1)
+            return hidden
+        return F.normalize(hidden, dim=-1) * (1.0 / self.temperature)
+
+    def score_keys(self, table: Tensor) -> Tensor:
+        """The item side of the logits: `table` itself, or its rows L2-normalised."""
+        return table if self.similarity == "dot" else F.normalize(table, dim=-1)
 
     def item_logits(self, hidden: Tensor) -> Tensor:
         """Scores over the whole item vocabulary via the tied item embeddings.
@@ -376,6 +390,8 @@ class ServingRecommender(nn.Module):
     """
 
     pad_bias: Tensor  # registered buffer, [n_items + 1] float32
+    input_table: Tensor  # registered buffer, [n_items + 1, D]
+    output_keys: Tensor  # registered buffer, [D, n_items + 1]
 
     def __init__(self, model: SequentialRecommender, max_k: int = 100) -> None:
         super().__init__()
@@ -386,6 +402,16 @@ class ServingRecommender(nn.Module):
         pad_bias = torch.zeros(model.n_items + 1)
         pad_bias[0] = MASKED_SCORE  # the padding item is never a recommendation
         self.register_buffer("pad_bias", pad_bias, persistent=False)
+        # The item tables are constants of a trained model: computed once here, they are
+        # plain initializers in the exported graph (side features averaged, items
+        # normalised and transposed for the output product) instead of per-call work
+        # that onnxruntime may or may not fold (it cannot fold fp16 reductions on CPU).
+        # A snapshot: build the wrapper after training.
+        with torch.no_grad():
+            table = model.item_table().detach().clone()
+            keys = model.score_keys(table).t().contiguous()
+        self.register_buffer("input_table", table, persistent=False)
+        self.register_buffer("output_keys", keys, persistent=False)
 
     def forward(
         self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor, exclude: Tensor
@@ -401,8 +427,8 @@ class ServingRecommender(nn.Module):
         Returns:
             (scores float32 [B, K], items int64 [B, K]), best first.
         """
-        hidden = self.model.encode_last(item_seq, type_seq, channel_seq)
-        scores = self.model.item_logits(hidden) + self.pad_bias
+        hidden = self.model.encode_last(item_seq, type_seq, channel_seq, self.input_table)
+        scores = self.model.score_queries(hidden) @ self.output_keys + self.pad_bias
         # zeros_like keeps the exclude shape symbolic in the traced graph.
         masked = torch.zeros_like(exclude, dtype=scores.dtype) + MASKED_SCORE
         scores = scores.scatter(1, exclude, masked)
