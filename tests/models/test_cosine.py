@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -176,3 +177,28 @@ def test_checkpoints_from_before_the_setting_load_as_dot(
         expected = dot.module.item_logits(dot.module.encode_last(*batch))
         got = loaded.module.item_logits(loaded.module.encode_last(*batch))
     torch.testing.assert_close(got, expected)
+
+
+def test_exported_graph_holds_the_item_tables_as_constants(
+    tiny_shop: SyntheticShop, tiny_config: TrainConfig, tmp_path: Path
+) -> None:
+    """No per-call work over the catalog: attribute means and item norms are precomputed."""
+    data = tiny_shop.interactions()
+    items = sorted({it.item_id for it in data})
+    attributes = {item: [f"cat{k % 5}", f"brand{k % 3}"] for k, item in enumerate(items)}
+    trained = train_model(data, replace(tiny_config, epochs=1), item_attributes=attributes)
+    graph = onnx.load(str(export_onnx(trained, tmp_path / "m") / "model.onnx")).graph
+    rows = trained.vocab.n_items + 1
+    # Initializers, or Constant nodes (where the exporter put folded buffers).
+    shapes = {tuple(init.dims) for init in graph.initializer} | {
+        tuple(attr.t.dims)
+        for node in graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "value"
+    }
+    assert (rows, trained.config.dim) in shapes  # input table, attributes averaged in
+    assert (trained.config.dim, rows) in shapes  # output keys, normalised and transposed
+    ops = [node.op_type for node in graph.node]
+    assert "ReduceSum" not in ops  # no attribute averaging per call
+    assert ops.count("ReduceL2") == 1  # only the query side is normalised per call
