@@ -163,7 +163,7 @@ def train(
     the baselines), ``OUT/training_curve.png`` and ``OUT/metrics.png``.
     """
     from models.benchmark import evaluate_all, load_split, write_report
-    from models.network import SIMILARITIES
+    from models.metadata import SIMILARITIES
     from models.train import TrainConfig, load_checkpoint, train_model
 
     if similarity not in SIMILARITIES:

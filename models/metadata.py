@@ -18,12 +18,18 @@ from typing import Any
 
 from models.interactions import CHANNELS, EVENT_TYPES
 
+#: How a hidden state is scored against the (tied) item table: "dot" = inner product
+#: (classic SASRec); "cosine" = cosine similarity divided by a temperature (both sides
+#: L2-normalised, as in NISER / CORE), which stops popular items winning on norm alone.
+SIMILARITIES = ("dot", "cosine")
+
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILENAME",
     "MODEL_FILENAME",
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
+    "SIMILARITIES",
     "VARIANTS",
     "MetadataError",
     "ModelMetadata",
@@ -165,8 +171,10 @@ class ModelMetadata:
                 raise MetadataError(f"recent_popularity[{key!r}] must be {len(self.items)} counts")
         if self.variant not in VARIANTS:
             raise MetadataError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.similarity not in ("dot", "cosine"):
-            raise MetadataError(f"similarity must be dot or cosine, got {self.similarity!r}")
+        if self.similarity not in SIMILARITIES:
+            raise MetadataError(
+                f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}"
+            )
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise MetadataError("temperature must be a positive number")
         if any(not math.isfinite(v) for v in self.metrics.values()):

@@ -14,13 +14,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - conventional alias
 
 from models.interactions import CHANNELS, EVENT_TYPES
+from models.metadata import SIMILARITIES
 
-__all__ = ["MASKED_SCORE", "SIMILARITIES", "SequentialRecommender", "ServingRecommender"]
-
-#: How a hidden state is scored against the (tied) item table: "dot" = inner product
-#: (classic SASRec); "cosine" = cosine similarity divided by a temperature (both sides
-#: L2-normalised, as in NISER / CORE), which stops popular items winning on norm alone.
-SIMILARITIES = ("dot", "cosine")
+__all__ = ["MASKED_SCORE", "SequentialRecommender", "ServingRecommender"]
 
 #: Score given to padding / excluded items before TopK. A large negative *finite* value
 #: (not -inf) keeps TopK well defined in every runtime; real scores are O(10).
@@ -301,22 +297,16 @@ class SequentialRecommender(nn.Module):
         attn_bias = attn_bias.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
         return x, attn_bias
 
-    def _scoring_pair(self, hidden: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
-        """(queries, keys) whose inner products are the logits of `similarity`.
-
-        For "cosine" both sides are L2-normalised and the queries divided by the
-        temperature; the zero padding row stays zero (it is masked at the output).
-        """
-        return self.score_queries(hidden), self.score_keys(table)
-
     def score_queries(self, hidden: Tensor) -> Tensor:
-        """The query side of the logits: `hidden` itself, or normalised / temperature."""
+        """The query side of the logits (whose inner products with `score_keys` rows
+        are the logits of `similarity`): `hidden` itself, or normalised / temperature."""
         if self.similarity == "dot":
             return hidden
         return F.normalize(hidden, dim=-1) * (1.0 / self.temperature)
 
     def score_keys(self, table: Tensor) -> Tensor:
-        """The item side of the logits: `table` itself, or its rows L2-normalised."""
+        """The item side of the logits: `table` itself, or its rows L2-normalised (the
+        zero padding row stays zero; it is masked at the output)."""
         return table if self.similarity == "dot" else F.normalize(table, dim=-1)
 
     def item_logits(self, hidden: Tensor) -> Tensor:
@@ -328,8 +318,7 @@ class SequentialRecommender(nn.Module):
         Returns:
             Logits [..., n_items + 1]; column 0 (padding) is not masked here.
         """
-        queries, keys = self._scoring_pair(hidden, self.item_table())
-        return queries @ keys.t()
+        return self.score_queries(hidden) @ self.score_keys(self.item_table()).t()
 
     def forward(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
         """Training forward: next-item logits at every position, [B, L, n_items + 1]."""
@@ -368,7 +357,7 @@ class SequentialRecommender(nn.Module):
         hidden = self.encode(item_seq, type_seq, channel_seq, table)
         mask = targets != 0
         y = targets[mask]
-        h, keys = self._scoring_pair(hidden[mask], table)  # [N, D], [n_items + 1, D]
+        h, keys = self.score_queries(hidden[mask]), self.score_keys(table)  # [N, D], [V, D]
         if n_negatives <= 0:
             return F.cross_entropy(h @ keys.t(), y)
         negatives = torch.randint(1, self.n_items + 1, (n_negatives,), generator=generator)

@@ -32,7 +32,8 @@ from models.encoding import (
     vocab_index,
 )
 from models.interactions import Interaction, fingerprint_interactions
-from models.network import SIMILARITIES, SequentialRecommender
+from models.metadata import SIMILARITIES
+from models.network import SequentialRecommender
 from models.splits import EvalCase
 
 __all__ = [

@@ -296,6 +296,18 @@ def test_length_groups_split_one_long_history_off(cpu_scorer: OnnxScorer) -> Non
     assert len(cpu_scorer._length_groups(np.array([5]))) == 1
 
 
+def _recommend_with(
+    scorer: OnnxScorer, switch: str, value: bool, histories: list, exclude: list
+) -> list:
+    """`scorer.recommend(..., k=10)` with one boolean attribute flipped, then restored."""
+    before = getattr(scorer, switch)
+    setattr(scorer, switch, value)
+    try:
+        return scorer.recommend(histories, exclude, k=10)
+    finally:
+        setattr(scorer, switch, before)
+
+
 def test_length_grouped_batch_equals_one_call(
     cpu_scorer: OnnxScorer, tiny_shop: SyntheticShop
 ) -> None:
@@ -307,11 +319,7 @@ def test_length_grouped_batch_equals_one_call(
     exclude = [{full[-1][0]} if i % 3 == 0 else set() for i in range(len(histories))]
     assert len(cpu_scorer._length_groups(np.array([len(h) for h in histories]))) > 1
     grouped = cpu_scorer.recommend(histories, exclude, k=10)
-    cpu_scorer.group_by_length = False
-    try:
-        single = cpu_scorer.recommend(histories, exclude, k=10)
-    finally:
-        cpu_scorer.group_by_length = True
+    single = _recommend_with(cpu_scorer, "group_by_length", False, histories, exclude)
     for g, s in zip(grouped, single, strict=True):
         assert [i for i, _ in g.items] == [i for i, _ in s.items]
         np.testing.assert_allclose([x for _, x in g.items], [x for _, x in s.items], atol=1e-4)
@@ -364,11 +372,7 @@ def test_io_binding_gives_the_same_lists(cpu_scorer: OnnxScorer, tiny_shop: Synt
     exclude = [{full[-1][0]} if i % 2 else set() for i in range(len(histories))]
     assert not cpu_scorer.io_binding  # off on CPU by default
     plain = cpu_scorer.recommend(histories, exclude, k=10)
-    cpu_scorer.io_binding = True
-    try:
-        bound = cpu_scorer.recommend(histories, exclude, k=10)
-    finally:
-        cpu_scorer.io_binding = False
+    bound = _recommend_with(cpu_scorer, "io_binding", True, histories, exclude)
     assert [r.items for r in bound] == [r.items for r in plain]
 
 
