@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from models.benchmark import DatasetFormat, EvaluationRun
+    from models.quality import DatasetFormat, EvaluationRun
 
 __all__ = ["register"]
 
@@ -162,8 +162,8 @@ def train(
     Writes ``OUT/checkpoint/best.pt``, ``OUT/report.json`` (test metrics of the model and
     the baselines), ``OUT/training_curve.png`` and ``OUT/metrics.png``.
     """
-    from models.benchmark import evaluate_all, load_split, write_report
     from models.metadata import SIMILARITIES
+    from models.quality import evaluate_all, load_split, write_report
     from models.train import TrainConfig, load_checkpoint, train_model
 
     if similarity not in SIMILARITIES:
@@ -312,7 +312,7 @@ def evaluate(
     The dataset must be split as in training (same format and options); the baselines
     are fitted on the same training part.
     """
-    from models.benchmark import evaluate_all, load_split
+    from models.quality import evaluate_all, load_split
     from models.train import load_checkpoint
 
     ckpt = _checkpoint_path(checkpoint)
@@ -346,7 +346,7 @@ def evaluate(
     if online is not None:
         import json as _json
 
-        from deploy.online_eval import online_vs_offline
+        from deploy.lab.online_eval import online_vs_offline
 
         online_result = online_vs_offline(
             list(cases)[:online_cases], online, Path("var/online-eval"), log=console.print
@@ -354,7 +354,7 @@ def evaluate(
         console.print("online vs offline (same ONNX model, purchases excluded in both):")
         print(_json.dumps(online_result, indent=2))
     if out is not None:
-        from models.benchmark import write_report
+        from models.quality import write_report
 
         files = [str(p) for p in (data, test, attributes) if p is not None]
         report_extra = {"online_vs_offline": online_result} if online_result else None

@@ -39,14 +39,14 @@ __all__ = [
     "DEFAULT_OPSET",
     "EXPORTER",
     "ExportError",
-    "Variant",
+    "Precision",
     "convert_variant",
     "export_onnx",
     "measure_latency",
 ]
 
-#: Numeric variant of an exported graph (see `convert_variant`).
-Variant = Literal["fp32", "fp16", "int8"]
+#: Numeric precision of an exported graph, its "variant" (see `convert_variant`).
+Precision = Literal["fp32", "fp16", "int8"]
 
 #: The exporter used. Measured with torch 2.13 on the benchmark models (BENCHMARKS.md):
 #: the TorchScript-based exporter takes well under a second and needs no extra package;
@@ -105,7 +105,7 @@ def export_onnx(
     model_version: str | None = None,
     metrics: Mapping[str, float] | None = None,
     opset: int = DEFAULT_OPSET,
-    variant: Variant = "fp32",
+    variant: Precision = "fp32",
 ) -> Path:
     """Write `out_dir/model.onnx` and `out_dir/metadata.json` atomically.
 
@@ -211,7 +211,7 @@ def export_onnx(
     return out_dir
 
 
-def _variant_metrics(metrics: Mapping[str, float], variant: Variant) -> dict[str, float]:
+def _variant_metrics(metrics: Mapping[str, float], variant: Precision) -> dict[str, float]:
     """Metrics measured on the fp32 model are labelled as such on fp16 / int8 exports."""
     if variant == "fp32":
         return dict(metrics)
@@ -235,7 +235,7 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def convert_variant(src: Path, dst: Path, variant: Variant) -> Path:
+def convert_variant(src: Path, dst: Path, variant: Precision) -> Path:
     """Convert a verified fp32 graph to a serving variant (may overwrite `src`).
 
     * "fp16": every float initializer and op in half precision except TopK's inputs,

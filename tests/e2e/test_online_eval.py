@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.online_eval import online_vs_offline
+from deploy.lab.online_eval import online_vs_offline
 from models.splits import EvalCase
 from models.synthetic import SyntheticShop
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.lab.scratch import FAST_GROUP_SETTINGS, WorkerProcess
 
 pytestmark = pytest.mark.e2e
 

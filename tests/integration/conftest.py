@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 import pytest
 
-from deploy.broker import Broker, choose_broker
-from deploy.kafka_io import read_topic
-from deploy.process import ScratchDeployment, WorkerProcess
+from deploy.lab.brokers import Broker, choose_broker
+from deploy.lab.readback import read_topic
+from deploy.lab.scratch import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer
 from streams.topics import TopicNames
 

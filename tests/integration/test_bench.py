@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bench import Variant, run_e2e, soak
-from deploy.broker import Broker
+from deploy.lab.bench import WorkerVariant, run_e2e, soak
+from deploy.lab.brokers import Broker
 from models.synthetic import SyntheticShop
 from streams.client import event_from_dict
 
@@ -24,7 +24,7 @@ def test_e2e_run_answers_every_event_and_reads_the_worker_stages(
         model_dir,
         tmp_path,
         events[100:],
-        Variant("batched"),
+        WorkerVariant("batched"),
         partitions=2,
         warmup_events=events[:100],
         timeout_s=120,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.broker import Broker, EmbeddedBroker
-from deploy.chaos import crash_drill
+from deploy.lab.brokers import Broker, EmbeddedBroker
+from deploy.lab.chaos import crash_drill
 from models.synthetic import generate_shop
 from streams.client import event_from_dict
 from streams.events import Event

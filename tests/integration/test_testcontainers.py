@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.broker import ContainerBroker
-from deploy.broker.container import docker_available
+from deploy.lab.brokers import ContainerBroker
+from deploy.lab.brokers.container import docker_available
 from models.synthetic import SyntheticShop
 from streams.client import event_from_dict
 from streams.topics import TopicNames, required_topics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploy.bench import grouping_benchmark
+from models.speed import grouping_benchmark
 from models.synthetic import SyntheticShop
 
 

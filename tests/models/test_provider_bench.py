@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from deploy.bench import provider_benchmark
 from deploy.cli import app
 from models.export import export_onnx
 from models.metadata import ModelMetadata
 from models.scorer import OnnxScorer, ProviderUnavailableError
-from models.train import TrainConfig, untrained_model
+from models.speed import provider_benchmark, untrained_model
+from models.train import TrainConfig
 
 SMALL = TrainConfig(max_len=8, dim=16, n_heads=2, n_layers=1, max_k=20)
 

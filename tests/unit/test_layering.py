@@ -1,4 +1,4 @@
-"""Dependencies point one way: deploy -> streams -> models."""
+"""Dependencies point one way: deploy -> streams -> models; production never needs the lab."""
 
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ FORBIDDEN = {
         "faust",
         "aiokafka",
         "confluent_kafka",
+        "kafka",
         "mode",
         "testcontainers",
     },
     "streams": {"deploy", "torch", "transformers", "testcontainers"},
 }
+#: What a running deployment imports; none of it may import the lab (`deploy.lab`).
+#: `deploy/cli.py` may, to register the lab's commands.
+PRODUCTION = ("settings.py", "worker.py", "app.py", "topics.py", "logs.py")
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -33,6 +37,25 @@ def imported_roots(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             roots.add(node.module.split(".")[0])
     return roots
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, dotted in full (``from a import b`` gives ``a.b``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def imports_the_lab(path: Path) -> list[str]:
+    return sorted(
+        name for name in imported_modules(path) if name.split(".")[:2] == ["deploy", "lab"]
+    )
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -49,6 +72,34 @@ def test_the_checker_catches_a_wrong_arrow(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
     bad.write_text("import faust\nfrom deploy.cli import app\n")
     assert imported_roots(bad) & FORBIDDEN["models"] == {"faust", "deploy"}
+
+
+@pytest.mark.parametrize("module", PRODUCTION)
+def test_production_modules_do_not_import_the_lab(module: str) -> None:
+    assert not imports_the_lab(ROOT / "deploy" / module)
+
+
+def test_the_lab_checker_catches_every_spelling(tmp_path: Path) -> None:
+    for line in (
+        "import deploy.lab.scratch",
+        "from deploy.lab.brokers import EmbeddedBroker",
+        "from deploy import lab",
+        "def f():\n    from deploy.lab.bench import run_e2e",
+    ):
+        bad = tmp_path / "x.py"
+        bad.write_text(line + "\n")
+        assert imports_the_lab(bad), line
+    assert "deploy.lab.cli" in imports_the_lab(ROOT / "deploy" / "cli.py")  # registration
+
+
+def test_worker_import_does_not_load_the_lab() -> None:
+    code = (
+        # deploy.app builds the worker at import (it needs a model): checked statically above.
+        "import sys, deploy.worker, deploy.topics, deploy.settings, deploy.logs; "
+        "print(sorted(m for m in sys.modules if m.startswith('deploy.lab')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_worker_import_does_not_load_torch() -> None:

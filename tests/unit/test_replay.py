@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.replay import events_from_sequences, interleave
+from deploy.lab.replay import events_from_sequences, interleave
 from streams.events import EventType
 
 

@@ -15,17 +15,19 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from deploy.broker.base import Broker
+from deploy.lab.brokers.base import Broker
+from deploy.settings import Settings
 from streams.topics import TopicNames, required_topics
 
-__all__ = ["ScratchDeployment", "WorkerProcess", "free_port", "settings_env"]
+__all__ = ["ScratchDeployment", "WorkerProcess", "free_port", "lab_settings", "settings_env"]
 
-#: Consumer-group timings for the embedded broker: a restarted worker rejoins in
-#: seconds instead of waiting out two default session timeouts.
+#: Consumer-group timings for the embedded broker (flat setting names): a restarted
+#: worker rejoins in seconds instead of waiting out two default session timeouts.
 FAST_GROUP_SETTINGS: dict[str, Any] = {
     "session_timeout_s": 3.0,
     "heartbeat_interval_s": 0.3,
@@ -68,24 +70,24 @@ class ScratchDeployment:
         """librdkafka settings for producers and consumers of this deployment."""
         return {"bootstrap.servers": self.bootstrap_servers}
 
-    def worker_settings(self, model_dir: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
-        """Settings of a worker of this deployment (CPU provider, fast group timings)."""
-        return {
-            "kafka_bootstrap_servers": self.bootstrap_servers,
-            "app_id": self.app_id,
-            "partitions": self.partitions,
-            "topic_clicks": self.topics.clicks,
-            "topic_browses": self.topics.browses,
-            "topic_purchases": self.topics.purchases,
-            "topic_recommendations": self.topics.recommendations,
-            "topic_dead_letter": self.topics.dead_letter,
-            "model_dir": model_dir,
-            "state_dir": state_dir,
-            "provider": "cpu",
-            "log_level": "WARNING",
-            **FAST_GROUP_SETTINGS,
-            **overrides,
-        }
+    def worker_settings(self, model_dir: Path, state_dir: Path, **overrides: Any) -> Settings:
+        """Validated settings of a worker of this deployment (CPU provider, fast group
+        timings, a free local web port); ``overrides`` are flat setting names."""
+        return lab_settings(
+            kafka_bootstrap_servers=self.bootstrap_servers,
+            app_id=self.app_id,
+            partitions=self.partitions,
+            topic_clicks=self.topics.clicks,
+            topic_browses=self.topics.browses,
+            topic_purchases=self.topics.purchases,
+            topic_recommendations=self.topics.recommendations,
+            topic_dead_letter=self.topics.dead_letter,
+            model_dir=model_dir,
+            state_dir=state_dir,
+            provider="cpu",
+            log_level="WARNING",
+            **{**FAST_GROUP_SETTINGS, **overrides},
+        )
 
 
 def free_port() -> int:
@@ -95,23 +97,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def settings_env(**settings: Any) -> dict[str, str]:
-    """``RECSTREAM_*`` environment variables for the given Settings fields."""
-    return {f"RECSTREAM_{key.upper()}": str(value) for key, value in settings.items()}
+def lab_settings(**changes: Any) -> Settings:
+    """Validated settings for a lab worker: the defaults (never this process's own
+    ``RECSTREAM_*`` environment) with ``changes`` by flat name, served on a free port
+    of 127.0.0.1 unless ``web_port``/``web_host`` are given. A misspelt name raises."""
+    local = {"web_host": "127.0.0.1", "web_port": free_port()}
+    return Settings.defaults().replace(**{**local, **changes})
+
+
+def settings_env(**changes: Any) -> dict[str, str]:
+    """``RECSTREAM_*`` variables for just these settings (flat names), validated."""
+    env = Settings.defaults().replace(**changes).to_env()
+    wanted = {Settings.fields()[name].env for name in changes}
+    return {key: value for key, value in env.items() if key in wanted}
 
 
 class WorkerProcess:
     """A ``recstream worker`` child process.
 
     Args:
-        settings: Settings fields (``kafka_bootstrap_servers``, ``model_dir``...).
+        settings: the worker's settings; or flat setting names and values, applied to
+            :func:`lab_settings` (defaults, a free local web port).
         log_path: file receiving the worker's stdout and stderr.
     """
 
-    def __init__(self, settings: dict[str, Any], log_path: Path) -> None:
-        self.settings = dict(settings)
-        self.settings.setdefault("web_port", free_port())
-        self.settings.setdefault("web_host", "127.0.0.1")
+    def __init__(self, settings: Settings | Mapping[str, Any], log_path: Path) -> None:
+        self.settings = settings if isinstance(settings, Settings) else lab_settings(**settings)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -119,12 +130,12 @@ class WorkerProcess:
     @property
     def url(self) -> str:
         """Base URL of the worker's web server."""
-        return f"http://127.0.0.1:{self.settings['web_port']}"
+        return f"http://127.0.0.1:{self.settings.stream.web.port}"
 
     def start(self) -> WorkerProcess:
         """Spawn the worker (returns at once; see :meth:`wait_ready`)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
-        env.update(settings_env(**self.settings))
+        env.update(self.settings.to_env())
         env["PYTHONUNBUFFERED"] = "1"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from deploy.broker import EmbeddedBroker
-from deploy.kafka_io import poll_batch, topic_reader
-from deploy.process import ScratchDeployment, WorkerProcess
+from deploy.lab.brokers import EmbeddedBroker
+from deploy.lab.readback import poll_batch, topic_reader
+from deploy.lab.scratch import ScratchDeployment, WorkerProcess
 from models.scorer import OnnxScorer
 from models.splits import EvalCase
 from streams.client import EventProducer, event_from_dict

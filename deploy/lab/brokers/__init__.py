@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from deploy.broker.base import Broker, TopicSpec
-from deploy.broker.container import ContainerBroker, docker_available
-from deploy.broker.embedded import EmbeddedBroker
-from deploy.broker.external import ExternalBroker
+from deploy.lab.brokers.base import Broker, TopicSpec
+from deploy.lab.brokers.container import ContainerBroker, docker_available
+from deploy.lab.brokers.embedded import EmbeddedBroker
+from deploy.lab.brokers.external import ExternalBroker
 
 __all__ = [
     "Broker",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from deploy.broker.base import Broker, TopicSpec
-from deploy.broker.external import create_topics_via_admin
+from deploy.lab.brokers.base import Broker, TopicSpec
+from deploy.topics import create_topics_via_admin
 
 __all__ = ["ContainerBroker", "docker_available"]
 

@@ -26,7 +26,7 @@ import os
 import threading
 from pathlib import Path
 
-from deploy.broker.base import Broker
+from deploy.lab.brokers.base import Broker
 from streams.topics import TopicSpec
 
 __all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "find_librdkafka"]

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from deploy.broker import Broker
-from deploy.kafka_io import poll_batch, topic_reader
-from deploy.process import ScratchDeployment, WorkerProcess
+from deploy.lab.brokers import Broker
+from deploy.lab.readback import poll_batch, topic_reader
+from deploy.lab.scratch import ScratchDeployment, WorkerProcess
 from streams.client import EventProducer
 from streams.events import Event
 from streams.profile import Profile, ProfileLimits, apply_event

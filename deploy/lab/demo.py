@@ -16,16 +16,18 @@ import dataclasses
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.table import Table
 
-from deploy.broker import EmbeddedBroker
-from deploy.process import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.lab.brokers import EmbeddedBroker
+from deploy.lab.scratch import FAST_GROUP_SETTINGS, WorkerProcess, lab_settings
 from deploy.settings import Settings
 from deploy.topics import topic_specs
 from streams.client import EventProducer, RecommendationReader, event_from_dict
@@ -45,6 +47,21 @@ MALFORMED: list[tuple[str, bytes]] = [
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+@contextmanager
+def _live(console: Console, renderable: RenderableType) -> Iterator[Live]:
+    """A rich `Live` display that leaves the next output on a line of its own.
+
+    On a terminal rich ends the display with a line break itself. Written to a file
+    or a pipe (``make demo | tee``, a test capturing stdout) it prints the final
+    render without one, so the next section's rule continued the table's bottom
+    border (``└──┘──── 5. Summary ───``).
+    """
+    with Live(renderable, console=console, refresh_per_second=4) as view:
+        yield view
+    if not console.is_terminal:
+        console.line()
 
 
 def run_demo(
@@ -89,7 +106,9 @@ def run_demo(
 
     console.rule("[bold]3. Embedded Kafka broker and a worker")
     broker = EmbeddedBroker().start()
-    settings = Settings(
+    # The demo's own settings (defaults + these; not the caller's RECSTREAM_*
+    # environment), validated, and passed whole to the worker process.
+    settings = lab_settings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
         state_dir=workdir / "state",
         model_dir=model_dir,
@@ -102,19 +121,7 @@ def run_demo(
     console.print(
         f"broker on {broker.bootstrap_servers} (librdkafka {broker.version} mock cluster)"
     )
-    worker_settings = {
-        k: getattr(settings, k)
-        for k in (
-            "kafka_bootstrap_servers",
-            "state_dir",
-            "model_dir",
-            "provider",
-            "fetch_max_wait_ms",
-            "max_wait_ms",
-            *FAST_GROUP_SETTINGS,
-        )
-    }
-    worker = WorkerProcess(worker_settings, workdir / "worker.log").start()
+    worker = WorkerProcess(settings, workdir / "worker.log").start()
     code = 1
     try:
         worker.wait_ready(120)
@@ -136,7 +143,7 @@ def _stream(
     worker: WorkerProcess,
 ) -> int:
     console.rule("[bold]4. Streaming events, recommendations arriving live")
-    client = {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    client = {"bootstrap.servers": settings.stream.kafka.bootstrap_servers}
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
     received: dict[str, RecommendationMessage] = {}
@@ -144,7 +151,9 @@ def _stream(
     recent: dict[str, RecommendationMessage] = {}  # latest list of the last few users
     done = threading.Event()
 
-    reader = RecommendationReader(client, settings.topic_recommendations, from_beginning=True)
+    reader = RecommendationReader(
+        client, settings.stream.topics.recommendations, from_beginning=True
+    )
     reader.wait_assigned()  # so the first events' latencies are not the group join
 
     def consume() -> None:
@@ -181,11 +190,11 @@ def _stream(
             table.add_row(rec.user_id, rec.trigger_event_type, rec.strategy, "; ".join(titles))
         return table
 
-    producer = EventProducer(client, settings.topic_names())
+    producer = EventProducer(client, settings.stream.topics)
     spacing = max(1, len(live) // (len(MALFORMED) + 1))
     bad_at = {spacing * (j + 1): j for j in range(len(MALFORMED))}
     t_start = time.monotonic()
-    with Live(render(), console=console, refresh_per_second=4) as view:
+    with _live(console, render()) as view:
         for i, shop_event in enumerate(live):
             if rate > 0:
                 delay = t_start + i / rate - time.monotonic()
@@ -237,7 +246,7 @@ def _stream(
     )
     summary.add_row(
         "dead-lettered",
-        f"{invalid:.0f} (malformed events, with reasons, in {settings.topic_dead_letter})",
+        f"{invalid:.0f} (malformed events, with reasons, in {settings.stream.topics.dead_letter})",
     )
     summary.add_row(
         "event -> recommendation latency",
