@@ -2,7 +2,8 @@
 
 Import map (torch is confined to training/export so stream workers stay light):
 
-* ``models.interactions``, ``models.synthetic``, ``models.metadata``: stdlib only.
+* ``models.contract``, ``models.interactions``, ``models.synthetic``, ``models.metadata``:
+  stdlib only.
 * ``models.encoding``, ``models.scorer``: numpy + onnxruntime (serving path).
 * ``models.network``, ``models.train``, ``models.evaluate``, ``models.export``: need torch.
 """

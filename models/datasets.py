@@ -5,7 +5,10 @@ Three formats:
 * the project's own **event log**: JSON lines in the recstream event format (fields
   ``event_id, user_id, item_id, ts, channel, type | event_type``; ``ts`` as Unix
   seconds or an RFC 3339 string) or CSV with a header containing at least
-  ``user_id,item_id,event_type,ts`` (``channel`` optional, ``type`` accepted too);
+  ``user_id,item_id,event_type,ts`` (``channel`` optional, ``type`` accepted too).
+  ``ts`` is checked by the live worker's rules (``models.contract.check_timestamp``):
+  a record the worker would dead-letter for its timestamp is an invalid record here;
+  a CSV ``ts`` cell that is a JSON number literal counts as that number;
 * **one sequence per line**: ``user item1 item2 ...`` in chronological order (the
   S3-Rec Amazon Beauty file), plus its optional ``{item: [attribute, ...]}`` JSON;
 * **sessions**: one session of item ids per line for training, and
@@ -17,18 +20,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from models.contract import check_timestamp
 from models.interactions import CHANNELS, EVENT_TYPES, Interaction
 
 __all__ = [
     "DataFormatError",
     "PrefixTarget",
-    "parse_timestamp",
     "read_event_log",
     "read_item_attributes",
     "read_item_texts",
@@ -57,40 +61,15 @@ class PrefixTarget:
     target: str
 
 
-def parse_timestamp(value: object) -> float:
-    """Convert a recstream ``ts`` (Unix seconds or RFC 3339 with offset) to Unix seconds.
-
-    Args:
-        value: Number, numeric string, or RFC 3339 string (``Z`` accepted).
-
-    Returns:
-        Unix seconds (float).
-
-    Raises:
-        ValueError: If the value is neither, or an RFC 3339 string lacks an offset.
-    """
-    if isinstance(value, bool):
-        raise ValueError("ts must be a number or an RFC 3339 string, not a boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        if moment.tzinfo is None:
-            raise ValueError(f"timestamp {value!r} has no UTC offset")
-        return moment.timestamp()
-    raise ValueError(f"ts must be a number or an RFC 3339 string, got {type(value).__name__}")
+#: A JSON number literal; a CSV ``ts`` cell spelled like this is read as that number.
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
-def _interaction_from_record(record: dict[str, Any], where: str) -> Interaction:
+def _interaction_from_record(record: dict[str, Any], where: str, now: float) -> Interaction:
     try:
         user = record["user_id"]
         item = record["item_id"]
-        ts = parse_timestamp(record["ts"])
+        ts = check_timestamp(record["ts"], now=now)
     except KeyError as exc:
         raise DataFormatError(f"{where}: missing field {exc.args[0]!r}") from exc
     except ValueError as exc:
@@ -135,16 +114,30 @@ def _raw_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | DataFormatError
                 f"(channel optional), got {sorted(fields)}"
             )
         for lineno, row in enumerate(reader, 2):
-            yield f"{path}:{lineno}", dict(row)
+            record: dict[str, Any] = dict(row)
+            # CSV cells are untyped: a cell written as a JSON number is that number, as if
+            # the line were JSON; anything else stays a string for the RFC 3339 rules.
+            cell = record.get("ts")
+            if isinstance(cell, str) and _JSON_NUMBER.fullmatch(cell):
+                record["ts"] = json.loads(cell)
+            yield f"{path}:{lineno}", record
 
 
-def read_event_log(path: Path, *, skip_invalid: bool = False) -> list[Interaction]:
+def read_event_log(
+    path: Path, *, skip_invalid: bool = False, now: float | None = None
+) -> list[Interaction]:
     """Read a recstream event log (JSON lines, or CSV when the file ends in ``.csv``).
+
+    A record is invalid when the live worker would reject its timestamp (see
+    ``models.contract.check_timestamp``: a number is Unix seconds, a string must be
+    RFC 3339 with an offset or ``Z``, and the time must lie in [2000-01-01, now + 1 day]),
+    has no user or item id, or has an unknown event type or channel.
 
     Args:
         path: The log file (``.jsonl``/``.json``/``.ndjson`` or ``.csv``).
         skip_invalid: Log and skip invalid records instead of raising (a bad CSV header
             always raises).
+        now: Current Unix time for the future-skew check (defaults to the clock).
 
     Returns:
         Interactions in file order.
@@ -154,13 +147,14 @@ def read_event_log(path: Path, *, skip_invalid: bool = False) -> list[Interactio
     """
     path = Path(path)
     raw = _raw_csv(path) if path.suffix.lower() == ".csv" else _raw_json_lines(path)
+    current = time.time() if now is None else now
     out: list[Interaction] = []
     skipped = 0
     for where, record in raw:
         try:
             if isinstance(record, DataFormatError):
                 raise record
-            out.append(_interaction_from_record(record, where))
+            out.append(_interaction_from_record(record, where, current))
         except DataFormatError as exc:
             if not skip_invalid:
                 raise

@@ -1,7 +1,9 @@
-"""Quick offline evaluation (used by the demo): leave-last-out split and HR@k / NDCG@k.
+"""Quick offline evaluation in torch: leave-last-out split, HR@k / NDCG@k, a reference ranking.
 
-The benchmark harness (full ranking, all metrics, baselines) is `models.ranking` /
-`models.benchmark`; this module keeps the small API the demo and tests use.
+Only the tests use it: to check that training learns (`leave_last_out`,
+`evaluate_model`, `evaluate_popularity`) and to compare the exported ONNX scorer with
+the torch model (`rank_with_model`). The benchmark harness (full ranking, all metrics,
+baselines) that ``recstream evaluate`` runs is `models.ranking` / `models.quality`.
 
 `leave_last_out` holds out, per user, the last event of a target type (default:
 "browse", i.e. the next product a user opens) and keeps everything before it for

@@ -10,14 +10,17 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from models.contract import Channel, EventType
+
 __all__ = ["CHANNELS", "EVENT_TYPES", "HistoryItem", "Interaction", "fingerprint_interactions"]
 
 #: Event types the model understands, in vocabulary order. Model index = position + 1
-#: because index 0 is reserved for padding.
-EVENT_TYPES: tuple[str, ...] = ("click", "browse", "purchase")
+#: because index 0 is reserved for padding. Defined once, by `models.contract.EventType`.
+EVENT_TYPES: tuple[str, ...] = tuple(t.value for t in EventType)
 
 #: Sales channels the model understands, in vocabulary order (index = position + 1, 0 = pad).
-CHANNELS: tuple[str, ...] = ("web", "app", "store")
+#: Defined once, by `models.contract.Channel`.
+CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
 
 #: One step of a user's history as the scorer sees it: (item_id, event_type, channel).
 HistoryItem = tuple[str, str, str]

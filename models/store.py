@@ -14,7 +14,8 @@ Publishing renames a fully written model directory into the store (atomic on one
 system), so a version directory is either complete or absent. Promoting writes
 ``CURRENT`` to a temporary file, fsyncs it and renames it over the old one, so a reader
 sees the old or the new version, never a partial name. Workers roll forward by polling
-`ModelStore.current()` (or a `CurrentWatcher`) and loading the new directory.
+`ModelStore.current()` and loading the new directory (the worker's hot reload in
+``streams.reload`` does this).
 
 Stdlib only: the serving path imports it.
 """
@@ -32,7 +33,6 @@ from models.metadata import METADATA_FILENAME, MODEL_FILENAME
 
 __all__ = [
     "CURRENT_FILENAME",
-    "CurrentWatcher",
     "ModelStore",
     "StoreError",
     "VersionInfo",
@@ -181,33 +181,6 @@ class ModelStore:
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / CURRENT_FILENAME)
         _fsync_dir(self.root)
-
-
-class CurrentWatcher:
-    """Cheap polling of a store's CURRENT pointer for hot reload.
-
-    Call `poll()` periodically (e.g. every few seconds from the worker); it returns the
-    new version's directory once when CURRENT changes, else None.
-
-    Args:
-        store: The store to watch.
-        known: The version already loaded (None = report the first one seen).
-    """
-
-    def __init__(self, store: ModelStore, known: str | None = None) -> None:
-        self.store = store
-        self.known = known
-
-    def poll(self) -> Path | None:
-        """Directory of a newly promoted version, or None if unchanged / unusable."""
-        version = self.store.current()
-        if version is None or version == self.known:
-            return None
-        path = self.store.root / version
-        if not _is_model_dir(path):
-            return None  # pointer ahead of the files (should not happen); retry later
-        self.known = version
-        return path
 
 
 def resolve_model_dir(path: Path) -> Path:

@@ -1,15 +1,16 @@
 """Train the sequential recommender on interactions (torch; offline only).
 
 Pipeline: interactions -> item vocabulary + per-user timelines (sorted by ts) ->
-fixed-length left-padded windows -> full-softmax next-item cross-entropy at every
-position. The loop is split into small pieces (`build_vocab`, `build_training_windows`,
-`_Trainer.train_epoch`, `_Trainer.should_stop`) so that validation-based early stopping,
-checkpointing, sampled softmax or other data readers can be slotted in later.
+fixed-length left-padded windows -> next-item cross-entropy at every position (full
+softmax over the catalog, or sampled softmax with `TrainConfig.n_negatives`). The loop
+is built from small pieces (`build_vocab`, `build_training_windows`,
+`_Trainer.train_epoch`, `_Trainer.should_stop`). `train_model` stops early on
+validation NDCG@10 when given validation cases (else on the training loss), can write
+checkpoints, and can warm-start from a trained model (`warm_start`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -53,7 +54,6 @@ __all__ = [
     "recent_popularity",
     "save_checkpoint",
     "train_model",
-    "untrained_model",
     "warm_start",
 ]
 
@@ -78,9 +78,9 @@ class TrainConfig:
         epochs: Maximum number of epochs.
         seed: Seed for parameter init, dropout and shuffling.
         max_k: Results per row of the exported graph (clamped to the catalog size).
-        patience: Stop after this many epochs without a training-loss improvement larger
-            than `min_delta` (0 disables). A later change can switch this to validation
-            NDCG@10 via `_Trainer.should_stop`.
+        patience: Without validation cases: stop after this many epochs without a
+            training-loss improvement larger than `min_delta` (0 disables). With
+            validation cases `val_patience` applies instead.
         min_delta: Minimum loss decrease (nats) that counts as an improvement.
         grad_clip: Max global gradient norm (0 disables).
         device: Torch device for training ("cpu", "cuda", ...); the result is moved to CPU.
@@ -813,43 +813,6 @@ def build_network(
         item_content=item_content,
         similarity=config.similarity,
         temperature=config.temperature,
-    )
-
-
-def untrained_model(n_items: int, config: TrainConfig | None = None) -> TrainedModel:
-    """A randomly initialised model over a catalog of ``n_items`` synthetic ids.
-
-    For speed benchmarks of large catalogs (inference cost does not depend on the
-    weights): items are ``item-0000000`` ..., popularity is uniform, nothing is trained.
-
-    Args:
-        n_items: Catalog size.
-        config: Shape (default: `TrainConfig()`).
-
-    Returns:
-        The model, as `train_model` would return it after zero epochs.
-    """
-    config = config or TrainConfig()
-    torch.manual_seed(config.seed)
-    vocab = ItemVocab((None, *(f"item-{i:07d}" for i in range(n_items))))
-    module = build_network(config, n_items).eval()
-    stats = TrainingStats(
-        epochs=[],
-        seconds=0.0,
-        n_interactions=0,
-        n_users=0,
-        n_windows=0,
-        n_targets=0,
-        stopped_early=False,
-    )
-    return TrainedModel(
-        module=module,
-        vocab=vocab,
-        popularity=[0] + [1] * n_items,
-        config=config,
-        stats=stats,
-        # No training data: the fingerprint names the synthetic catalog instead.
-        data_fingerprint=hashlib.sha256(f"untrained:{n_items}".encode()).hexdigest(),
     )
 
 

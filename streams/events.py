@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
+from models.contract import (
+    MAX_FUTURE_SKEW_S,
+    MIN_TS,
+    Channel,
+    EventType,
+    parse_timestamp,
+    timestamp_range_error,
+)
+
 __all__ = [
     "MAX_EVENT_BYTES",
+    "MAX_FUTURE_SKEW_S",
+    "MIN_TS",
     "BrowseEvent",
     "Channel",
     "ClickEvent",
@@ -37,26 +47,9 @@ __all__ = [
 #: Records larger than this are rejected before parsing (a click is ~200 bytes).
 MAX_EVENT_BYTES = 64 * 1024
 
-#: Earliest accepted event time: 2000-01-01T00:00:00Z, in Unix seconds.
-MIN_TS = 946_684_800.0
-#: Accepted clock skew into the future, in seconds.
-MAX_FUTURE_SKEW_S = 24 * 3600.0
-
-
-class EventType(StrEnum):
-    """Kind of shopper interaction; each has its own input topic."""
-
-    CLICK = "click"
-    BROWSE = "browse"
-    PURCHASE = "purchase"
-
-
-class Channel(StrEnum):
-    """Where the interaction happened."""
-
-    WEB = "web"
-    APP = "app"
-    STORE = "store"
+# EventType, Channel, MIN_TS, MAX_FUTURE_SKEW_S and the ts parser are the shared event
+# contract in models.contract (re-exported here), so the training-data reader accepts
+# exactly the events this decoder accepts.
 
 
 class ReasonCode(StrEnum):
@@ -97,19 +90,7 @@ class _EventBase(BaseModel):
     @field_validator("ts", mode="before")
     @classmethod
     def _parse_ts(cls, value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("ts must be a number or an RFC 3339 string")
-        if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError("ts is not an RFC 3339 timestamp") from None
-            if parsed.tzinfo is None:
-                raise ValueError("ts string needs a UTC offset, e.g. 2026-11-23T14:00:00Z")
-            return parsed.timestamp()
-        if isinstance(value, int | float):
-            return float(value)
-        raise ValueError("ts must be a number or an RFC 3339 string")
+        return parse_timestamp(value)
 
     @property
     def event_type(self) -> EventType:
@@ -251,13 +232,9 @@ def decode_event(
         if any(err["loc"][:1] == ("ts",) for err in exc.errors()):
             code = ReasonCode.INVALID_TIMESTAMP
         return InvalidEvent(code=code, reason=_first_errors(exc))
-    current = time.time() if now is None else now
-    if not (MIN_TS <= event.ts <= current + MAX_FUTURE_SKEW_S) or not math.isfinite(event.ts):
-        hint = " (milliseconds? send seconds)" if event.ts > current * 100 else ""
-        return InvalidEvent(
-            code=ReasonCode.INVALID_TIMESTAMP,
-            reason=f"ts {event.ts!r} is outside [2000-01-01, now + 1 day]{hint}",
-        )
+    out_of_range = timestamp_range_error(event.ts, time.time() if now is None else now)
+    if out_of_range is not None:
+        return InvalidEvent(code=ReasonCode.INVALID_TIMESTAMP, reason=out_of_range)
     if key is not None and key != event.user_id.encode():
         return InvalidEvent(
             code=ReasonCode.KEY_MISMATCH,

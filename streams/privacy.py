@@ -1,8 +1,9 @@
 """Keeping user ids out of logs.
 
-Metrics never carry user ids. Logs name a user only through :func:`user_ref`,
-which by default returns a keyed hash: stable within a deployment (so one user's
-lines can be correlated) but not the id itself.
+Metrics never carry user ids. Logs name a user only through a :class:`UserRefs`
+instance (called with the id), which by default returns a keyed hash, ``u:<12 hex>``:
+stable within a deployment (so one user's lines can be correlated) but not the id
+itself. With ``pseudonymize=False`` it returns the id unchanged.
 """
 
 from __future__ import annotations

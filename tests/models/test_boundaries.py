@@ -12,6 +12,7 @@ FORBIDDEN_ROOTS = {"faust", "aiokafka", "confluent_kafka", "kafka", "streams", "
 # Serving-path modules: must not import torch (nor onnx / transformers) even indirectly.
 TORCH_FREE = {
     "__init__",
+    "contract",
     "interactions",
     "synthetic",
     "metadata",

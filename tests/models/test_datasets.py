@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from models.contract import parse_timestamp
 from models.datasets import (
     DataFormatError,
-    parse_timestamp,
     read_event_log,
     read_item_attributes,
     read_item_texts,
@@ -19,14 +19,26 @@ from models.datasets import (
     read_sessions,
 )
 
+#: 2026-11-23T12:00:00Z, and a "now" one day later (the worker rejects ts before 2000).
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC).timestamp()
+NOW = T0 + 86_400
+
 
 def test_parse_timestamp_numbers_and_rfc3339() -> None:
     moment = datetime(2026, 11, 23, 12, 0, tzinfo=UTC).timestamp()
     assert parse_timestamp(1795000100) == 1795000100.0
-    assert parse_timestamp("1795000100.5") == 1795000100.5
+    assert parse_timestamp(1795000100.5) == 1795000100.5
     assert parse_timestamp("2026-11-23T12:00:00Z") == moment
     assert parse_timestamp("2026-11-23T13:00:00+01:00") == moment
-    for bad in ("2026-11-23T12:00:00", True, None, "yesterday"):
+    # The live worker's contract: a string is RFC 3339 with an offset or uppercase Z.
+    for bad in (
+        "2026-11-23T12:00:00",
+        True,
+        None,
+        "yesterday",
+        "1795000100.5",
+        "2026-11-23T12:00:00z",
+    ):
         with pytest.raises(ValueError):
             parse_timestamp(bad)
 
@@ -34,12 +46,12 @@ def test_parse_timestamp_numbers_and_rfc3339() -> None:
 def test_event_log_json_lines(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     lines = [
-        {"event_id": "1", "user_id": "u1", "item_id": "a", "ts": 10, "type": "click"},
+        {"event_id": "1", "user_id": "u1", "item_id": "a", "ts": T0 + 10, "type": "click"},
         {
             "event_id": "2",
             "user_id": "u1",
             "item_id": "b",
-            "ts": "1970-01-01T00:00:20Z",
+            "ts": "2026-11-23T12:00:20Z",
             "event_type": "purchase",
             "channel": "app",
             "order_id": "o",
@@ -49,18 +61,18 @@ def test_event_log_json_lines(tmp_path: Path) -> None:
             "event_id": "3",
             "user_id": "u2",
             "item_id": "a",
-            "ts": 30,
+            "ts": T0 + 30,
             "type": "browse",
             "channel": "store",
             "dwell_ms": 5,
         },
     ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
-    events = read_event_log(path)
+    events = read_event_log(path, now=NOW)
     assert [(e.user_id, e.item_id, e.event_type, e.ts, e.channel) for e in events] == [
-        ("u1", "a", "click", 10.0, "web"),
-        ("u1", "b", "purchase", 20.0, "app"),
-        ("u2", "a", "browse", 30.0, "store"),
+        ("u1", "a", "click", T0 + 10.0, "web"),
+        ("u1", "b", "purchase", T0 + 20.0, "app"),
+        ("u2", "a", "browse", T0 + 30.0, "store"),
     ]
 
 
@@ -68,10 +80,11 @@ def test_event_log_csv(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     path.write_text(
         "user_id,item_id,event_type,ts,channel\n"
-        "u1,a,click,10,web\nu1,b,browse,2026-11-23T12:00:00Z,\n"
+        f"u1,a,click,{T0:.0f},web\nu1,b,browse,2026-11-23T12:00:00Z,\n"
     )
-    events = read_event_log(path)
+    events = read_event_log(path, now=NOW)
     assert [e.item_id for e in events] == ["a", "b"]
+    assert [e.ts for e in events] == [T0, T0]
     assert events[1].channel == "web"
     bad = tmp_path / "bad.csv"
     bad.write_text("user,item\nu,a\n")
@@ -82,15 +95,16 @@ def test_event_log_csv(tmp_path: Path) -> None:
 def test_event_log_invalid_records(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text(
-        '{"user_id": "u", "item_id": "a", "ts": 1, "type": "click"}\n'
+        f'{{"user_id": "u", "item_id": "a", "ts": {T0 + 1}, "type": "click"}}\n'
         "not json\n"
-        '{"user_id": "u", "item_id": "b", "ts": 2, "type": "refund"}\n'
-        '{"user_id": "u", "item_id": "c", "ts": 3}\n'
-        '{"user_id": "u", "item_id": "d", "ts": 4, "type": "browse"}\n'
+        f'{{"user_id": "u", "item_id": "b", "ts": {T0 + 2}, "type": "refund"}}\n'
+        f'{{"user_id": "u", "item_id": "c", "ts": {T0 + 3}}}\n'
+        f'{{"user_id": "u", "item_id": "d", "ts": {T0 + 4}, "type": "browse"}}\n'
+        '{"user_id": "u", "item_id": "e", "ts": 5, "type": "browse"}\n'
     )
     with pytest.raises(DataFormatError, match=r"events.jsonl:2"):
-        read_event_log(path)
-    assert [e.item_id for e in read_event_log(path, skip_invalid=True)] == ["a", "d"]
+        read_event_log(path, now=NOW)
+    assert [e.item_id for e in read_event_log(path, skip_invalid=True, now=NOW)] == ["a", "d"]
 
 
 def test_sequences_sessions_and_prefix_targets(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Versioned model store: publish, promote, resolve, watch."""
+"""Versioned model store: publish, promote, resolve."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from models.export import export_onnx
 from models.scorer import OnnxScorer
-from models.store import CurrentWatcher, ModelStore, StoreError, resolve_model_dir
+from models.store import ModelStore, StoreError, resolve_model_dir
 from models.train import TrainedModel
 
 
@@ -52,17 +52,3 @@ def test_invalid_operations(tiny_trained: TrainedModel, tmp_path: Path) -> None:
         resolve_model_dir(store.root)
     store.promote(v1)
     assert resolve_model_dir(store.root / v1) == store.root / v1  # a model dir resolves to itself
-
-
-def test_watcher_reports_each_change_once(tiny_trained: TrainedModel, tmp_path: Path) -> None:
-    store = ModelStore(tmp_path / "store")
-    watcher = CurrentWatcher(store)
-    assert watcher.poll() is None
-    v1 = _publish(store, tiny_trained, "v1")
-    store.promote(v1)
-    assert watcher.poll() == store.root / v1
-    assert watcher.poll() is None
-    v2 = _publish(store, tiny_trained, "v2")
-    assert watcher.poll() is None  # published but not promoted
-    store.promote(v2)
-    assert watcher.poll() == store.root / v2
