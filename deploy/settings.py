@@ -1,192 +1,291 @@
 """Settings: the composition root's only source of configuration.
 
-Every field can be set through an environment variable with the ``RECSTREAM_``
-prefix (``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS=...``) or a ``.env`` file. Nothing
-else in recstream reads the environment for its own settings.
+Every setting is one environment variable with the ``RECSTREAM_`` prefix
+(``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS=...``), or a line of a ``.env`` file. The
+settings are nested: :class:`Settings` holds a whole :class:`~streams.config.StreamConfig`
+(the stream layer's groups, where their defaults and meanings live) and adds what
+only a deployment needs (model, execution provider, event loop, logging). The
+variable of a nested field is its *flat name*, the group's ``env_prefix`` + the field
+name, so ``stream.kafka.bootstrap_servers`` is ``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS``.
+
+Programs that start workers (the lab, the demo, the benchmarks) build validated
+``Settings`` too, with :meth:`Settings.replace` (flat names; a misspelt one is an
+error), and hand them to a child process with :meth:`Settings.to_env`.
+Nothing else in recstream reads the environment for its own settings.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from streams.app import KafkaSecurity, StreamConfig
-from streams.profile import ProfileLimits
-from streams.topics import TopicNames
+from models.scorer import Provider
+from streams.config import StreamConfig, internal_field
 
-__all__ = ["Settings"]
+__all__ = ["ENV_PREFIX", "FlatField", "Settings", "markdown_table"]
+
+#: Prefix of every recstream environment variable.
+ENV_PREFIX = "RECSTREAM_"
+
+EventLoop = Literal["uvloop", "asyncio"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class Settings(BaseSettings):
-    """recstream configuration (env prefix ``RECSTREAM_``)."""
+    """recstream configuration (env prefix ``RECSTREAM_``; flat names, nested fields)."""
 
-    model_config = SettingsConfigDict(env_prefix="RECSTREAM_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="forbid", frozen=True
+    )
 
-    app_id: str = Field(
-        "recstream", description="Faust app id: consumer group and changelog prefix."
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    retention_hours: int = Field(
+        168, ge=1, description="Retention of input, output and DLQ topics."
     )
-    kafka_bootstrap_servers: str = Field(
-        "localhost:9092", description="Comma-separated host:port list of the Kafka cluster."
-    )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol."
-    )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
-    )
-    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
-    kafka_ssl_ca_file: Path | None = Field(
-        None, description="CA bundle for SSL; system CAs if unset."
-    )
-    partitions: int = Field(
-        4, ge=1, description="Partitions of every recstream topic (max workers)."
-    )
-    replication_factor: int = Field(1, ge=1, description="Replication factor for created topics.")
-    topic_clicks: str = Field("clicks", description="Input topic for click events.")
-    topic_browses: str = Field("browses", description="Input topic for browse events.")
-    topic_purchases: str = Field("purchases", description="Input topic for purchase events.")
-    topic_recommendations: str = Field("recommendations", description="Output topic.")
-    topic_dead_letter: str = Field("events-dlq", description="Dead-letter topic for bad input.")
-    retention_hours: int = Field(168, ge=1, description="Retention of input/output/DLQ topics.")
-    state_dir: Path = Field(Path("var/state"), description="RocksDB table directory (local state).")
     model_dir: Path = Field(
         Path("var/models/current"),
-        description="Model directory (model.onnx + metadata.json) or a model store root "
-        "(its CURRENT version is served and hot-reloaded when CURRENT changes).",
+        description="Model directory (`model.onnx` + `metadata.json`) or a model store root "
+        "(its `CURRENT` version is served and hot-reloaded when `CURRENT` changes).",
     )
-    model_reload_interval_s: float = Field(
-        10.0, ge=0, description="How often a model store's CURRENT is checked (0 = never)."
-    )
-    provider: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="onnxruntime execution provider; auto = CUDA if usable, else CPU."
+    provider: Provider = Field(
+        "auto",
+        description="onnxruntime provider: `auto` (CUDA if it really works, else CPU), "
+        "`cuda` (fail if unusable), `cpu`.",
     )
     intra_op_threads: int = Field(
         1,
         ge=0,
-        description="onnxruntime intra-op threads (0 = onnxruntime's default, all cores). "
+        description="onnxruntime intra-op threads (0 = onnxruntime's default, all cores); "
         "1 leaves the other cores to the event loop and librdkafka.",
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
+    event_loop: EventLoop = Field(
         "uvloop",
-        description="Event loop of the worker: uvloop (libuv, less CPU per event and per "
-        "wake-up) or the standard library's asyncio loop.",
+        description="Event loop of the worker: `uvloop` (libuv; less CPU per event and per "
+        "wake-up) or `asyncio` (the standard library's loop).",
     )
     gil_switch_interval_ms: float = Field(
         0.5, ge=0, description="Python GIL switch interval in the worker (0 = Python's 5 ms)."
     )
-    rocksdb_write_buffer_mb: int = Field(
-        4, ge=1, description="RocksDB memtable size per table partition, MiB (2 kept)."
-    )
-    rocksdb_block_cache_mb: int = Field(
-        16, ge=1, description="RocksDB block cache per table partition, MiB."
-    )
-    history_len: int = Field(50, ge=1, description="Interactions kept per user profile.")
-    max_purchased: int = Field(200, ge=1, description="Purchased items remembered for exclusion.")
-    dedup_window: int = Field(
-        64, ge=1, description="Event ids remembered per user for idempotency."
-    )
-    top_k: int = Field(20, ge=1, description="Items per recommendation list.")
-    max_batch: int = Field(64, ge=1, description="Most events scored in one inference call.")
-    max_wait_ms: float = Field(
-        5.0, ge=0, description="Longest an event waits for its batch to fill."
-    )
-    inference_thread: bool = Field(
-        True,
-        description="Score batches in a thread, overlapping the stream (false: on the loop).",
-    )
-    changelog_producer: Literal["librdkafka", "faust"] = Field(
-        "librdkafka",
-        description="Producer of profile changelog records: librdkafka (fast) or "
-        "Faust's aiokafka producer.",
-    )
-    fetch_max_wait_ms: int = Field(
-        100, ge=1, description="Consumer fetch wait; bounds latency on quiet partitions."
-    )
-    commit_interval_s: float = Field(
-        1.0, gt=0, description="How often consumed offsets are committed."
-    )
-    session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer session timeout.")
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval.")
-    rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout.")
-    web_enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz.")
-    web_host: str = Field("0.0.0.0", description="Bind address of the web server.")
-    web_port: int = Field(6066, ge=1, le=65535, description="Port of /metrics, /healthz, /readyz.")
-    web_profiles: bool = Field(
-        False, description="Serve /profiles/{user_id} (debugging; exposes user data)."
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level."
+    log_level: LogLevel = Field(
+        "INFO", description="Log level. Raw event payloads are never logged at INFO."
     )
     log_json: bool = Field(False, description="One JSON object per log line.")
-    log_pseudonymize_users: bool = Field(True, description="Log keyed hashes instead of user ids.")
-    log_pseudonym_key: SecretStr = Field(
-        SecretStr("recstream"), description="Secret key of the user-id pseudonyms."
-    )
 
-    def topic_names(self) -> TopicNames:
-        """The configured topic names."""
-        return TopicNames(
-            clicks=self.topic_clicks,
-            browses=self.topic_browses,
-            purchases=self.topic_purchases,
-            recommendations=self.topic_recommendations,
-            dead_letter=self.topic_dead_letter,
+    def __init__(self, **values: Any) -> None:
+        """Settings from the environment, overridden by ``values`` (flat names).
+
+        ``Settings(partitions=6)`` sets ``stream.partitions``; a whole group can be
+        passed too (``Settings(stream=StreamConfig(...))``). pydantic-settings'
+        own options (``_env_file=None``) pass through.
+        """
+        options = {k: v for k, v in values.items() if k.startswith("_")}
+        flat = {k: v for k, v in values.items() if not k.startswith("_")}
+        super().__init__(**options, **_nest(flat))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then the environment, then ``.env``; flat names in both."""
+        return (
+            init_settings,
+            _FlatSource(settings_cls, getattr(env_settings, "env_vars", {})),
+            _FlatSource(settings_cls, getattr(dotenv_settings, "env_vars", {})),
         )
 
-    def stream_config(self) -> StreamConfig:
-        """Resolve into the stream layer's config object."""
-        return StreamConfig(
-            app_id=self.app_id,
-            bootstrap_servers=self.kafka_bootstrap_servers,
-            topics=self.topic_names(),
-            partitions=self.partitions,
-            replication_factor=self.replication_factor,
-            data_dir=self.state_dir,
-            limits=ProfileLimits(
-                history_len=self.history_len,
-                max_purchased=self.max_purchased,
-                dedup_window=self.dedup_window,
-            ),
-            top_k=self.top_k,
-            max_batch=self.max_batch,
-            max_wait_ms=self.max_wait_ms,
-            inference_thread=self.inference_thread,
-            changelog_producer=self.changelog_producer,
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
-            commit_interval_s=self.commit_interval_s,
-            model_reload_interval_s=self.model_reload_interval_s,
-            rocksdb_write_buffer_mb=self.rocksdb_write_buffer_mb,
-            rocksdb_block_cache_mb=self.rocksdb_block_cache_mb,
-            session_timeout_s=self.session_timeout_s,
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            rebalance_timeout_s=self.rebalance_timeout_s,
-            web_enabled=self.web_enabled,
-            web_host=self.web_host,
-            web_port=self.web_port,
-            web_profiles=self.web_profiles,
-            pseudonymize_users=self.log_pseudonymize_users,
-            pseudonym_key=self.log_pseudonym_key.get_secret_value(),
-            security=KafkaSecurity(
-                protocol=self.kafka_security_protocol,
-                sasl_mechanism=self.kafka_sasl_mechanism,
-                username=self.kafka_sasl_username,
-                password=(
-                    self.kafka_sasl_password.get_secret_value()
-                    if self.kafka_sasl_password
-                    else None
-                ),
-                ca_file=self.kafka_ssl_ca_file,
-            ),
-        )
+    @classmethod
+    def defaults(cls) -> Settings:
+        """The defaults alone: no environment, no ``.env`` file."""
+        return cls.model_validate({})
+
+    # -- flat names ------------------------------------------------------------------
+
+    @classmethod
+    def fields(cls) -> dict[str, FlatField]:
+        """Every setting by flat name (``kafka_bootstrap_servers``...), in table order."""
+        return _FIELDS
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every ``RECSTREAM_*`` variable a deployment may set."""
+        return {f.env for f in _FIELDS.values()}
+
+    def get(self, name: str) -> Any:
+        """The value of a setting by flat name (``settings.get("max_batch")``)."""
+        value: Any = self
+        for part in _field(name).path:
+            value = getattr(value, part)
+        return value
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with settings changed by flat name.
+
+        Unlike ``model_copy(update=...)``, every value is validated and an unknown
+        name raises (with the closest known names), so a typo cannot pass silently.
+        """
+        data = self.model_dump()
+        for name, value in changes.items():
+            _put(data, _field(name).path, value)
+        return type(self).model_validate(data)
+
+    def to_env(self) -> dict[str, str]:
+        """``RECSTREAM_*`` variables that reproduce these settings in another process.
+
+        Secrets are included (a child process needs them): never log the result.
+        """
+        env = {}
+        for name, spec in _FIELDS.items():
+            value = self.get(name)
+            if value is None:
+                continue
+            env[spec.env] = _env_value(value)
+        return env
+
+    # -- derived -----------------------------------------------------------------------
 
     def client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) connection settings for CLI clients."""
-        config = self.stream_config()
-        return {
-            "bootstrap.servers": config.bootstrap_servers,
-            **config.security.librdkafka_config(),
-        }
+        return self.stream.kafka.client_config()
+
+
+@dataclass(frozen=True, slots=True)
+class FlatField:
+    """One setting: its flat name, environment variable and place in the nesting."""
+
+    name: str
+    env: str
+    path: tuple[str, ...]
+    info: FieldInfo
+
+    @property
+    def default(self) -> Any:
+        """The default value (a ``default_factory`` is called)."""
+        return self.info.get_default(call_default_factory=True)
+
+
+def _walk(model: type[BaseModel], prefix: str, path: tuple[str, ...]) -> Iterator[FlatField]:
+    for name, info in model.model_fields.items():
+        if internal_field(info):
+            continue
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            sub_prefix: str = getattr(group, "env_prefix", "")
+            yield from _walk(group, prefix + sub_prefix, (*path, name))
+            continue
+        flat = prefix + name
+        yield FlatField(flat, ENV_PREFIX + flat.upper(), (*path, name), info)
+
+
+def _flat_fields() -> dict[str, FlatField]:
+    fields: dict[str, FlatField] = {}
+    for spec in _walk(Settings, "", ()):
+        if spec.name in fields:
+            raise TypeError(
+                f"two settings share the name {spec.env}: {fields[spec.name].path} and "
+                f"{spec.path}; give one group another env_prefix"
+            )
+        fields[spec.name] = spec
+    return fields
+
+
+_FIELDS: dict[str, FlatField] = {}
+
+
+def _field(name: str) -> FlatField:
+    spec = _FIELDS.get(name)
+    if spec is None:
+        close = difflib.get_close_matches(name, list(_FIELDS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown setting {name!r}{hint}")
+    return spec
+
+
+def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        child = data.get(part)
+        if isinstance(child, BaseModel):
+            child = child.model_dump()
+        elif not isinstance(child, dict):
+            child = {}
+        data[part] = child = dict(child)
+        data = child
+    data[path[-1]] = value
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat names -> the nested dictionary pydantic validates (top-level fields as is)."""
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name in Settings.model_fields and name not in _FIELDS:
+            nested[name] = value  # a whole group, e.g. stream=StreamConfig(...)
+        else:
+            _put(nested, _field(name).path, value)
+    return nested
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _FlatSource(PydanticBaseSettingsSource):
+    """Reads ``RECSTREAM_<flat name>`` variables (already lower-cased by pydantic-settings)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env_vars: Mapping[str, str | None]):
+        super().__init__(settings_cls)
+        self._vars = env_vars
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: :meth:`__call__` maps every variable at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """The nested values of every known variable that is set."""
+        prefix = ENV_PREFIX.lower()
+        found: dict[str, Any] = {}
+        for key, value in self._vars.items():
+            key = key.lower()
+            if value is None or not key.startswith(prefix):
+                continue
+            spec = _FIELDS.get(key[len(prefix) :])
+            if spec is not None:  # other RECSTREAM_* variables (tests, tools) are not ours
+                _put(found, spec.path, value)
+        return found
+
+
+_FIELDS.update(_flat_fields())
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the settings themselves."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for spec in _FIELDS.values():
+        default = spec.default
+        if default is None:
+            shown = "–"
+        elif isinstance(default, SecretStr):
+            shown = "(secret)"
+        else:
+            shown = f"`{_env_value(default)}`"
+        description = (spec.info.description or "").replace("|", "\\|")
+        rows.append(f"| `{spec.env}` | {shown} | {description} |")
+    return "\n".join(rows) + "\n"

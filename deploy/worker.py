@@ -9,8 +9,9 @@ from pathlib import Path
 
 from deploy.logs import logging_config
 from deploy.settings import Settings
-from models.scorer import OnnxScorer
+from models.scorer import OnnxScorer, Provider
 from models.store import CURRENT_FILENAME, ModelStore
+from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
 
 __all__ = ["StoreModelSource", "build_app", "run_worker", "warmup_batch_sizes"]
@@ -24,7 +25,7 @@ class StoreModelSource:
     def __init__(
         self,
         root: Path,
-        provider: str,
+        provider: Provider,
         intra_op_threads: int,
         warmup_batches: tuple[int, ...] = (1, 8, 64),
     ) -> None:
@@ -47,7 +48,7 @@ class StoreModelSource:
         """
         scorer = OnnxScorer.load(
             self.store.root / version,
-            provider=self.provider,  # type: ignore[arg-type]
+            provider=self.provider,
             intra_op_threads=self.intra_op_threads,
         )
         reused = self._costs is not None and scorer.adopt_grouping_costs(*self._costs)
@@ -70,7 +71,7 @@ def build_app(settings: Settings) -> RecstreamApp:
     version: str | None = None
     # Warm up every batch size the stream will use, up to max_batch (first runs of a
     # new shape are slow in onnxruntime).
-    warmup = warmup_batch_sizes(settings.max_batch)
+    warmup = warmup_batch_sizes(settings.stream.scoring.max_batch)
     if (settings.model_dir / CURRENT_FILENAME).is_file():
         source = StoreModelSource(
             settings.model_dir, settings.provider, settings.intra_op_threads, warmup
@@ -94,26 +95,7 @@ def build_app(settings: Settings) -> RecstreamApp:
         " (hot reload on)" if source is not None else "",
         extra={"model_version": scorer.model_version, "provider": scorer.provider},
     )
-    return create_app(settings.stream_config(), scorer, model_source=source, loaded_version=version)
-
-
-def quiet_worker_class() -> type:
-    """Faust's :class:`~faust.worker.Worker` without its terminal spinner.
-
-    At log levels WARNING and above, Faust's worker sets the *root logger* to DEBUG
-    and adds a handler that spins a terminal progress wheel on every record. Every
-    ``log.debug`` in aiokafka and Faust (several per fetch and per produce) then
-    builds a ``LogRecord`` and runs the handlers: about 5 % of a busy worker's CPU,
-    and DEBUG records reach any handler a user adds. This worker leaves the root
-    logger at the configured level.
-    """
-    from faust.worker import Worker
-
-    class QuietWorker(Worker):
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            self.spinner = None
-
-    return QuietWorker
+    return create_app(settings.stream, scorer, model_source=source, loaded_version=version)
 
 
 def run_worker(settings: Settings) -> None:

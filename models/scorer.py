@@ -21,6 +21,7 @@ from models.metadata import MODEL_FILENAME, ModelMetadata
 from models.store import resolve_model_dir
 
 __all__ = [
+    "Provider",
     "HistoryItem",
     "OnnxScorer",
     "ProviderUnavailableError",
@@ -30,6 +31,9 @@ __all__ = [
     "CUDA_PROVIDER_OPTIONS",
     "solve_grouping_costs",
 ]
+
+#: Execution provider choice: CUDA if usable ("auto"), CUDA or fail, or CPU.
+Provider = Literal["auto", "cuda", "cpu"]
 
 logger = logging.getLogger("recstream.models.scorer")
 
@@ -100,7 +104,7 @@ class Recommendation:
     """
 
     items: list[tuple[str, float]]
-    strategy: str
+    strategy: Strategy
 
 
 @runtime_checkable
@@ -136,7 +140,7 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
 
 def _create_session(
     model_path: Path,
-    provider: Literal["auto", "cuda", "cpu"],
+    provider: Provider,
     intra_op_threads: int,
 ) -> tuple[ort.InferenceSession, str]:
     """Create the session following the provider rules; return it with "cpu"/"cuda"."""
@@ -252,7 +256,7 @@ class OnnxScorer:
     def load(
         cls,
         model_dir: Path,
-        provider: Literal["auto", "cuda", "cpu"] = "auto",
+        provider: Provider = "auto",
         intra_op_threads: int = 0,
     ) -> OnnxScorer:
         """Load `model_dir/model.onnx` + `metadata.json` and create the session.
@@ -431,11 +435,16 @@ class OnnxScorer:
         exclude: Sequence[Collection[str]],
         k: int,
     ) -> list[Recommendation]:
-        """Recommend up to k items per history in a single batched `session.run`.
+        """Recommend up to k items per history, batching rows into a few inference calls.
 
-        Rows with at least one known item get the transformer's top-k ("sequential");
-        the rest get the popularity top-k ("popular"): recent popularity in the channel
-        of the row's latest event when the model has it (see `popular_list`). Items in
+        Rows with at least one known item get the transformer's top-k ("sequential").
+        They are ranked in one inference call or, on the CPU with a dynamic sequence
+        length and `group_by_length` on, sorted by history length and split into up to
+        3 calls where the cost model says that is cheaper (see `_length_groups`); with a
+        dynamic sequence length each call is padded only to its longest history. The
+        other rows get the popularity top-k ("popular") without an inference call:
+        recent popularity in the channel of the row's latest event when the model has
+        it (see `popular_list`). Items in
         the row's exclude set are never returned. Unknown item ids (in history or
         exclude) are ignored. Fewer than k items are returned only if the catalog minus
         exclusions is that small.

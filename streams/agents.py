@@ -10,10 +10,11 @@ Per input record, in stream order:
 3. queue a scoring request with a snapshot of the history and the purchased items.
 
 The :class:`~streams.batcher.MicroBatcher` scores queued requests in batches and
-produces one recommendation list per event. Acks are manual (``stream.noack()``):
-an input offset is acked only after every record it caused (its recommendation or
-dead letter, and its profile's changelog record) has been delivered by librdkafka,
-so a committed offset always has its outputs and its state change durably written.
+produces one recommendation list per event. Acks are manual (see
+``streams._faust.manual_ack_events``): an input offset is acked only after every
+record it caused (its recommendation or dead letter, and its profile's changelog
+record) has been delivered by librdkafka, so a committed offset always has its
+outputs and its state change durably written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 from faust import current_event
 
 from models.scorer import Recommendation, Scorer
+from streams._faust import manual_ack_events
+from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
 from streams.messages import dead_letter_bytes, recommendation_bytes
 from streams.metrics import Metrics, Tally
-from streams.output import OutputProducer
+from streams.output import OutputProducer, OutputSink
 from streams.privacy import UserRefs
 from streams.profile import Profile, apply_event
 from streams.tables import ProfileTable
@@ -43,67 +45,11 @@ if TYPE_CHECKING:
     import faust
     from faust.types import EventT, StreamT, TableT
 
-    from streams.app import StreamConfig
+    from streams.config import StreamConfig
 
-__all__ = ["InOrderAcks", "Pipeline", "ScoreRequest"]
+__all__ = ["Pipeline", "ScoreRequest"]
 
 log = logging.getLogger("recstream.agents")
-
-
-class InOrderAcks:
-    """Acks events in offset order per partition, whatever order their outputs land in.
-
-    An event is finished when every record it caused has been delivered: its
-    recommendation or dead letter (counted by :meth:`track`) and its profile's
-    changelog record (added by :meth:`expect`). Delivery reports for one input
-    partition can arrive out of order (outputs and changelog go to different
-    partitions). Faust's commit logic tolerates some out-of-order acks but can step
-    over an unacked offset at the edges (e.g. before the first commit), so recstream
-    never hands it a gap: an event is acked only when it and every earlier event of
-    its partition are finished.
-    """
-
-    def __init__(self) -> None:
-        self._queues: dict[Any, deque[list[Any]]] = {}
-        # id(event) -> [event, deliveries still outstanding]; entries keep their
-        # event alive, so an id is never reused while it is tracked.
-        self._entries: dict[int, list[Any]] = {}
-
-    def track(self, event: EventT[Any]) -> None:
-        """Register an event as it arrives (stream order = offset order); one delivery due."""
-        tp = event.message.tp
-        queue = self._queues.get(tp)
-        if queue is None:
-            queue = self._queues[tp] = deque()
-        entry = [event, 1]
-        queue.append(entry)
-        self._entries[id(event)] = entry
-
-    def expect(self, event: EventT[Any]) -> None:
-        """One more delivery (e.g. a changelog record) is due before ``event`` is finished."""
-        entry = self._entries.get(id(event))
-        if entry is not None:
-            entry[1] += 1
-
-    def done(self, event: EventT[Any]) -> None:
-        """One of ``event``'s records was delivered; ack the finished prefix of its partition."""
-        entry = self._entries.get(id(event))
-        if entry is None:
-            event.ack()  # not tracked: nothing else to wait for
-            return
-        entry[1] -= 1
-        if entry[1] > 0:
-            return
-        queue = self._queues[event.message.tp]
-        while queue and queue[0][1] <= 0:
-            finished = queue.popleft()[0]
-            del self._entries[id(finished)]
-            finished.ack()
-
-    @property
-    def pending(self) -> int:
-        """Events tracked and not yet acked."""
-        return len(self._entries)
 
 
 @dataclass(slots=True)
@@ -118,7 +64,18 @@ class ScoreRequest:
 
 
 class Pipeline:
-    """Wires topics, the profiles table, the scorer and the batcher into one agent."""
+    """Wires topics, the profiles table, the scorer and the batcher into one agent.
+
+    Args:
+        app: the Faust app the agent and the input topics belong to.
+        config: resolved stream settings.
+        scorer: the model ranking items.
+        profiles: the profiles table.
+        metrics: where counts and timings go.
+        output: where recommendations, dead letters and changelog records are
+            written; a librdkafka :class:`~streams.output.OutputProducer` on
+            ``config.kafka`` by default (tests pass an in-memory sink).
+    """
 
     def __init__(
         self,
@@ -127,6 +84,7 @@ class Pipeline:
         scorer: Scorer,
         profiles: TableT[Any, Any],
         metrics: Metrics,
+        output: OutputSink | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -135,27 +93,31 @@ class Pipeline:
         self.metrics = metrics
         names = config.topics
         self._input_types: dict[str, EventType] = names.inputs()
-        self._user_ref = UserRefs(config.pseudonymize_users, config.pseudonym_key)
-        self._acks = InOrderAcks()
+        self._user_ref = UserRefs(
+            config.privacy.pseudonymize_users, config.privacy.pseudonym_key.get_secret_value()
+        )
+        self.acks = InOrderAcks()
         self.input_topic = app.topic(
             *self._input_types, key_serializer="raw", value_serializer="raw"
         )
-        self.output = OutputProducer(
-            {"bootstrap.servers": config.bootstrap_servers, **config.security.librdkafka_config()},
-            on_error=lambda _err: self.metrics.produce_errors.inc(),
-        )
+        if output is None:
+            output = OutputProducer(
+                config.kafka.client_config(),
+                on_error=lambda _err: self.metrics.produce_errors.inc(),
+            )
+        self.output: OutputSink = output
         # One inference thread: batches are scored in order; the event loop keeps
         # decoding and updating profiles while a batch runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.batcher: MicroBatcher[ScoreRequest, Recommendation] = MicroBatcher(
             self._score,
             self._deliver,
-            max_batch=config.max_batch,
-            max_wait_s=config.max_wait_ms / 1000.0,
+            max_batch=config.scoring.max_batch,
+            max_wait_s=config.scoring.max_wait_ms / 1000.0,
             executor=self._executor,
-            inline=not config.inference_thread,
+            inline=not config.scoring.inference_thread,
         )
-        if isinstance(profiles, ProfileTable) and config.changelog_producer == "librdkafka":
+        if isinstance(profiles, ProfileTable) and config.scoring.changelog_producer == "librdkafka":
             profiles.changelog_writer = self._write_changelog
         # Per-event counts go to tallies (plain floats), published once per batch.
         stage = self.metrics.stage_seconds
@@ -187,7 +149,7 @@ class Pipeline:
         )
 
     def register(self) -> None:
-        """Register the agent and the web endpoints on the app."""
+        """Register the ``score_user_events`` agent on the app."""
         self.app.agent(self.input_topic, name="score_user_events")(self.score_user_events)
 
     async def score_user_events(self, stream: StreamT[Any]) -> None:
@@ -195,9 +157,11 @@ class Pipeline:
         self.batcher.start()
         self.output.start()
         try:
-            # noack() is on the Stream implementation, not on the StreamT interface.
-            async for event in stream.noack().events():  # type: ignore[attr-defined]
-                self._acks.track(event)
+            async for event in manual_ack_events(stream):
+                # Back-pressure: while librdkafka's queue is full (a slow or absent
+                # broker) the output backlog must not grow without bound.
+                await self.output.wait_for_room()
+                self.acks.track(event)
                 try:
                     await self._handle(event)
                 except Exception as exc:  # never let one record stop the worker
@@ -250,7 +214,7 @@ class Pipeline:
         scorer = self.scorer  # one model for the whole batch, even if a reload swaps it
         started = time.perf_counter()
         recs = scorer.recommend(
-            [r.history for r in batch], [r.exclude for r in batch], self.config.top_k
+            [r.history for r in batch], [r.exclude for r in batch], self.config.scoring.top_k
         )
         elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.observe(elapsed)
@@ -349,7 +313,7 @@ class Pipeline:
         )
 
     def _delivered(self, event: EventT[Any], _offset: int) -> None:
-        self._acks.done(event)
+        self.acks.done(event)
 
     def _write_changelog(
         self,
@@ -362,11 +326,11 @@ class Pipeline:
         """The profiles table's changelog writer: librdkafka, tied to the event's ack."""
         event = current_event()  # the event whose iteration is writing the table
         if event is not None:
-            self._acks.expect(event)
+            self.acks.expect(event)
 
         def delivered(offset: int) -> None:
             on_delivered(offset)
             if event is not None:
-                self._acks.done(event)
+                self.acks.done(event)
 
         self.output.produce(topic, key, value, delivered, partition=partition)

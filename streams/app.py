@@ -8,112 +8,47 @@ a scorer, and returns a ready-to-run :class:`faust.App`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TransportT
 
 from models.scorer import Scorer
-from streams._transport import transport_with_fetch_wait
+from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
+from streams.config import KafkaConfig, StreamConfig
 from streams.metrics import Metrics
-from streams.profile import ProfileLimits
 from streams.reload import ModelReloader, ModelSource
 from streams.tables import ProfileTable
-from streams.topics import PROFILES_TABLE, TopicNames, changelog_topic
+from streams.topics import PROFILES_TABLE, changelog_topic
 from streams.web import register_web
 
-__all__ = ["KafkaSecurity", "RecstreamApp", "StreamConfig", "create_app"]
+__all__ = ["RecstreamApp", "create_app"]
 
 log = logging.getLogger("recstream.app")
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaSecurity:
-    """How the worker authenticates to Kafka (``PLAINTEXT`` needs nothing)."""
+class RecstreamApp(FetchWaitApp):
+    """The worker's :class:`faust.App`, with its pipeline once :func:`create_app` built it."""
 
-    protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ca_file: Path | None = None
-
-    def librdkafka_config(self) -> dict[str, str]:
-        """The same security settings for librdkafka (confluent-kafka) clients."""
-        conf = {"security.protocol": self.protocol}
-        if self.protocol.startswith("SASL"):
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.username or ""
-            conf["sasl.password"] = self.password or ""
-        if self.ca_file:
-            conf["ssl.ca.location"] = str(self.ca_file)
-        return conf
-
-
-@dataclass(frozen=True, slots=True)
-class StreamConfig:
-    """Everything the stream layer needs; see ``deploy/settings.py`` for meanings."""
-
-    app_id: str = "recstream"
-    bootstrap_servers: str = "localhost:9092"
-    topics: TopicNames = field(default_factory=TopicNames)
-    partitions: int = 4
-    replication_factor: int = 1
-    data_dir: Path = Path("var/state")
-    store: str = "rocksdb://"
-    limits: ProfileLimits = field(default_factory=ProfileLimits)
-    top_k: int = 20
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    inference_thread: bool = True
-    changelog_producer: str = "librdkafka"
-    fetch_max_wait_ms: int = 100
-    commit_interval_s: float = 1.0
-    changelog_linger_ms: int = 5
-    rocksdb_write_buffer_mb: int = 4
-    rocksdb_block_cache_mb: int = 16
-    model_reload_interval_s: float = 10.0
-    session_timeout_s: float = 10.0
-    heartbeat_interval_s: float = 1.0
-    rebalance_timeout_s: float = 10.0
-    web_enabled: bool = True
-    web_host: str = "0.0.0.0"
-    web_port: int = 6066
-    web_profiles: bool = False
-    pseudonymize_users: bool = True
-    pseudonym_key: str = field(default="recstream", repr=False)
-    security: KafkaSecurity = field(default_factory=KafkaSecurity)
-
-
-class RecstreamApp(faust.App):
-    """A :class:`faust.App` whose consumer fetch wait comes from the config."""
-
-    fetch_max_wait_ms: int = 1500
     pipeline: Pipeline
 
-    def _new_transport(self) -> TransportT:
-        cls = transport_with_fetch_wait(self.fetch_max_wait_ms)
-        return cls(self.conf.broker_consumer, self)
 
-
-def _credentials(security: KafkaSecurity) -> Any:
-    if security.protocol == "PLAINTEXT":
+def _credentials(kafka: KafkaConfig) -> Any:
+    if kafka.security_protocol == "PLAINTEXT":
         return None
     ssl_context = None
-    if security.protocol in ("SSL", "SASL_SSL"):
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
         import ssl
 
         ssl_context = ssl.create_default_context(
-            cafile=str(security.ca_file) if security.ca_file else None
+            cafile=str(kafka.ssl_ca_file) if kafka.ssl_ca_file else None
         )
-    if security.protocol == "SSL":
+    if kafka.security_protocol == "SSL":
         return faust.SSLCredentials(ssl_context)
     return faust.SASLCredentials(
-        username=security.username,
-        password=security.password,
-        mechanism=security.sasl_mechanism,
+        username=kafka.sasl_username,
+        password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        mechanism=kafka.sasl_mechanism,
         ssl_context=ssl_context,
     )
 
@@ -139,13 +74,14 @@ def create_app(
     Returns:
         The Faust app with the ``score_user_events`` agent registered.
     """
-    brokers = [f"kafka://{hp.strip()}" for hp in config.bootstrap_servers.split(",") if hp.strip()]
+    servers = config.kafka.bootstrap_servers.split(",")
+    brokers = [f"kafka://{hp.strip()}" for hp in servers if hp.strip()]
     app = RecstreamApp(
         config.app_id,
         broker=brokers,
-        broker_credentials=_credentials(config.security),
+        broker_credentials=_credentials(config.kafka),
         store=config.store,
-        datadir=str(config.data_dir),
+        datadir=str(config.state_dir),
         # Topics are provisioned up front (``recstream topics create``): workers must
         # not auto-create them with broker defaults, and the embedded broker has no
         # CreateTopics API at all.
@@ -153,11 +89,11 @@ def create_app(
         topic_disable_leader=True,
         topic_partitions=config.partitions,
         topic_replication_factor=config.replication_factor,
-        broker_session_timeout=config.session_timeout_s,
-        broker_heartbeat_interval=config.heartbeat_interval_s,
-        broker_rebalance_timeout=config.rebalance_timeout_s,
-        broker_request_timeout=max(30.0, config.session_timeout_s * 2),
-        broker_commit_interval=config.commit_interval_s,
+        broker_session_timeout=config.consumer.session_timeout_s,
+        broker_heartbeat_interval=config.consumer.heartbeat_interval_s,
+        broker_rebalance_timeout=config.consumer.rebalance_timeout_s,
+        broker_request_timeout=max(30.0, config.consumer.session_timeout_s * 2),
+        broker_commit_interval=config.consumer.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # Faust's own producer now only carries what Faust itself sends (e.g. a
@@ -168,13 +104,13 @@ def create_app(
         table_standby_replicas=0,
         # Changelog records go out through librdkafka (see streams/tables.py).
         Table=ProfileTable,
-        web_enabled=config.web_enabled,
-        web_bind=config.web_host,
-        web_port=config.web_port,
+        web_enabled=config.web.enabled,
+        web_bind=config.web.host,
+        web_port=config.web.port,
         key_serializer="raw",
         value_serializer="raw",
     )
-    app.fetch_max_wait_ms = config.fetch_max_wait_ms
+    app.fetch_max_wait_ms = config.consumer.fetch_max_wait_ms
     profiles = app.Table(
         PROFILES_TABLE,
         default=None,
@@ -191,9 +127,9 @@ def create_app(
         # buffer + block cache): 96 MiB for 4 partitions with the defaults.
         options={
             "driver": "rocksdict",
-            "write_buffer_size": config.rocksdb_write_buffer_mb * 1024 * 1024,
+            "write_buffer_size": config.rocksdb.write_buffer_mb * 1024 * 1024,
             "max_write_buffer_number": 2,
-            "block_cache_size": config.rocksdb_block_cache_mb * 1024 * 1024,
+            "block_cache_size": config.rocksdb.block_cache_mb * 1024 * 1024,
         },
         # Keys and values are JSON in RocksDB and in the changelog, so any Kafka
         # tool can read a profile; see streams/profile.py for the document.
@@ -213,12 +149,14 @@ def create_app(
 
         app.timer(config.model_reload_interval_s)(reload_model)
 
-    if config.web_enabled:
+    if config.web.enabled:
         register_web(
             app,
             metrics,
-            profiles if config.web_profiles else None,
+            profiles if config.web.profiles else None,
             tuple(config.topics.inputs()),
             table=profiles,
+            acks=app.pipeline.acks,
+            max_unacked_age_s=config.web.max_unacked_age_s,
         )
     return app

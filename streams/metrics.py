@@ -127,6 +127,17 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.events_unacked = Gauge(
+            "recstream_events_unacked",
+            "Input events consumed whose outputs are not all delivered yet (not committable).",
+            registry=r,
+        )
+        self.oldest_unacked_age = Gauge(
+            "recstream_oldest_unacked_event_age_seconds",
+            "Age of the oldest input event still waiting for its outputs; it holds back "
+            "its partition's committed offset.",
+            registry=r,
+        )
         self.ready = Gauge(
             "recstream_ready",
             "1 when the worker has restored its tables and is serving.",

@@ -27,28 +27,34 @@ from __future__ import annotations
 import bisect
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from streams.events import Event, EventType
 
 __all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash"]
 
 
-@dataclass(frozen=True, slots=True)
-class ProfileLimits:
+class ProfileLimits(BaseModel):
     """Bounds that keep every profile small (a few KiB) whatever the user does.
 
-    Attributes:
-        history_len: interactions kept in ``recent`` (the model sees the tail).
-        max_purchased: distinct purchased items remembered for exclusion.
-        dedup_window: applied event ids remembered for idempotency.
+    A group of settings (``RECSTREAM_HISTORY_LEN`` ...; see ``streams.config``).
     """
 
-    history_len: int = 50
-    max_purchased: int = 200
-    dedup_window: int = 64
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    env_prefix: ClassVar[str] = ""
+
+    history_len: int = Field(
+        50, ge=1, description="Interactions kept per user profile (the model sees the tail)."
+    )
+    max_purchased: int = Field(
+        200, ge=1, description="Distinct purchased items remembered for exclusion."
+    )
+    dedup_window: int = Field(
+        64, ge=1, description="Event ids remembered per user for idempotency."
+    )
 
 
 def _recent_key(entry: list[Any]) -> tuple[float, str, str, str]:

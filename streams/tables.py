@@ -19,30 +19,19 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.types import TP
 from faust.types.codecs import CodecArg
 
+from streams._faust import changelog_sent, rocksdb_databases
+
 __all__ = ["ChangelogWriter", "ProfileTable"]
 
 #: ``writer(topic, partition, key, value, on_delivered)``; ``on_delivered(offset)``
 #: must be called once the record is durably written.
 ChangelogWriter = Callable[[str, int, bytes | None, bytes | None, Callable[[int], None]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """What :meth:`faust.Table.on_key_set` reads back from ``send_changelog``."""
-
-    message: Any
-
-
-@dataclass(frozen=True, slots=True)
-class _Partition:
-    partition: int
 
 
 class ProfileTable(faust.Table[Any, Any]):
@@ -74,7 +63,7 @@ class ProfileTable(faust.Table[Any, Any]):
         tp = TP(name, partition)
 
         writer(name, partition, key_bytes, value_bytes, functools.partial(self._delivered, tp))
-        return _Sent(_Partition(partition))
+        return changelog_sent(partition)
 
     def _delivered(self, tp: TP, offset: int) -> None:
         # What Faust's _on_changelog_sent does outside transactions, coalesced: one
@@ -105,9 +94,7 @@ class ProfileTable(faust.Table[Any, Any]):
         ``table_readers`` (SST indexes and filters, which grow with the data).
         """
         usage = {"memtables": 0, "block_cache": 0, "table_readers": 0}
-        # faust.stores.rocksdb.Store keeps one database per partition in ``_dbs``;
-        # there is no public accessor. Other stores (memory://) hold none.
-        for db in list(getattr(self.data, "_dbs", {}).values()):
+        for db in rocksdb_databases(self.data):
             usage["memtables"] += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
             usage["block_cache"] += db.property_int_value("rocksdb.block-cache-usage") or 0
             usage["table_readers"] += (

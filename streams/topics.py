@@ -8,6 +8,9 @@ recommendations always live in the same partition number.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from streams.events import EventType
 
@@ -31,15 +34,21 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class TopicNames:
-    """Names of the topics the pipeline uses (defaults match the README)."""
+class TopicNames(BaseModel):
+    """Names of the topics the pipeline uses (a group of settings: ``RECSTREAM_TOPIC_*``)."""
 
-    clicks: str = "clicks"
-    browses: str = "browses"
-    purchases: str = "purchases"
-    recommendations: str = "recommendations"
-    dead_letter: str = "events-dlq"
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    env_prefix: ClassVar[str] = "topic_"
+
+    clicks: str = Field("clicks", min_length=1, description="Input topic for click events.")
+    browses: str = Field("browses", min_length=1, description="Input topic for browse events.")
+    purchases: str = Field(
+        "purchases", min_length=1, description="Input topic for purchase events."
+    )
+    recommendations: str = Field("recommendations", min_length=1, description="Output topic.")
+    dead_letter: str = Field(
+        "events-dlq", min_length=1, description="Dead-letter topic for bad input."
+    )
 
     def inputs(self) -> dict[str, EventType]:
         """Input topic name -> the event type it carries."""

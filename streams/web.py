@@ -8,14 +8,16 @@ import faust
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streams._faust import table_recovery
+from streams.acks import InOrderAcks
 from streams.metrics import Metrics
 
-__all__ = ["is_ready", "register_web"]
+__all__ = ["is_ready", "liveness", "register_web"]
 
 
 def is_ready(app: faust.App) -> bool:
     """Ready = partitions assigned, not rebalancing, and table recovery finished."""
-    recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager, not the ABC
+    recovery = table_recovery(app)
     return bool(
         app.consumer.assignment()
         and not app.rebalancing
@@ -24,12 +26,36 @@ def is_ready(app: faust.App) -> bool:
     )
 
 
+def liveness(acks: InOrderAcks | None, max_unacked_age_s: float) -> tuple[bool, dict[str, Any]]:
+    """The ``/healthz`` decision: alive unless an event has waited too long for its ack.
+
+    Args:
+        acks: the pipeline's acks (``None``: nothing to check).
+        max_unacked_age_s: bound on the age of the oldest unacked event, seconds.
+
+    Returns:
+        ``(alive, body)``: ``alive`` false once the oldest unacked event is older than
+        the bound (a partition held back by an undeliverable record); ``body`` is the
+        JSON document the endpoint returns.
+    """
+    age = acks.oldest_age() if acks is not None else 0.0
+    if age > max_unacked_age_s:
+        return False, {
+            "status": "stuck",
+            "oldest_unacked_age_s": round(age, 1),
+            "bound_s": max_unacked_age_s,
+        }
+    return True, {"status": "ok", "oldest_unacked_age_s": round(age, 1)}
+
+
 def register_web(
     app: faust.App,
     metrics: Metrics,
     profiles: Any = None,
     input_topics: tuple[str, ...] = (),
     table: Any = None,
+    acks: InOrderAcks | None = None,
+    max_unacked_age_s: float = 300.0,
 ) -> None:
     """Add the health and metrics pages to the app's web server.
 
@@ -38,6 +64,9 @@ def register_web(
         metrics: the metrics to serve.
         input_topics: topics whose consumer lag is exported.
         table: the profiles table whose RocksDB memory is exported.
+        acks: the pipeline's acks; the age of its oldest unacked event is exported,
+            and ``/healthz`` fails once it exceeds ``max_unacked_age_s``.
+        max_unacked_age_s: liveness bound on the oldest unacked event's age.
         profiles: when given, ``/profiles/{user_id}`` returns that user's profile
             as held by this worker (an operator's debugging aid; off by default
             because it exposes user data).
@@ -45,7 +74,10 @@ def register_web(
 
     async def refresh_gauges() -> None:
         metrics.ready.set(1 if is_ready(app) else 0)
-        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        recovery = table_recovery(app)
+        if acks is not None:
+            metrics.events_unacked.set(acks.pending)
+            metrics.oldest_unacked_age.set(acks.oldest_age())
         try:
             metrics.restore_remaining.set(recovery.active_remaining_total())
         except Exception:  # highwaters not known before the first assignment
@@ -74,8 +106,11 @@ def register_web(
 
     @app.page("/healthz")
     async def healthz(self: Any, request: Any) -> Any:
-        # Alive as long as the event loop answers; restarts are for hangs, not recovery.
-        return self.json({"status": "ok"})
+        # Alive while the event loop answers and no event is stuck: restarts are for
+        # hangs and for a partition held back by an undeliverable record (the restart
+        # redelivers it), never for recovery.
+        alive, body = liveness(acks, max_unacked_age_s)
+        return self.json(body, status=200 if alive else 503)
 
     @app.page("/readyz")
     async def readyz(self: Any, request: Any) -> Any:

@@ -45,7 +45,7 @@ def test_services(compose):
 @pytest.mark.parametrize("service", RECSTREAM_SERVICES)
 def test_environment_keys_are_settings_fields(compose, service, monkeypatch):
     env = compose["services"][service]["environment"]
-    fields = {f"RECSTREAM_{f.upper()}" for f in Settings.model_fields}
+    fields = Settings.env_names()
     assert set(env) <= fields, sorted(set(env) - fields)
     settings_for(env, monkeypatch)  # every value parses
 
@@ -53,12 +53,12 @@ def test_environment_keys_are_settings_fields(compose, service, monkeypatch):
 def test_ports_match_the_web_port(compose, monkeypatch):
     worker = compose["services"]["worker"]
     settings = settings_for(worker["environment"], monkeypatch)
-    assert f"{settings.web_port}:{settings.web_port}" in worker["ports"]
+    assert f"{settings.stream.web.port}:{settings.stream.web.port}" in worker["ports"]
     prom = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
     targets = [
         t for job in prom["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
     ]
-    assert targets == [f"worker:{settings.web_port}"]
+    assert targets == [f"worker:{settings.stream.web.port}"]
     assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
 
 
@@ -67,17 +67,17 @@ def test_kafka_listener_matches_bootstrap_servers(compose, monkeypatch):
     kafka = compose["services"]["kafka"]["environment"]
     advertised = kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
     hosts = {a.split("://", 1)[1] for a in advertised}
-    assert set(settings.kafka_bootstrap_servers.split(",")) <= hosts
+    assert set(settings.stream.kafka.bootstrap_servers.split(",")) <= hosts
     assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    assert settings.kafka_security_protocol == "PLAINTEXT"
+    assert settings.stream.kafka.security_protocol == "PLAINTEXT"
 
 
 def test_worker_volumes_and_hardening(compose, monkeypatch):
     worker = compose["services"]["worker"]
     settings = settings_for(worker["environment"], monkeypatch)
     mounts = {v.split(":")[1]: v for v in worker["volumes"]}
-    state = Path(settings.state_dir)
+    state = Path(settings.stream.state_dir)
     assert any(Path(m) == state or Path(m) in state.parents for m in mounts)
     model_mount = next(m for m in mounts if Path(m) in Path(settings.model_dir).parents)
     assert mounts[model_mount].endswith(":ro")

@@ -100,9 +100,9 @@ def test_serving_image_healthcheck_volume_port_and_env(name):
     health = [a for w, a in stage if w == "HEALTHCHECK"]
     assert health and "healthcheck.py" in health[0] and "NONE" not in health[0]
     env = env_of(stage)
-    fields = {f"RECSTREAM_{f.upper()}" for f in Settings.model_fields}
+    fields = Settings.env_names()
     assert {k for k in env if k.startswith("RECSTREAM_")} <= fields
-    default_port = Settings.model_fields["web_port"].default
+    default_port = Settings.fields()["web_port"].default
     assert env["RECSTREAM_WEB_PORT"] == str(default_port)
     assert [a for w, a in stage if w == "EXPOSE"] == [str(default_port)]
     volumes = [a for w, a in stage if w == "VOLUME"]

@@ -99,15 +99,15 @@ def test_expected_objects_are_there(overlay):
 def test_configmap_keys_are_settings_fields_and_parse(overlay, monkeypatch):
     _, resources = overlay
     env = settings_env(resources)
-    fields = {f"RECSTREAM_{f.upper()}" for f in Settings.model_fields}
+    fields = Settings.env_names()
     assert set(env) <= fields, f"not Settings fields: {sorted(set(env) - fields)}"
     settings = settings_from(env, monkeypatch)  # raises on an invalid value
-    assert settings.web_port == 6066
+    assert settings.stream.web.port == 6066
 
 
 def test_env_from_secrets_are_settings_fields_and_exist(overlay):
     _, resources = overlay
-    fields = {f"RECSTREAM_{f.upper()}" for f in Settings.model_fields}
+    fields = Settings.env_names()
     secrets = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Secret"}
     for obj in resources:
         for c in containers(obj):
@@ -260,23 +260,23 @@ def test_keda_scales_on_lag_up_to_the_partition_count(overlay, monkeypatch):
         "kind": "StatefulSet",
         "name": sts["metadata"]["name"],
     }
-    assert so["spec"]["maxReplicaCount"] == settings.partitions
-    assert 1 <= so["spec"]["minReplicaCount"] <= settings.partitions
+    assert so["spec"]["maxReplicaCount"] == settings.stream.partitions
+    assert 1 <= so["spec"]["minReplicaCount"] <= settings.stream.partitions
     triggers = so["spec"]["triggers"]
     assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(
-        settings.topic_names().inputs()
+        settings.stream.topics.inputs()
     )
     sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}[
-        settings.kafka_sasl_mechanism
+        settings.stream.kafka.sasl_mechanism
     ]
-    uses_sasl = settings.kafka_security_protocol.startswith("SASL")
-    uses_tls = settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+    uses_sasl = settings.stream.kafka.security_protocol.startswith("SASL")
+    uses_tls = settings.stream.kafka.security_protocol in ("SSL", "SASL_SSL")
     auths = {r["metadata"]["name"]: r for r in resources if r["kind"] == "TriggerAuthentication"}
     for t in triggers:
         meta = t["metadata"]
         assert t["type"] == "kafka"
-        assert meta["consumerGroup"] == settings.app_id
-        assert meta["bootstrapServers"] == settings.kafka_bootstrap_servers
+        assert meta["consumerGroup"] == settings.stream.app_id
+        assert meta["bootstrapServers"] == settings.stream.kafka.bootstrap_servers
         assert meta["allowIdleConsumers"] == "false"
         assert meta.get("sasl", "none") == (sasl if uses_sasl else "none")
         assert meta.get("tls", "disable") == ("enable" if uses_tls else "disable")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streams.agents import InOrderAcks
+from streams.acks import InOrderAcks
 
 
 @dataclass

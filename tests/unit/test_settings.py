@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from deploy.settings import Settings
+from deploy.settings import Settings, markdown_table
 from deploy.topics import topic_specs
 
 
@@ -18,11 +18,11 @@ def test_env_prefix_and_types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECSTREAM_STATE_DIR", "/data/state")
     monkeypatch.setenv("RECSTREAM_PROVIDER", "cuda")
     s = Settings()
-    cfg = s.stream_config()
-    assert cfg.bootstrap_servers == "k1:9092,k2:9092"
+    cfg = s.stream
+    assert cfg.kafka.bootstrap_servers == "k1:9092,k2:9092"
     assert cfg.partitions == 12
     assert cfg.topics.clicks == "shop.clicks.v1"
-    assert cfg.data_dir == Path("/data/state")
+    assert cfg.state_dir == Path("/data/state")
     assert s.provider == "cuda"
 
 
@@ -39,8 +39,8 @@ def test_sasl_password_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("RECSTREAM_KAFKA_SASL_PASSWORD", "hunter2")
     s = Settings()
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
-    assert "hunter2" not in repr(s.stream_config())
-    assert s.stream_config().security.password == "hunter2"
+    assert "hunter2" not in repr(s.stream)
+    assert s.stream.kafka.client_config()["sasl.password"] == "hunter2"
     conf = s.client_config()
     assert conf["sasl.mechanism"] == "SCRAM-SHA-512" and conf["sasl.password"] == "hunter2"
 
@@ -65,5 +65,75 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    undocumented = [n for n in Settings.model_fields if f"`RECSTREAM_{n.upper()}`" not in readme]
+    undocumented = [n for n in Settings.env_names() if f"`{n}`" not in readme]
     assert not undocumented, f"add to the README configuration table: {undocumented}"
+
+
+def test_readme_configuration_table_is_generated_from_the_settings() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme, (
+        "README's configuration table is out of date: replace it with the output of "
+        "`recstream config --markdown`"
+    )
+
+
+def test_every_nested_field_has_one_flat_name_and_variable() -> None:
+    fields = Settings.fields()
+    assert len({f.env for f in fields.values()}) == len(fields)
+    assert fields["kafka_bootstrap_servers"].path == ("stream", "kafka", "bootstrap_servers")
+    assert fields["max_batch"].path == ("stream", "scoring", "max_batch")
+    assert fields["model_dir"].path == ("model_dir",)
+    assert all(f.info.description for f in fields.values()), "every setting says what it does"
+    # Internal hooks are not settings.
+    assert "store" not in fields and "changelog_linger_ms" not in fields
+
+
+def test_to_env_round_trips_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings(_env_file=None).replace(
+        partitions=7,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_password="hunter2",
+        topic_clicks="c.v1",
+        inference_thread=False,
+        max_wait_ms=2.5,
+        log_level="WARNING",
+    )
+    for key in [k for k in __import__("os").environ if k.startswith("RECSTREAM_")]:
+        monkeypatch.delenv(key)
+    for key, value in s.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings(_env_file=None) == s
+
+
+def test_replace_validates_and_rejects_unknown_names() -> None:
+    s = Settings(_env_file=None)
+    assert s.replace(max_batch=8).stream.scoring.max_batch == 8
+    assert s.stream.scoring.max_batch == 64  # a copy, not a mutation
+    with pytest.raises(ValueError, match="did you mean max_batch"):
+        s.replace(max_bach=8)
+    with pytest.raises(ValidationError):
+        s.replace(max_batch=0)
+    with pytest.raises(ValidationError):
+        s.replace(provider="tpu")
+    with pytest.raises(ValueError, match="unknown setting"):
+        Settings(_env_file=None, max_bach=8)
+
+
+def test_config_command_prints_the_table_and_masks_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    runner = CliRunner()
+    table = runner.invoke(app, ["config", "--markdown"])
+    assert table.exit_code == 0 and table.stdout == markdown_table()
+    monkeypatch.setenv("RECSTREAM_MAX_BATCH", "8")
+    monkeypatch.setenv("RECSTREAM_KAFKA_SASL_PASSWORD", "hunter2")
+    shown = runner.invoke(app, ["config"])
+    assert shown.exit_code == 0
+    assert "RECSTREAM_MAX_BATCH=8\n" in shown.stdout
+    assert "hunter2" not in shown.stdout and "RECSTREAM_KAFKA_SASL_PASSWORD=**" in shown.stdout
+    monkeypatch.setenv("RECSTREAM_MAX_BATCH", "0")
+    assert runner.invoke(app, ["config"]).exit_code != 0

@@ -8,7 +8,7 @@ import faust
 import pytest
 
 from deploy.logs import logging_config
-from deploy.worker import quiet_worker_class
+from streams._faust import quiet_worker_class
 
 
 @pytest.fixture

@@ -1,0 +1,224 @@
+"""The stream layer's configuration: typed groups, each default and meaning in one place.
+
+:class:`StreamConfig` is everything :func:`streams.app.create_app` needs. It is made
+of small frozen groups (Kafka connection, topic names, profile limits, scoring,
+consumer timings, RocksDB, web server, privacy). ``deploy.settings.Settings``
+nests a whole :class:`StreamConfig` and reads it from the environment: every field
+is one variable, ``RECSTREAM_`` + the group's :attr:`ConfigGroup.env_prefix` + the
+field name (``kafka`` + ``bootstrap_servers`` -> ``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS``).
+Nothing in ``streams`` reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic.config import JsonDict
+
+from streams.profile import ProfileLimits
+from streams.topics import TopicNames
+
+__all__ = [
+    "ChangelogProducer",
+    "ConfigGroup",
+    "ConsumerConfig",
+    "KafkaConfig",
+    "PrivacyConfig",
+    "RocksDBConfig",
+    "SaslMechanism",
+    "ScoringConfig",
+    "SecurityProtocol",
+    "StreamConfig",
+    "WebConfig",
+    "internal_field",
+]
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+ChangelogProducer = Literal["librdkafka", "faust"]
+
+#: Marks a field that is not a setting (no environment variable): test and
+#: benchmark hooks such as the table store URL.
+_INTERNAL: JsonDict = {"internal": True}
+
+
+def internal_field(field: Any) -> bool:
+    """Whether a pydantic ``FieldInfo`` is an internal hook rather than a setting."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("internal"))
+
+
+class ConfigGroup(BaseModel):
+    """Base of a configuration group: frozen, unknown names are errors.
+
+    Any pydantic model nested in :class:`StreamConfig` is a group (``TopicNames`` and
+    ``ProfileLimits`` live beside the code that uses them and set the same class
+    attributes).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Prepended to each field name to form its setting name (``RECSTREAM_`` + this).
+    env_prefix: ClassVar[str] = ""
+
+
+class KafkaConfig(ConfigGroup):
+    """Where the cluster is and how to authenticate (``PLAINTEXT`` needs nothing)."""
+
+    env_prefix: ClassVar[str] = "kafka_"
+
+    bootstrap_servers: str = Field(
+        "localhost:9092", description="Comma-separated host:port list of the Kafka cluster."
+    )
+    security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT",
+        description="Kafka security protocol: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.",
+    )
+    sasl_mechanism: SaslMechanism = Field(
+        "PLAIN",
+        description="SASL mechanism when the protocol is `SASL_*`: `PLAIN`, `SCRAM-SHA-256` "
+        "or `SCRAM-SHA-512`.",
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (a secret: never logged or printed)."
+    )
+    ssl_ca_file: Path | None = Field(None, description="CA bundle for SSL; system CAs if unset.")
+
+    def security_config(self) -> dict[str, str]:
+        """The security settings as librdkafka (confluent-kafka) properties."""
+        conf: dict[str, str] = {"security.protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else ""
+            )
+        if self.ssl_ca_file:
+            conf["ssl.ca.location"] = str(self.ssl_ca_file)
+        return conf
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka connection properties: bootstrap servers and security."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.security_config()}
+
+
+class ScoringConfig(ConfigGroup):
+    """How events are batched, scored and their state written."""
+
+    top_k: int = Field(20, ge=1, description="Items per recommendation list.")
+    max_batch: int = Field(64, ge=1, description="Most events scored in one inference call.")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="Longest an event waits for its batch to fill."
+    )
+    inference_thread: bool = Field(
+        True,
+        description="Score batches in a thread, overlapping the stream (false: on the loop).",
+    )
+    changelog_producer: ChangelogProducer = Field(
+        "librdkafka",
+        description="Producer of profile changelog records. `librdkafka` (default): an event "
+        "is acked only once its changelog record is delivered. `faust` (Faust's aiokafka "
+        "producer; for benchmarks): slower, and an event's offset can be committed before "
+        "its changelog record is written, so a crash can lose that profile update.",
+    )
+
+
+class ConsumerConfig(ConfigGroup):
+    """Consumer fetch, commit and group timings."""
+
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, description="Consumer fetch wait; bounds latency on quiet partitions."
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, description="How often consumed offsets are committed."
+    )
+    session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer session timeout.")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval.")
+    rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout.")
+
+
+class RocksDBConfig(ConfigGroup):
+    """Memory bounds of the profiles table's RocksDB (per table partition)."""
+
+    env_prefix: ClassVar[str] = "rocksdb_"
+
+    write_buffer_mb: int = Field(
+        4, ge=1, description="RocksDB memtable size per table partition, MiB (2 kept)."
+    )
+    block_cache_mb: int = Field(
+        16, ge=1, description="RocksDB block cache per table partition, MiB."
+    )
+
+
+class WebConfig(ConfigGroup):
+    """The worker's HTTP server."""
+
+    env_prefix: ClassVar[str] = "web_"
+
+    enabled: bool = Field(True, description="Serve `/metrics`, `/healthz` and `/readyz`.")
+    host: str = Field("0.0.0.0", description="Bind address of the web server.")
+    port: int = Field(
+        6066, ge=1, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`."
+    )
+    profiles: bool = Field(
+        False, description="Serve `/profiles/{user_id}` (debugging; exposes user data)."
+    )
+    max_unacked_age_s: float = Field(
+        300.0,
+        gt=0,
+        description="`/healthz` fails when the oldest event still waiting for its outputs "
+        "is older than this (a stuck partition: the pod is restarted).",
+    )
+
+
+class PrivacyConfig(ConfigGroup):
+    """What logs may say about users."""
+
+    env_prefix: ClassVar[str] = "log_"
+
+    pseudonymize_users: bool = Field(
+        True, description="Log keyed hashes (`u:<12 hex>`) instead of user ids."
+    )
+    pseudonym_key: SecretStr = Field(
+        SecretStr("recstream"), description="Secret key of the user-id pseudonyms."
+    )
+
+
+class StreamConfig(ConfigGroup):
+    """Everything the stream layer needs (see each group for the meanings)."""
+
+    app_id: str = Field(
+        "recstream", description="Faust app id: consumer group and changelog prefix."
+    )
+    partitions: int = Field(
+        4, ge=1, description="Partitions of every recstream topic (= most useful workers)."
+    )
+    replication_factor: int = Field(
+        1, ge=1, description="Replication factor for created topics (3 in production)."
+    )
+    state_dir: Path = Field(
+        Path("var/state"),
+        description="RocksDB table directory (local state; rebuilt from the changelog if lost).",
+    )
+    model_reload_interval_s: float = Field(
+        10.0, ge=0, description="How often a model store's `CURRENT` is checked (0 = never)."
+    )
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    topics: TopicNames = Field(default_factory=TopicNames)
+    limits: ProfileLimits = Field(default_factory=ProfileLimits)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    consumer: ConsumerConfig = Field(default_factory=ConsumerConfig)
+    rocksdb: RocksDBConfig = Field(default_factory=RocksDBConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    store: str = Field(
+        "rocksdb://",
+        description="Faust table store URL (tests: memory://).",
+        json_schema_extra=_INTERNAL,
+    )
+    changelog_linger_ms: int = Field(
+        5, ge=0, description="Linger of Faust's own producer.", json_schema_extra=_INTERNAL
+    )

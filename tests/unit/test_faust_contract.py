@@ -1,0 +1,112 @@
+"""The Faust/aiokafka internals behind streams/_faust.py still exist as used there.
+
+Each test names one contact point of the fence. When a faust-streaming release
+changes one, this file fails first and says which: update streams/_faust.py and the
+pin in pyproject.toml together.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import aiokafka
+import faust
+import pytest
+from faust.stores import rocksdb as faust_rocksdb
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams import _faust
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_installed_faust_is_the_tested_minor_version_and_pinned() -> None:
+    assert faust.__version__.startswith(_faust.TESTED_FAUST_MINOR + "."), faust.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pin = re.search(r'"faust-streaming([^"]*)"', pyproject)
+    assert pin is not None
+    major, minor = _faust.TESTED_FAUST_MINOR.split(".")
+    assert f"<{major}.{int(minor) + 1}" in pin.group(1), pin.group(1)
+
+
+def test_1_consumer_factory_and_private_fetch_wait() -> None:
+    assert callable(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer)
+    init = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in init
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start, "read in start(), after us"
+    assert callable(faust_aiokafka.Consumer._new_consumer_thread)
+    transport = _faust.transport_with_fetch_wait(20)
+    assert issubclass(transport, faust_aiokafka.Transport)
+    assert issubclass(transport.Consumer, faust_aiokafka.Consumer)
+
+
+def test_2_app_builds_its_transport_in_new_transport() -> None:
+    assert "_new_transport" in vars(faust.App)
+    app = _faust.FetchWaitApp("contract", broker="kafka://127.0.0.1:1", store="memory://")
+    app.fetch_max_wait_ms = 20
+    transport = app._new_transport()
+    assert type(transport).__mro__[1] is faust_aiokafka.Transport
+
+
+def test_3_on_key_set_reads_the_partition_of_what_send_changelog_returns() -> None:
+    source = inspect.getsource(faust.Table.on_key_set)
+    assert "fut = self.send_changelog(" in source
+    assert "fut.message.partition" in source
+    assert _faust.changelog_sent(3).message.partition == 3
+    params = list(inspect.signature(faust.Table.send_changelog).parameters)
+    assert params == ["self", "partition", "key", "value", "key_serializer", "value_serializer"]
+
+
+def test_4_rocksdb_store_keeps_one_database_per_partition_in_dbs() -> None:
+    assert "_dbs" in faust_rocksdb.Store.__annotations__
+    assert "self._dbs[partition]" in inspect.getsource(faust_rocksdb.Store._db_for_partition)
+
+    class FakeStore:
+        _dbs = {0: "db0", 1: "db1"}
+
+    assert _faust.rocksdb_databases(FakeStore()) == ["db0", "db1"]
+    assert _faust.rocksdb_databases(object()) == []
+
+
+def test_5_table_manager_has_a_recovery_service_with_the_fields_readiness_reads() -> None:
+    assert isinstance(inspect.getattr_static(TableManager, "recovery"), property)
+    for name in ("in_recovery", "completed", "active_remaining_total"):
+        assert hasattr(Recovery, name) or name in inspect.getsource(Recovery.__init__), name
+
+
+def test_6_streams_can_iterate_events_without_acking() -> None:
+    assert callable(faust.Stream.noack)
+    assert inspect.isasyncgenfunction(faust.Stream.events)
+
+
+def test_7_worker_sets_up_the_root_logger_through_an_overridable_hook() -> None:
+    from faust.worker import Worker
+
+    params = list(inspect.signature(Worker.on_setup_root_logger).parameters)
+    assert params == ["self", "logger", "level"]
+    assert issubclass(_faust.quiet_worker_class(), Worker)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "streams").glob("*.py") if p.name != "_faust.py")
+    + sorted((ROOT / "deploy").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_no_other_module_touches_these_internals(path: Path) -> None:
+    text = path.read_text()
+    for private in (
+        "_create_worker_consumer",
+        "_fetch_max_wait_ms",
+        "_new_transport",
+        "._dbs",
+        "tables.recovery",
+        ".noack(",
+        "on_setup_root_logger",
+    ):
+        assert private not in text, f"{private} belongs in streams/_faust.py"
