@@ -9,13 +9,14 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from models.export import Precision
     from models.quality import DatasetFormat, EvaluationRun
 
 __all__ = ["register"]
@@ -68,9 +69,12 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _fmt(value: str) -> DatasetFormat:
-    if value not in ("sequences", "sessions", "events"):
+    from models.quality import DatasetFormat
+
+    formats: dict[str, DatasetFormat] = {f: f for f in get_args(DatasetFormat)}
+    if value not in formats:
         raise typer.BadParameter("format must be sequences, sessions or events")
-    return value  # type: ignore[return-value]  # checked just above
+    return formats[value]
 
 
 def _print_run(run: EvaluationRun, title: str) -> None:
@@ -426,10 +430,13 @@ def _content(texts: Path | None, encoder_dir: Path | None) -> Any:
     return encode_item_texts(TextEncoder(encoder_dir), read_item_texts(texts))
 
 
-def _variant(value: str) -> Any:
-    if value not in ("fp32", "fp16", "int8"):
+def _variant(value: str) -> Precision:
+    from models.export import Precision
+
+    precisions: dict[str, Precision] = {p: p for p in get_args(Precision)}
+    if value not in precisions:
         raise typer.BadParameter("variant must be fp32, fp16 or int8")
-    return value
+    return precisions[value]
 
 
 def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str = "fp32") -> None:

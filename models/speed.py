@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from models.export import Precision
+    from models.scorer import Provider
     from models.train import TrainConfig, TrainedModel
 
 __all__ = [
@@ -205,7 +207,7 @@ def grouping_benchmark(
 
 
 #: `provider_benchmark` variants: (graph variant, execution provider, IO binding).
-PROVIDER_VARIANTS: dict[str, tuple[str, str, bool]] = {
+PROVIDER_VARIANTS: dict[str, tuple[Precision, Provider, bool]] = {
     "cpu": ("fp32", "cpu", False),
     "cpu-int8": ("int8", "cpu", False),
     "cuda": ("fp32", "cuda", True),
@@ -250,7 +252,7 @@ def provider_benchmark(
         try:
             scorer = OnnxScorer.load(
                 model_dirs[graph],
-                provider=provider,  # type: ignore[arg-type]
+                provider=provider,
                 intra_op_threads=threads,
             )
         except ProviderUnavailableError as exc:

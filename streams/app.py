@@ -17,6 +17,7 @@ from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
 from streams.config import KafkaConfig, StreamConfig
 from streams.metrics import Metrics
+from streams.output import OutputSink
 from streams.reload import ModelReloader, ModelSource
 from streams.tables import ProfileTable
 from streams.topics import PROFILES_TABLE, changelog_topic
@@ -60,6 +61,7 @@ def create_app(
     *,
     model_source: ModelSource | None = None,
     loaded_version: str | None = None,
+    output: OutputSink | None = None,
 ) -> RecstreamApp:
     """Build the worker application.
 
@@ -70,6 +72,9 @@ def create_app(
         model_source: where new model versions come from; polled every
             ``config.model_reload_interval_s`` for hot reload (``None``: no reload).
         loaded_version: the source's name of ``scorer``'s version.
+        output: where recommendations, dead letters and changelog records go; a
+            librdkafka :class:`~streams.output.OutputProducer` by default (tests pass
+            an in-memory sink).
 
     Returns:
         The Faust app with the ``score_user_events`` agent registered.
@@ -137,7 +142,7 @@ def create_app(
     # Faust names the changelog itself; topic provisioning relies on that name.
     assert profiles.changelog_topic.get_topic_name() == changelog_topic(config.app_id)
     metrics = metrics or Metrics()
-    app.pipeline = Pipeline(app, config, scorer, profiles, metrics)
+    app.pipeline = Pipeline(app, config, scorer, profiles, metrics, output=output)
     app.pipeline.register()
     if model_source is not None and config.model_reload_interval_s > 0:
         reloader = ModelReloader(

@@ -121,8 +121,10 @@ class ScoringConfig(ConfigGroup):
         "librdkafka",
         description="Producer of profile changelog records. `librdkafka` (default): an event "
         "is acked only once its changelog record is delivered. `faust` (Faust's aiokafka "
-        "producer; for benchmarks): slower, and an event's offset can be committed before "
-        "its changelog record is written, so a crash can lose that profile update.",
+        "producer; a benchmark baseline): slower, and weaker: an event is acked once its "
+        "recommendation is delivered; Faust flushes its producer before each commit, but "
+        "a changelog record that fails to send does not hold the offset back, so that "
+        "profile update can be missing from the changelog after a restore.",
     )
 
 

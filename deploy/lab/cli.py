@@ -487,7 +487,7 @@ def bench_providers(
     for graph in sorted(graphs - {"fp32"}):
         target = out / f"model-{graph}"
         shutil.copytree(dirs["fp32"], target, dirs_exist_ok=True)
-        convert_variant(target / "model.onnx", target / "model.onnx", graph)  # type: ignore[arg-type]
+        convert_variant(target / "model.onnx", target / "model.onnx", graph)
         meta = ModelMetadata.load(target)
         replace(meta, variant=graph).save(target / "metadata.json")
         dirs[graph] = target

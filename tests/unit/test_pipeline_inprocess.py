@@ -28,12 +28,11 @@ from faust.types import EventT, Message
 from models.scorer import HistoryItem, Recommendation, Scorer
 from streams.acks import InOrderAcks
 from streams.agents import Pipeline
+from streams.app import create_app
 from streams.config import ScoringConfig, StreamConfig, WebConfig
 from streams.events import ReasonCode
-from streams.metrics import Metrics
 from streams.output import OutputSink
-from streams.tables import ProfileTable
-from streams.topics import PROFILES_TABLE, changelog_topic
+from streams.topics import changelog_topic
 from streams.web import liveness
 
 NOW = time.time()
@@ -174,33 +173,17 @@ def harness() -> Iterator[Harness]:
         scoring=ScoringConfig(max_batch=8, max_wait_ms=30.0, inference_thread=True),
         web=WebConfig(enabled=False),
     )
-    # What create_app builds, minus the broker-facing parts: the memory:// store, the
-    # librdkafka changelog table, raw keys and values.
-    app = faust.App(
-        config.app_id,
-        broker="kafka://127.0.0.1:1",  # never contacted: nothing is started
-        store=config.store,
-        topic_allow_declare=False,
-        Table=ProfileTable,
-        web_enabled=False,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    profiles = app.Table(
-        PROFILES_TABLE,
-        default=None,
-        partitions=config.partitions,
-        key_type=str,
-        value_type=bytes,
-    )
     scorer = FakeScorer()
     assert isinstance(scorer, Scorer)
     sink = FakeSink()
     sink_port: OutputSink = sink  # the fake satisfies the protocol
-    pipeline = Pipeline(app, config, scorer, profiles, Metrics(), output=sink_port)
+    # The production wiring, with the memory:// store and the in-memory sink; nothing
+    # is started, so the broker address is never contacted.
+    app = create_app(config, scorer, output=sink_port)
+    pipeline = app.pipeline
+    profiles = pipeline.profiles
     clock = FakeClock()
     pipeline.acks = InOrderAcks(clock=clock)
-    pipeline.register()
     yield Harness(app, config, pipeline, profiles, scorer, sink, clock)
 
 
