@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 console = Console(stderr=True)
-models_app = typer.Typer(help="List and promote versions in a model store.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, promote and roll back versions in a model store.", no_args_is_help=True
+)
 
 _FORMAT_HELP = (
     "sequences: 'user item1 item2 ...' lines, leave-one-out (e.g. Beauty.txt); "
@@ -135,6 +137,13 @@ def train(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed.")] = 42,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Training device: auto (CUDA when torch sees a GPU, else CPU), cpu, cuda "
+            "or cuda:N (fails when CUDA is unavailable). Exports are the same either way."
+        ),
+    ] = "auto",
     max_train_sessions: MaxSessionsOpt = None,
     valid_fraction: ValidFractionOpt = 0.1,
     max_cases: MaxCasesOpt = 20_000,
@@ -168,10 +177,14 @@ def train(
     """
     from models.metadata import SIMILARITIES
     from models.quality import evaluate_all, load_split, write_report
-    from models.train import TrainConfig, load_checkpoint, train_model
+    from models.train import TrainConfig, load_checkpoint, resolve_device, train_model
 
     if similarity not in SIMILARITIES:
         raise typer.BadParameter(f"--similarity must be one of {', '.join(SIMILARITIES)}")
+    try:  # before loading any data: a wrong device fails at once
+        console.print(f"training on {resolve_device(device)}")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--device") from exc
     parent = None
     if init_from is not None:
         parent_path = _checkpoint_path(init_from)
@@ -245,6 +258,7 @@ def train(
         max_minutes=max_minutes,
         n_negatives=negatives,
         num_threads=threads,
+        device=device,
     )
     content = _content(item_texts, text_encoder)
     trained = train_model(
@@ -481,6 +495,21 @@ def models_promote(
     from models.store import ModelStore
 
     ModelStore(store).promote(version)
+    console.print(f"CURRENT -> {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(
+    store: Annotated[Path, typer.Argument(help="Model store root.")],
+) -> None:
+    """Point CURRENT back at the version that was current before the latest promotion."""
+    from models.store import ModelStore, StoreError
+
+    try:
+        version = ModelStore(store).rollback()
+    except StoreError as exc:
+        console.print(f"[red]rollback refused:[/red] {exc}")
+        raise typer.Exit(1) from exc
     console.print(f"CURRENT -> {version}")
 
 

@@ -211,6 +211,7 @@ def write_report(
             "epochs_run": len(trained.stats.epochs),
             "best_epoch": trained.stats.best_epoch,
             "stop_reason": trained.stats.stop_reason,
+            "device": trained.stats.device,
             "n_train_interactions": run.n_train_interactions,
             "n_items": trained.vocab.n_items,
             "init_from": trained.stats.init_from,

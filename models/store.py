@@ -4,6 +4,7 @@ Layout::
 
     store/
       CURRENT                      # one line: the active version (replaced atomically)
+      HISTORY                      # promotions and rollbacks, oldest first (see below)
       20261123T150102Z-1a2b3c4d/   # one directory per version, never modified in place
         model.onnx
         metadata.json
@@ -17,22 +18,33 @@ sees the old or the new version, never a partial name. Workers roll forward by p
 `ModelStore.current()` and loading the new directory (the worker's hot reload in
 ``streams.reload`` does this).
 
+``HISTORY`` is an append-only log of every change of ``CURRENT`` made by `promote` and
+`rollback`, one ``<utc time> promote|rollback <from or -> <to>`` line each, replaced
+atomically like ``CURRENT`` (so it is never half written) after ``CURRENT`` was
+replaced. Replaying it gives the stack of versions that were current before each
+promotion still in effect; `ModelStore.rollback` pops it. Promotions must not run
+concurrently (the retraining CronJob is ``concurrencyPolicy: Forbid``): two at once
+could lose a HISTORY line.
+
 Stdlib only: the serving path imports it.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from models.metadata import METADATA_FILENAME, MODEL_FILENAME
 
 __all__ = [
     "CURRENT_FILENAME",
+    "HISTORY_FILENAME",
     "ModelStore",
     "StoreError",
     "VersionInfo",
@@ -41,6 +53,8 @@ __all__ = [
 
 #: Pointer file naming the active version.
 CURRENT_FILENAME = "CURRENT"
+#: Log of the changes of CURRENT (promotions and rollbacks).
+HISTORY_FILENAME = "HISTORY"
 
 # Version directory names: no separators, no leading dot (dot = staging / temporary).
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -167,19 +181,114 @@ class ModelStore:
         return path
 
     def promote(self, version: str) -> None:
-        """Atomically point CURRENT at `version` (also used to roll back).
+        """Atomically point CURRENT at `version` and record the promotion in HISTORY.
+
+        Promoting an older version is also a way to roll back (by name); `rollback`
+        returns to the version that was current before the latest promotion.
 
         Raises:
             StoreError: If the version is not in the store.
         """
         if not _VERSION_RE.match(version) or not _is_model_dir(self.root / version):
             raise StoreError(f"unknown version {version!r} in {self.root}")
-        tmp = self.root / f".{CURRENT_FILENAME}.{uuid.uuid4().hex}.tmp"
+        previous = self.current()
+        self._write_atomic(CURRENT_FILENAME, version + "\n")
+        if previous != version:
+            self._record("promote", previous, version)
+
+    def rollback(self) -> str:
+        """Point CURRENT back at the version that was current before the latest promotion.
+
+        Repeated rollbacks walk further back (promote A, B, C; rollback -> B; rollback
+        -> A). The rollback is recorded in HISTORY; a later promotion starts a new step.
+
+        Returns:
+            The version CURRENT now names.
+
+        Raises:
+            StoreError: If there is nothing to roll back to, that version's directory is
+                gone, or CURRENT was changed outside `promote`/`rollback` (then HISTORY
+                cannot tell what came before it: use `promote` with a version).
+        """
+        current = self.current()
+        recorded, previous = self._replay()
+        if current != recorded:
+            raise StoreError(
+                f"{CURRENT_FILENAME} in {self.root} names {current!r} but {HISTORY_FILENAME} "
+                f"last recorded {recorded!r} (changed by hand?); cannot tell which version "
+                "came before it: promote one by name instead"
+            )
+        if not previous:
+            raise StoreError(
+                f"nothing to roll back to in {self.root}: no promotion before "
+                f"{current!r} is recorded in {HISTORY_FILENAME}"
+            )
+        target = previous[-1]
+        if not _VERSION_RE.match(target) or not _is_model_dir(self.root / target):
+            raise StoreError(
+                f"cannot roll back to {target!r} (current before the latest promotion): "
+                f"it is no longer in {self.root}"
+            )
+        self._write_atomic(CURRENT_FILENAME, target + "\n")
+        self._record("rollback", current, target)
+        return target
+
+    def history(self) -> builtins.list[tuple[str, str, str | None, str]]:
+        """HISTORY as ``(time, action, from, to)`` tuples, oldest first (``from`` None
+        when nothing was current).
+
+        Raises:
+            StoreError: If a line is malformed.
+        """
+        try:
+            text = (self.root / HISTORY_FILENAME).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        out: builtins.list[tuple[str, str, str | None, str]] = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 4 or parts[1] not in ("promote", "rollback"):
+                raise StoreError(f"{self.root / HISTORY_FILENAME}:{n}: malformed line {line!r}")
+            time, action, frm, to = parts
+            out.append((time, action, None if frm == "-" else frm, to))
+        return out
+
+    def _replay(self) -> tuple[str | None, builtins.list[str]]:
+        """(CURRENT as HISTORY last recorded it, versions current before each promotion
+        still in effect, newest last)."""
+        current: str | None = None
+        previous: builtins.list[str] = []
+        for _, action, frm, to in self.history():
+            if action == "promote":
+                if frm is not None:
+                    previous.append(frm)
+            elif previous:
+                previous.pop()
+            current = to
+        return current, previous
+
+    def _record(self, action: str, frm: str | None, to: str) -> None:
+        """Append one line to HISTORY (by rewriting it atomically)."""
+        path = self.root / HISTORY_FILENAME
+        try:
+            old = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            old = ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._write_atomic(HISTORY_FILENAME, f"{old}{stamp} {action} {frm or '-'} {to}\n")
+
+    def _write_atomic(self, name: str, text: str) -> None:
+        """Write ``<root>/<name>`` via a fsynced temporary file and a rename."""
+        tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(version + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.root / CURRENT_FILENAME)
+        os.replace(tmp, self.root / name)
         _fsync_dir(self.root)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -83,7 +84,10 @@ class TrainConfig:
             validation cases `val_patience` applies instead.
         min_delta: Minimum loss decrease (nats) that counts as an improvement.
         grad_clip: Max global gradient norm (0 disables).
-        device: Torch device for training ("cpu", "cuda", ...); the result is moved to CPU.
+        device: Torch device for training: "auto" (CUDA when `torch.cuda.is_available()`,
+            else CPU), "cpu", "cuda" or "cuda:N" (an error when CUDA is unavailable; see
+            `resolve_device`). The result, checkpoints and exports are on CPU either way;
+            the device used is recorded in `TrainingStats.device`.
         num_threads: torch intra-op threads while training (None leaves torch's setting).
         val_patience: With validation cases: stop after this many evaluations without a
             better validation NDCG@10 (the best epoch's weights are restored).
@@ -118,7 +122,7 @@ class TrainConfig:
     patience: int = 3
     min_delta: float = 1e-3
     grad_clip: float = 1.0
-    device: str = "cpu"
+    device: str = "auto"
     num_threads: int | None = None
     val_patience: int = 5
     eval_every: int = 1
@@ -215,6 +219,8 @@ class TrainingStats:
         stop_reason: "max_epochs", "patience" or "time_budget".
         init_from: For a warm start (`train_model(init_from=...)`): the parent's data
             fingerprint, best epoch and how many item rows were carried over / new.
+        device: The torch device the run trained on ("cpu", "cuda", ...; runs recorded
+            before the setting existed trained on CPU).
     """
 
     epochs: list[EpochStats]
@@ -227,6 +233,7 @@ class TrainingStats:
     best_epoch: int = 0
     stop_reason: str = "max_epochs"
     init_from: dict[str, Any] | None = None
+    device: str = "cpu"
 
     @property
     def epoch_losses(self) -> list[float]:
@@ -460,14 +467,50 @@ def _attribute_tensor(
     return table, tuple(names)
 
 
+def resolve_device(name: str) -> str:
+    """The torch device a `TrainConfig.device` setting trains on.
+
+    Args:
+        name: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ValueError: On another name, or CUDA asked for but not available.
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or re.fullmatch(r"cuda:\d+", name):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r} asked for, but CUDA is not available to torch here "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): "
+                "use --device cpu or auto"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+            )
+        return name
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
+
+
 class _Trainer:
     """Owns model, optimizer and data tensors for one training run."""
 
     def __init__(
-        self, model: SequentialRecommender, windows: TrainingWindows, config: TrainConfig
+        self,
+        model: SequentialRecommender,
+        windows: TrainingWindows,
+        config: TrainConfig,
+        device: str = "cpu",
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(device)
         self.model = model.to(self.device)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -610,6 +653,7 @@ def train_model(
     if len(windows) == 0:
         raise ValueError("no user has two or more interactions; nothing to train on")
     recent = recent_popularity(data, vocab)
+    device = resolve_device(config.device)
 
     previous_threads = torch.get_num_threads()
     if config.num_threads is not None:
@@ -632,7 +676,7 @@ def train_model(
             if init_from is not None
             else None
         )
-        trainer = _Trainer(model, windows, config)
+        trainer = _Trainer(model, windows, config, device)  # moves the model there
         ranker = ModuleRanker(model)
         epochs: list[EpochStats] = []
         stop_reason = "max_epochs"
@@ -697,6 +741,7 @@ def train_model(
                     recent,
                     attr_names,
                     lineage,
+                    device=device,
                 )
                 save_checkpoint(partial, Path(checkpoint_dir) / "last.pt")
                 if best_epoch == epoch:
@@ -732,6 +777,7 @@ def train_model(
         recent,
         attr_names,
         lineage,
+        device=device,
     )
 
 
@@ -756,6 +802,8 @@ def _assemble(
     recent: dict[str, list[int]],
     attribute_names: tuple[str, ...],
     lineage: dict[str, Any] | None,
+    *,
+    device: str = "cpu",
 ) -> TrainedModel:
     stats = TrainingStats(
         epochs=list(epochs),
@@ -768,6 +816,7 @@ def _assemble(
         best_epoch=best_epoch,
         stop_reason=stop_reason,
         init_from=lineage,
+        device=device,
     )
     return TrainedModel(
         module=model,

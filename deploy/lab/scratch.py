@@ -73,21 +73,22 @@ class ScratchDeployment:
     def worker_settings(self, model_dir: Path, state_dir: Path, **overrides: Any) -> Settings:
         """Validated settings of a worker of this deployment (CPU provider, fast group
         timings, a free local web port); ``overrides`` are flat setting names."""
-        return lab_settings(
-            kafka_bootstrap_servers=self.bootstrap_servers,
-            app_id=self.app_id,
-            partitions=self.partitions,
-            topic_clicks=self.topics.clicks,
-            topic_browses=self.topics.browses,
-            topic_purchases=self.topics.purchases,
-            topic_recommendations=self.topics.recommendations,
-            topic_dead_letter=self.topics.dead_letter,
-            model_dir=model_dir,
-            state_dir=state_dir,
-            provider="cpu",
-            log_level="WARNING",
-            **{**FAST_GROUP_SETTINGS, **overrides},
-        )
+        base: dict[str, Any] = {
+            "kafka_bootstrap_servers": self.bootstrap_servers,
+            "app_id": self.app_id,
+            "partitions": self.partitions,
+            "topic_clicks": self.topics.clicks,
+            "topic_browses": self.topics.browses,
+            "topic_purchases": self.topics.purchases,
+            "topic_recommendations": self.topics.recommendations,
+            "topic_dead_letter": self.topics.dead_letter,
+            "model_dir": model_dir,
+            "state_dir": state_dir,
+            "provider": "cpu",
+            "log_level": "WARNING",
+            **FAST_GROUP_SETTINGS,
+        }
+        return lab_settings(**{**base, **overrides})
 
 
 def free_port() -> int:

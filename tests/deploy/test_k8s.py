@@ -156,24 +156,50 @@ def test_state_dir_is_on_a_volume_claim_template(overlay):
     assert sts["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
 
 
+def _arg_value(args: list[str], flag: str) -> str | None:
+    """The value of `flag` in a container's args (``--flag VALUE`` or ``--flag=VALUE``)."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _mount_holding(mounts: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The volume mount a path lies on (the deepest mount path containing it)."""
+    hits = [m for m in mounts if Path(m["mountPath"]) in (path, *path.parents)]
+    assert hits, f"{path} is on no volume mount"
+    return max(hits, key=lambda m: len(Path(m["mountPath"]).parts))
+
+
 def test_model_dir_is_on_the_read_only_model_store(overlay):
     _, resources = overlay
     model_dir = Path(settings_env(resources)["RECSTREAM_MODEL_DIR"])
     mount = next(m for m in worker(resources)["volumeMounts"] if m["name"] == "models")
-    assert Path(mount["mountPath"]) in model_dir.parents and mount["readOnly"] is True
+    assert _mount_holding(worker(resources)["volumeMounts"], model_dir) == mount
+    assert mount["readOnly"] is True
     spec = pod_spec(one(resources, "StatefulSet"))
     claim = next(v for v in spec["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
     assert one(resources, "PersistentVolumeClaim", claim["claimName"])
-    # The CronJob writes the same store.
+    # The CronJob publishes into a store on the same claim (read-write there) ...
     job = pod_spec(one(resources, "CronJob"))
-    vol = next(
-        v
-        for v in job["volumes"]
-        if v.get("persistentVolumeClaim", {}).get("claimName") == claim["claimName"]
-    )
     train = next(iter(containers(one(resources, "CronJob"))))
-    store = next(m for m in train["volumeMounts"] if m["name"] == vol["name"])
-    assert not store.get("readOnly") and store["mountPath"] == mount["mountPath"]
+    store_arg = _arg_value(train["args"], "--store")
+    assert store_arg, f"the retrain CronJob publishes no store: {train['args']}"
+    store = Path(store_arg)
+    store_mount = _mount_holding(train["volumeMounts"], store)
+    vol = next(v for v in job["volumes"] if v["name"] == store_mount["name"])
+    assert vol.get("persistentVolumeClaim", {}).get("claimName") == claim["claimName"]
+    assert not store_mount.get("readOnly")
+    # ... and the worker's model dir is that store's root as the worker sees it, so it
+    # finds `CURRENT` there and hot-reloads each promotion (a directory below the root,
+    # e.g. /models/current, holds neither CURRENT nor model.onnx: the worker cannot start).
+    seen_by_worker = Path(mount["mountPath"]) / store.relative_to(store_mount["mountPath"])
+    assert model_dir == seen_by_worker, (
+        f"RECSTREAM_MODEL_DIR={model_dir}, but the CronJob publishes the store at "
+        f"{store} (the worker sees it at {seen_by_worker})"
+    )
 
 
 def test_probes_hit_health_endpoints_on_the_web_port(overlay):

@@ -67,6 +67,8 @@ def test_train_evaluate_export_on_event_log(
         app,
         [
             "train",
+            "--device",
+            "cpu",
             str(event_log),
             "--format",
             "events",
@@ -91,6 +93,7 @@ def test_train_evaluate_export_on_event_log(
         "item-cooccurrence",
     ]
     assert report["command"].startswith("recstream ")
+    assert report["config"]["device"] == "cpu" and report["training"]["device"] == "cpu"
     assert report["data_files"] == [str(event_log)]
     assert (run_dir / "training_curve.png").is_file() and (run_dir / "metrics.png").is_file()
     model_store = ModelStore(store)
@@ -161,3 +164,41 @@ def test_train_evaluate_export_on_event_log(
 
     result = runner.invoke(app, ["export", str(run_dir)])
     assert result.exit_code != 0  # needs --out or --store
+
+
+def test_models_rollback(app: typer.Typer, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    for version in ("v1", "v2"):
+        (store.root / version).mkdir(parents=True)
+        (store.root / version / "model.onnx").write_bytes(b"onnx")
+        (store.root / version / "metadata.json").write_text(json.dumps({"model_version": version}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "--help"])
+    assert result.exit_code == 0 and "rollback" in result.output
+    result = runner.invoke(app, ["models", "rollback", str(store.root)])
+    assert result.exit_code == 1 and "nothingtorollback" in _flat(result.output)
+    for version in ("v1", "v2"):
+        result = runner.invoke(app, ["models", "promote", str(store.root), version])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["models", "rollback", str(store.root)])
+    assert result.exit_code == 0, result.output
+    assert "CURRENT->v1" in _flat(result.output) and store.current() == "v1"
+    result = runner.invoke(app, ["models", "rollback", str(store.root)])
+    assert result.exit_code == 1 and store.current() == "v1"
+    assert "nothingtorollback" in _flat(result.output)
+
+
+def test_train_device_cuda_fails_clearly_without_cuda(
+    app: typer.Typer, event_log: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    args = ["train", str(event_log), "--format", "events", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, [*args, "--device", "cuda"])
+    assert result.exit_code == 2, result.output  # a usage error, before any data is read
+    assert "CUDAisnotavailable" in _flat(result.output)
+    assert not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, [*args, "--device", "tpu"])
+    assert result.exit_code == 2 and "auto,cpu,cudaorcuda:N" in _flat(result.output)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,9 @@ from models.train import (
     build_training_windows,
     build_vocab,
     group_timelines,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
     train_model,
 )
 
@@ -103,6 +108,46 @@ def test_training_is_deterministic(tiny_shop: SyntheticShop) -> None:
     assert a.data_fingerprint == b.data_fingerprint == fingerprint_interactions(data)
     for pa, pb in zip(a.module.parameters(), b.module.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device(name)
+
+
+def test_cuda_fails_clearly_without_cuda(tiny_shop: SyntheticShop) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    cfg = TrainConfig(max_len=10, dim=16, n_layers=1, n_heads=1, epochs=1, device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train_model(tiny_shop.interactions()[:500], cfg)
+
+
+def test_training_records_its_device_and_checkpoints_load_on_cpu(
+    tiny_shop: SyntheticShop, tmp_path: Path
+) -> None:
+    data = tiny_shop.interactions()[:2000]
+    devices = ["cpu", "auto"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        cfg = TrainConfig(max_len=10, dim=16, n_layers=1, n_heads=1, epochs=1, device=device)
+        trained = train_model(data, cfg, checkpoint_dir=tmp_path / device)
+        assert trained.stats.device == resolve_device(device)
+        assert trained.config.device == device
+        assert {p.device.type for p in trained.module.parameters()} == {"cpu"}
+        for name in ("best.pt", "last.pt"):
+            loaded = load_checkpoint(tmp_path / device / name)  # map_location="cpu"
+            assert loaded.stats.device == trained.stats.device
+            assert {p.device.type for p in loaded.module.parameters()} == {"cpu"}
+        again = load_checkpoint(save_checkpoint(trained, tmp_path / f"{device}.pt"))
+        for pa, pb in zip(trained.module.parameters(), again.module.parameters(), strict=True):
+            torch.testing.assert_close(pa, pb, rtol=0, atol=0)
 
 
 def test_nothing_to_train_raises() -> None:

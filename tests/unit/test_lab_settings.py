@@ -46,3 +46,17 @@ def test_settings_env_gives_just_the_named_variables() -> None:
     assert env == {"RECSTREAM_KAFKA_BOOTSTRAP_SERVERS": "k:9092", "RECSTREAM_PARTITIONS": "2"}
     with pytest.raises(ValueError):
         settings_env(partitons=2)
+
+
+def test_scratch_worker_settings_take_overrides_of_their_own_defaults(tmp_path: Path) -> None:
+    from deploy.lab.scratch import ScratchDeployment
+    from streams.topics import TopicNames
+
+    dep = ScratchDeployment("127.0.0.1:1", "recstream-t-1", TopicNames(), 2, "1")
+    settings = dep.worker_settings(
+        tmp_path / "m", tmp_path / "s", log_level="INFO", provider="auto", top_k=5
+    )
+    assert settings.log_level == "INFO" and settings.provider == "auto"
+    assert settings.stream.scoring.top_k == 5
+    assert settings.stream.app_id == "recstream-t-1" and settings.stream.partitions == 2
+    assert settings.stream.consumer.session_timeout_s == 3.0
