@@ -20,13 +20,38 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 install: $(STAMP) ## Create .venv and install recstream with training and test extras
 
+# promtool (alert-rule unit tests) and the prometheus server (scrape test) come from
+# Debian's `prometheus` package. Installed when missing, as root with apt (as on CI);
+# policy-rc.d keeps the package from starting its service. Elsewhere those tests skip.
+PROMTOOL := $(shell command -v promtool 2>/dev/null || echo /usr/bin/promtool)
+
+$(PROMTOOL):
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "promtool missing and not installable here (needs root and apt-get): its tests will skip"; \
+	  exit 0; \
+	fi; \
+	set -e; export DEBIAN_FRONTEND=noninteractive; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+	fi; \
+	install="apt-get install -y -qq --no-install-recommends prometheus"; \
+	echo "$$install"; \
+	$$install || { apt-get update -qq && $$install; }; \
+	if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then \
+	  systemctl stop prometheus; \
+	fi; \
+	promtool --version | head -1
+
+promtool: $(PROMTOOL) ## Install promtool and prometheus (Debian package) for the alert-rule tests
+
 demo: $(STAMP) ## Train a small model and run the whole pipeline on the embedded broker
 	$(VENV)/bin/recstream demo
 
-test: lint ## Lint, then the whole test-suite (unit, integration on a real Kafka protocol, e2e)
+test: lint $(PROMTOOL) ## Lint, then the whole test-suite (unit, integration on a real Kafka protocol, e2e)
 	$(PY) -m pytest -q
 
-test-unit: $(STAMP) ## Unit tests only (no broker)
+test-unit: $(STAMP) $(PROMTOOL) ## Unit tests only (no broker)
 	$(PY) -m pytest -q -m "not integration and not e2e"
 
 lint: $(STAMP) ## ruff and mypy
@@ -36,4 +61,4 @@ lint: $(STAMP) ## ruff and mypy
 clean: ## Remove the venv, demo output and caches
 	rm -rf $(VENV) .demo var .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install demo test test-unit lint clean
+.PHONY: help install promtool demo test test-unit lint clean

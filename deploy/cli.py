@@ -1,7 +1,7 @@
 """The ``recstream`` command line.
 
-This module holds the operating commands (``worker``, ``topics``, ``produce``,
-``consume``, ``schemas``); the model commands are registered from `deploy.model_cli`
+This module holds the operating commands (``worker``, ``archive``, ``topics``,
+``produce``, ``consume``, ``schemas``); the model commands are registered from `deploy.model_cli`
 and the test and measurement lab's (``broker``, ``replay``, ``chaos``, ``demo``,
 ``bench``) from `deploy.lab.cli`.
 """
@@ -38,6 +38,40 @@ def worker() -> None:
     # Faust's worker parses sys.argv itself; hand it a clean one.
     sys.argv = [sys.argv[0]]
     run_worker(Settings())
+
+
+@app.command()
+def archive() -> None:
+    """Archive accepted input events to day-partitioned Parquet (RECSTREAM_ARCHIVE_*).
+
+    Its own consumer group (``<app_id>-archiver``). SIGTERM or Ctrl-C: the open parts
+    are written, their offsets committed, and the process exits 0.
+    """
+    import logging.config
+    import signal
+    import threading
+
+    from deploy.logs import logging_config
+    from streams.archive import Archiver, ArchiverMetrics, serve_metrics
+
+    settings = Settings()
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    options = settings.archive
+    metrics = ArchiverMetrics()
+    if options.metrics_port:
+        serve_metrics(metrics, options.metrics_port)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    Archiver(
+        settings.stream,
+        options.dir,
+        retention_days=options.retention_days,
+        flush_records=options.flush_records,
+        flush_interval_s=options.flush_interval_s,
+        retention_interval_s=options.retention_interval_s,
+        metrics=metrics,
+    ).run(stopping.is_set)
 
 
 @topics_app.command("create")

@@ -92,7 +92,12 @@ def _print_run(run: EvaluationRun, title: str) -> None:
 
 def train(
     ctx: typer.Context,
-    data: DataArg,
+    data: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Data file (training sessions for 'sessions'); omit with --from-archive."
+        ),
+    ] = None,
     fmt: FormatOpt = "sequences",
     test: TestOpt = None,
     attributes: AttrOpt = None,
@@ -157,23 +162,71 @@ def train(
         typer.Option(help="Local Hugging Face encoder directory for --item-texts."),
     ] = None,
     store: Annotated[
-        Path | None, typer.Option(help="Export the trained model into this model store.")
+        Path | None,
+        typer.Option(
+            help="Export the trained model (graph, metadata and checkpoint.pt) into this "
+            "model store; with --from-archive it is also gated against CURRENT."
+        ),
     ] = None,
-    promote: Annotated[bool, typer.Option(help="Make the exported version CURRENT.")] = False,
+    promote: Annotated[
+        bool,
+        typer.Option(
+            help="Make the exported version CURRENT (with --from-archive: only if it passes "
+            "the gate)."
+        ),
+    ] = False,
     init_from: Annotated[
         Path | None,
         typer.Option(
             help="Warm start from this run directory or checkpoint .pt (fine-tune on newer "
             "data, or continue a run): its weights are the starting point (the optimizer "
             "starts afresh at --lr), items are matched by id, and its architecture "
-            "(max-len, dim, layers, heads, similarity, temperature) is used."
+            "(max-len, dim, layers, heads, similarity, temperature) is used. A model "
+            "store resolves to its CURRENT version's checkpoint.pt; a store without "
+            "CURRENT (the first retrain) trains from scratch."
         ),
     ] = None,
+    from_archive: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train on the Parquet event archive DIR/day=YYYY-MM-DD/part-*.parquet "
+            "instead of DATA: the newest --holdout-days day folders are the test (and, "
+            "with --store, the gate's cases); training and validation use the earlier days."
+        ),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(help="--from-archive: read the newest N day folders (default: all).", min=1),
+    ] = None,
+    holdout_days: Annotated[
+        int, typer.Option(help="--from-archive: newest day folders held out for the test.", min=1)
+    ] = 1,
+    gate_metric: Annotated[
+        str,
+        typer.Option(
+            help="--from-archive with --store: the metric the candidate must win on against "
+            "the store's CURRENT model (hr@5/10/20, ndcg@5/10/20, mrr@20), both exported "
+            "models ranked on the same held-out cases."
+        ),
+    ] = "ndcg@10",
+    gate_margin: Annotated[
+        float,
+        typer.Option(
+            help="--from-archive with --store: the candidate is promoted only if its gate "
+            "metric exceeds the serving model's by more than this."
+        ),
+    ] = 0.0,
 ) -> None:
     """Train the transformer, early-stopped on validation NDCG@10, and test it.
 
     Writes ``OUT/checkpoint/best.pt``, ``OUT/report.json`` (test metrics of the model and
     the baselines), ``OUT/training_curve.png`` and ``OUT/metrics.png``.
+
+    With ``--from-archive`` and ``--store`` the candidate is published into the store
+    (with its checkpoint) and gated: with ``--promote`` it becomes CURRENT only if it
+    beats the serving model on the held-out days (``--gate-metric``, ``--gate-margin``);
+    otherwise CURRENT stays and report.json's ``gate`` section says why. A refused
+    candidate stays in the store for inspection.
     """
     from models.metadata import SIMILARITIES
     from models.quality import evaluate_all, load_split, write_report
@@ -181,11 +234,21 @@ def train(
 
     if similarity not in SIMILARITIES:
         raise typer.BadParameter(f"--similarity must be one of {', '.join(SIMILARITIES)}")
+    if (data is None) == (from_archive is None):
+        raise typer.BadParameter("give exactly one of DATA or --from-archive")
+    from models.gate import GATE_METRICS
+
+    if gate_metric not in GATE_METRICS:
+        raise typer.BadParameter(
+            f"--gate-metric must be one of {', '.join(GATE_METRICS)}", param_hint="--gate-metric"
+        )
     try:  # before loading any data: a wrong device fails at once
         console.print(f"training on {resolve_device(device)}")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--device") from exc
     parent = None
+    if init_from is not None and _is_store(init_from):
+        init_from = _store_checkpoint(init_from)
     if init_from is not None:
         parent_path = _checkpoint_path(init_from)
         if (out / "checkpoint").resolve() == parent_path.resolve() or (
@@ -227,16 +290,36 @@ def train(
             f"{layers} layers, {heads} heads, {similarity} scoring)"
         )
 
-    split = load_split(
-        _fmt(fmt),
-        data,
-        test_path=test,
-        attributes_path=attributes,
-        max_train_sessions=max_train_sessions,
-        valid_fraction=valid_fraction,
-        max_cases=max_cases,
-        seed=seed,
-    )
+    if from_archive is not None:
+        from models.archive import archive_split
+
+        try:
+            split = archive_split(
+                from_archive,
+                days=days,
+                holdout_days=holdout_days,
+                valid_fraction=valid_fraction,
+                max_cases=max_cases,
+                seed=seed,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--from-archive") from exc
+        if attributes is not None:
+            from models.datasets import read_item_attributes
+
+            split.item_attributes = read_item_attributes(attributes)
+    else:
+        assert data is not None
+        split = load_split(
+            _fmt(fmt),
+            data,
+            test_path=test,
+            attributes_path=attributes,
+            max_train_sessions=max_train_sessions,
+            valid_fraction=valid_fraction,
+            max_cases=max_cases,
+            seed=seed,
+        )
     console.print(
         f"[bold]{split.protocol}[/]: {len(split.train)} training interactions, "
         f"{len(split.valid)} validation / {len(split.test)} test cases"
@@ -285,12 +368,30 @@ def train(
     from models.train import save_checkpoint
 
     save_checkpoint(trained, out / "checkpoint" / "best.pt")
-    files = [str(p) for p in (data, test, attributes) if p is not None]
-    path = write_report(out, trained, run, command=_command(), data_files=files)
+    gate: dict[str, Any] | None = None
+    if store is not None and from_archive is not None:
+        gate = _publish_with_gate(
+            trained,
+            store,
+            split.test,
+            promote=promote,
+            metric=gate_metric,
+            margin=gate_margin,
+            threads=threads or 0,
+        )
+    elif store is not None:
+        _export_to_store(trained, store, promote=promote)
+    files = [str(p) for p in (data, from_archive, test, attributes) if p is not None]
+    path = write_report(
+        out,
+        trained,
+        run,
+        command=_command(),
+        data_files=files,
+        extra=None if gate is None else {"gate": gate},
+    )
     _print_run(run, f"test ({split.protocol})")
     console.print(f"report: {path}")
-    if store is not None:
-        _export_to_store(trained, store, promote=promote)
 
 
 def evaluate(
@@ -453,18 +554,98 @@ def _variant(value: str) -> Precision:
     return precisions[value]
 
 
-def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str = "fp32") -> None:
+def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str = "fp32") -> str:
+    """Export into the store (graph, metadata and the torch checkpoint); return the version."""
     from models.export import export_onnx
+    from models.metadata import CHECKPOINT_FILENAME
     from models.store import ModelStore
+    from models.train import save_checkpoint
 
     model_store = ModelStore(store)
     staging = model_store.staging_dir()
     export_onnx(trained, staging, variant=_variant(variant))
+    # Kept beside the graph so that `train --init-from STORE` can warm start from it.
+    save_checkpoint(trained, staging / CHECKPOINT_FILENAME)
     version = model_store.publish(staging)
     console.print(f"published {version} in {store}")
     if promote:
         model_store.promote(version)
         console.print(f"CURRENT -> {version}")
+    return version
+
+
+def _publish_with_gate(
+    trained: Any,
+    store: Path,
+    cases: Any,
+    *,
+    promote: bool,
+    metric: str,
+    margin: float,
+    threads: int,
+) -> dict[str, Any]:
+    """Publish the candidate, gate it against CURRENT and promote it if it passes.
+
+    The candidate is always published (a refused one can be inspected or promoted by
+    hand); CURRENT changes only through the gate. Returns report.json's ``gate`` section.
+    """
+    from models.gate import run_gate
+    from models.store import ModelStore
+
+    model_store = ModelStore(store)
+    serving = model_store.current_dir() if model_store.current() is not None else None
+    version = _export_to_store(trained, store, promote=False)
+    decision = run_gate(
+        model_store.root / version, serving, cases, metric=metric, margin=margin, threads=threads
+    )
+    section = decision.to_dict()
+    verdict = "passed" if decision.promote else "refused"
+    console.print(f"gate {verdict} ({metric}, margin {margin:g}, {decision.n_cases} cases):")
+    console.print(decision.reason)
+    if decision.promote and promote:
+        model_store.promote(version)
+        console.print(f"CURRENT -> {version}")
+    elif decision.promote:
+        section["reason"] += "; not promoted: --promote was not given"
+    section["promoted"] = decision.promote and promote
+    section["current"] = model_store.current()
+    return section
+
+
+def _is_store(path: Path) -> bool:
+    """Whether ``--init-from`` names a model store: CURRENT, versions, or no files yet
+    (a fresh volume, perhaps with only ``lost+found``), rather than a run directory."""
+    from models.store import CURRENT_FILENAME, ModelStore
+
+    if not path.is_dir() or (path / "checkpoint").is_dir() or (path / "best.pt").is_file():
+        return False
+    return (
+        (path / CURRENT_FILENAME).is_file()
+        or bool(ModelStore(path).versions())
+        or not any(p.is_file() for p in path.iterdir())
+    )
+
+
+def _store_checkpoint(store: Path) -> Path | None:
+    """CURRENT's checkpoint in a store, or None (train from scratch) when nothing is CURRENT."""
+    from models.metadata import CHECKPOINT_FILENAME
+    from models.store import ModelStore, StoreError
+
+    model_store = ModelStore(store)
+    if model_store.current() is None:
+        console.print(f"{store} has no CURRENT version: training from scratch")
+        return None
+    try:
+        path = model_store.current_dir() / CHECKPOINT_FILENAME
+    except StoreError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--init-from") from exc
+    if not path.is_file():
+        raise typer.BadParameter(
+            f"{store}'s CURRENT version has no {CHECKPOINT_FILENAME} (published before "
+            "versions kept their checkpoint): warm start from a run directory instead",
+            param_hint="--init-from",
+        )
+    return path
 
 
 @models_app.command("list")
@@ -546,3 +727,6 @@ def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.command()(export)
     app.add_typer(models_app, name="models")
+    from deploy.experiment_cli import experiment_app
+
+    models_app.add_typer(experiment_app, name="experiment")

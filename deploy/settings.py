@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from deploy.archive_config import ArchiveConfig
 from models.scorer import Provider
 from streams.config import StreamConfig, internal_field
 
@@ -81,6 +82,7 @@ class Settings(BaseSettings):
         "INFO", description="Log level. Raw event payloads are never logged at INFO."
     )
     log_json: bool = Field(False, description="One JSON object per log line.")
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     def __init__(self, **values: Any) -> None:
         """Settings from the environment, overridden by ``values`` (flat names).

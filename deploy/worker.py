@@ -9,7 +9,8 @@ from pathlib import Path
 
 from deploy.logs import logging_config
 from deploy.settings import Settings
-from models.scorer import OnnxScorer, Provider
+from models.experiment import Experiment, read_experiment
+from models.scorer import OnnxScorer, Provider, Scorer
 from models.store import CURRENT_FILENAME, ModelStore
 from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
@@ -40,6 +41,10 @@ class StoreModelSource:
         """The version ``CURRENT`` names."""
         return self.store.current()
 
+    def current_experiment(self) -> Experiment | None:
+        """The A/B experiment the store's ``EXPERIMENT`` file names, if any."""
+        return read_experiment(self.store)
+
     def load(self, version: str) -> OnnxScorer:
         """Load and warm up a version (first runs of new shapes are slow in onnxruntime).
 
@@ -69,6 +74,7 @@ def build_app(settings: Settings) -> RecstreamApp:
     """Load the model and build the Faust app (no connection is made yet)."""
     source: StoreModelSource | None = None
     version: str | None = None
+    experiment: tuple[Experiment, Scorer] | None = None
     # Warm up every batch size the stream will use, up to max_batch (first runs of a
     # new shape are slow in onnxruntime).
     warmup = warmup_batch_sizes(settings.stream.scoring.max_batch)
@@ -80,6 +86,15 @@ def build_app(settings: Settings) -> RecstreamApp:
         if version is None:
             raise RuntimeError(f"model store {settings.model_dir} has an empty CURRENT")
         scorer = source.load(version)
+        running = source.current_experiment()
+        if running is not None:
+            # Loaded before serving, so a user is in the same arm right after a restart.
+            experiment = (running, source.load(running.candidate))
+            log.info(
+                "experiment: candidate %s for %.1f%% of users",
+                running.candidate,
+                100 * running.share,
+            )
     else:
         scorer = OnnxScorer.load(
             settings.model_dir,
@@ -95,7 +110,13 @@ def build_app(settings: Settings) -> RecstreamApp:
         " (hot reload on)" if source is not None else "",
         extra={"model_version": scorer.model_version, "provider": scorer.provider},
     )
-    return create_app(settings.stream, scorer, model_source=source, loaded_version=version)
+    return create_app(
+        settings.stream,
+        scorer,
+        model_source=source,
+        loaded_version=version,
+        experiment=experiment,
+    )
 
 
 def run_worker(settings: Settings) -> None:

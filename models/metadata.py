@@ -24,6 +24,7 @@ from models.interactions import CHANNELS, EVENT_TYPES
 SIMILARITIES = ("dot", "cosine")
 
 __all__ = [
+    "CHECKPOINT_FILENAME",
     "FORMAT_VERSION",
     "METADATA_FILENAME",
     "MODEL_FILENAME",
@@ -41,6 +42,9 @@ FORMAT_VERSION = 1
 #: File names inside an exported model directory.
 MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
+#: The torch checkpoint a published store version keeps beside its graph (optional; a
+#: warm start from the store, ``recstream train --init-from STORE``, needs it).
+CHECKPOINT_FILENAME = "checkpoint.pt"
 #: Graph input / output names, in order.
 ONNX_INPUTS: tuple[str, ...] = ("item_seq", "type_seq", "channel_seq", "exclude")
 ONNX_OUTPUTS: tuple[str, ...] = ("scores", "items")

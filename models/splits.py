@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from models.datasets import PrefixTarget
 from models.interactions import HistoryItem, Interaction
 
-__all__ = ["EvalCase", "SplitData", "leave_one_out", "session_split", "time_split"]
+__all__ = [
+    "EvalCase",
+    "SplitData",
+    "cutoff_split",
+    "leave_one_out",
+    "session_split",
+    "time_split",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,5 +234,69 @@ def time_split(
             f"time split: oldest {1 - valid_fraction - test_fraction:.0%} of events train, "
             f"next {valid_fraction:.0%} validation, newest {test_fraction:.0%} test "
             f"(every later event with a known user is a case)"
+        ),
+    )
+
+
+def cutoff_split(
+    interactions: Sequence[Interaction],
+    cutoff: float,
+    *,
+    valid_fraction: float = 0.1,
+    max_cases: int | None = 20_000,
+    seed: int = 0,
+) -> SplitData:
+    """Time split at a fixed instant: the past trains and validates, the rest is the test.
+
+    Events before `cutoff` are ordered by (ts, input order); the newest `valid_fraction`
+    of them form the validation window (as in `time_split`, an event at the same second
+    as the first validation event is validation too) and the older ones train. Every
+    event at or after `cutoff` whose user has an earlier event is a test case; a case's
+    history is all of that user's earlier events (training, validation and earlier test
+    events alike: what the stream would know at that moment). Nothing at or after
+    `cutoff` is ever in `train`.
+
+    Args:
+        interactions: The event log.
+        cutoff: Unix seconds; events at or after it are held out for the test.
+        valid_fraction: Share of the events before `cutoff` held out for validation
+            (0 = no validation cases).
+        max_cases: Seeded subsample of validation and of test cases (None = all).
+        seed: Sampling seed.
+
+    Returns:
+        The split.
+
+    Raises:
+        ValueError: If `valid_fraction` is outside [0, 1) or no training event is left.
+    """
+    if not 0 <= valid_fraction < 1:
+        raise ValueError("need 0 <= valid_fraction < 1")
+    ordered = sorted(enumerate(interactions), key=lambda r: (r[1].ts, r[0]))
+    n_past = sum(1 for _, it in ordered if it.ts < cutoff)
+    valid_start = int(n_past * (1 - valid_fraction))
+    t_valid = ordered[valid_start][1].ts if valid_start < n_past else cutoff
+    history: dict[str, list[HistoryItem]] = defaultdict(list)
+    train: list[tuple[int, Interaction]] = []
+    valid: list[EvalCase] = []
+    test: list[EvalCase] = []
+    for order, it in ordered:
+        if it.ts < t_valid:
+            train.append((order, it))
+        elif history[it.user_id]:
+            case = EvalCase(it.user_id, tuple(history[it.user_id]), it.item_id)
+            (valid if it.ts < cutoff else test).append(case)
+        history[it.user_id].append((it.item_id, it.event_type, it.channel))
+    if not train:
+        raise ValueError("no training events before the validation window and the cutoff")
+    train.sort(key=lambda r: r[0])
+    return SplitData(
+        [it for _, it in train],
+        _sample(valid, max_cases, seed),
+        _sample(test, max_cases, seed + 1),
+        protocol=(
+            f"time split at a cutoff: events before it train, the newest "
+            f"{valid_fraction:.0%} of those validate, every later event with a known user "
+            "is a test case"
         ),
     )

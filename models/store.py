@@ -8,6 +8,7 @@ Layout::
       20261123T150102Z-1a2b3c4d/   # one directory per version, never modified in place
         model.onnx
         metadata.json
+        checkpoint.pt              # optional: the torch weights, for warm starts
       20261124T030000Z-5e6f7a8b/
         ...
 

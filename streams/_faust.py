@@ -1,6 +1,6 @@
 """The fence around Faust's and aiokafka's internals: every private contact point is here.
 
-recstream uses Faust's public API everywhere else. Seven things have no public API,
+recstream uses Faust's public API everywhere else. Eight things have no public API,
 and each is wrapped here, with the reason, so that a Faust release that changes one
 breaks this module and its contract test (``tests/unit/test_faust_contract.py``)
 instead of a production worker. ``pyproject.toml`` pins ``faust-streaming`` to the
@@ -25,22 +25,31 @@ minor version these were checked against.
    event is acked only when its outputs are delivered.
 7. :func:`quiet_worker_class`: ``Worker.on_setup_root_logger`` would otherwise set the
    root logger to DEBUG with a terminal spinner below WARNING.
+8. :func:`as_current_event`: a table write outside stream iteration (the list a
+   user was recommended, remembered after batched scoring) needs its event as
+   Faust's current event: the table and its store take the partition from it, and
+   the changelog writer ties the record to that event's ack. Faust sets it through
+   the private context variable ``faust.streams._current_event``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust import streams as faust_streams
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
 __all__ = [
     "TESTED_FAUST_MINOR",
     "FetchWaitApp",
+    "as_current_event",
     "changelog_sent",
     "manual_ack_events",
     "quiet_worker_class",
@@ -159,3 +168,21 @@ def quiet_worker_class() -> type:
             self.spinner = None
 
     return QuietWorker
+
+
+# 8. The current event outside stream iteration ---------------------------------------
+
+
+@contextmanager
+def as_current_event(event: Any) -> Iterator[None]:
+    """Make ``event`` what :func:`faust.current_event` returns inside the block.
+
+    Set as Faust's stream iteration sets it (a weak reference in its context
+    variable) and restored on exit, so the enclosing task's current event (if any)
+    is unchanged afterwards.
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)

@@ -9,8 +9,15 @@ Per input record, in stream order:
    applied twice;
 3. queue a scoring request with a snapshot of the history and the purchased items.
 
-The :class:`~streams.batcher.MicroBatcher` scores queued requests in batches and
-produces one recommendation list per event. Acks are manual (see
+An interaction with an item of a list recently recommended to the user (remembered
+in the profile, see ``streams.profile``) counts as a hit
+(``recstream_recommendation_hits_total``) in step 2.
+
+The :class:`~streams.batcher.MicroBatcher` scores queued requests in batches (split
+by A/B arm, each part scored by its arm's model) and produces one recommendation list
+per event, and remembers the list in the user's profile (a second table write, made
+with the event as Faust's current event so it goes to the event's partition and its
+changelog record holds the event's ack). Acks are manual (see
 ``streams._faust.manual_ack_events``): an input offset is acked only after every
 record it caused (its recommendation or dead letter, and its profile's changelog
 record) has been delivered by librdkafka, so a committed offset always has its
@@ -29,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from faust import current_event
 
+from models.experiment import CANDIDATE, CONTROL, Experiment
 from models.scorer import Recommendation, Scorer
-from streams._faust import manual_ack_events
+from streams._faust import as_current_event, manual_ack_events
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
@@ -38,7 +46,7 @@ from streams.messages import dead_letter_bytes, recommendation_bytes
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
 from streams.privacy import UserRefs
-from streams.profile import Profile, apply_event
+from streams.profile import Profile, apply_event, find_hit, remember_list
 from streams.tables import ProfileTable
 
 if TYPE_CHECKING:
@@ -61,6 +69,7 @@ class ScoreRequest:
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
     model_version: str = ""
+    arm: str = CONTROL
 
 
 class Pipeline:
@@ -89,6 +98,8 @@ class Pipeline:
         self.app = app
         self.config = config
         self.scorer = scorer
+        # A/B experiment: (experiment, candidate scorer), swapped as one reference.
+        self.experiment: tuple[Experiment, Scorer] | None = None
         self.profiles = profiles
         self.metrics = metrics
         names = config.topics
@@ -123,6 +134,8 @@ class Pipeline:
         stage = self.metrics.stage_seconds
         self._consumed = {t: Tally(self.metrics.events_consumed.labels(t.value)) for t in EventType}
         self._recommended: dict[str, Tally] = {}
+        self._lists: dict[tuple[str, str], Tally] = {}
+        self._hits: dict[tuple[str, str, str], Tally] = {}
         self._updates = Tally(self.metrics.profile_updates)
         self._duplicates = Tally(self.metrics.duplicate_events)
         self._stage_decode = Tally(stage.labels("decode"))
@@ -146,6 +159,16 @@ class Pipeline:
         self.scorer = scorer
         self.metrics.model_info.info(
             {"model_version": scorer.model_version, "provider": scorer.provider}
+        )
+
+    def set_experiment(self, experiment: Experiment | None, candidate: Scorer | None) -> None:
+        """Serve ``experiment``'s candidate arm with ``candidate`` (``None``: no experiment).
+
+        Users are assigned an arm as their events arrive; a batch in flight finishes
+        with the scorers it started with.
+        """
+        self.experiment = (
+            (experiment, candidate) if experiment is not None and candidate is not None else None
         )
 
     def register(self) -> None:
@@ -199,6 +222,10 @@ class Pipeline:
         profile = Profile.from_json(self.profiles.get(user))
         if apply_event(profile, decoded, self.config.limits):
             self._updates.add()
+            if profile.recs:
+                hit = find_hit(profile, decoded, self.config.feedback.window_s)
+                if hit is not None:
+                    self._count_hit(event_type.value, hit[1], hit[2])
         else:
             self._duplicates.add()
         # Written even for a replayed event: after a crash the local RocksDB can hold
@@ -206,23 +233,43 @@ class Pipeline:
         # profile re-sends it, so the changelog (the durable copy) converges.
         self.profiles[user] = profile.to_json()
         self._stage_profile.add(time.perf_counter() - t1)
+        experiment = self.experiment
         await self.batcher.submit(
-            ScoreRequest(event, decoded, profile.history(), profile.purchased_items())
+            ScoreRequest(
+                event,
+                decoded,
+                profile.history(),
+                profile.purchased_items(),
+                arm=CONTROL if experiment is None else experiment[0].arm(user),
+            )
         )
 
     def _score(self, batch: Sequence[ScoreRequest]) -> Sequence[Recommendation]:
-        scorer = self.scorer  # one model for the whole batch, even if a reload swaps it
-        started = time.perf_counter()
-        recs = scorer.recommend(
-            [r.history for r in batch], [r.exclude for r in batch], self.config.scoring.top_k
-        )
-        elapsed = time.perf_counter() - started
-        self.metrics.inference_seconds.observe(elapsed)
-        self._stage_inference.inc(elapsed)
-        self.metrics.batch_size.observe(len(batch))
-        for req in batch:
-            req.model_version = scorer.model_version
-        return recs
+        # One model per arm for the whole batch, even if a reload swaps them meanwhile.
+        scorer, experiment = self.scorer, self.experiment
+        candidate = experiment[1] if experiment is not None else None
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(batch):
+            if req.arm == CANDIDATE and candidate is None:
+                req.arm = CONTROL  # the experiment ended since the event arrived
+            groups.setdefault(req.arm, []).append(i)
+        recs: list[Recommendation | None] = [None] * len(batch)
+        for arm, indices in groups.items():
+            arm_scorer = candidate if arm == CANDIDATE and candidate is not None else scorer
+            started = time.perf_counter()
+            results = arm_scorer.recommend(
+                [batch[i].history for i in indices],
+                [batch[i].exclude for i in indices],
+                self.config.scoring.top_k,
+            )
+            elapsed = time.perf_counter() - started
+            self.metrics.inference_seconds.observe(elapsed)
+            self._stage_inference.inc(elapsed)
+            self.metrics.batch_size.observe(len(indices))
+            for i, rec in zip(indices, results, strict=True):
+                recs[i] = rec
+                batch[i].model_version = arm_scorer.model_version
+        return [rec for rec in recs if rec is not None]
 
     async def _deliver(
         self, batch: Sequence[ScoreRequest], results: Sequence[Recommendation] | BaseException
@@ -241,6 +288,7 @@ class Pipeline:
         now = time.time()
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
+            self._remember(req, rec)
             self.output.produce(
                 self.config.topics.recommendations,
                 ev.user_id.encode(),
@@ -248,6 +296,7 @@ class Pipeline:
                     user_id=ev.user_id,
                     items=rec.items,
                     model_version=req.model_version,
+                    arm=req.arm,
                     strategy=rec.strategy,
                     trigger_event_id=ev.event_id,
                     trigger_event_type=ev.event_type.value,
@@ -263,11 +312,56 @@ class Pipeline:
                 )
                 self._tallies.append(counter)
             counter.add()
+            self._count_list(req.model_version, req.arm)
             record_ts = req.event.message.timestamp
             if record_ts:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
         self._stage_produce.add(time.perf_counter() - started)
         self._flush_metrics()
+
+    def _remember(self, req: ScoreRequest, rec: Recommendation) -> None:
+        """Remember the list in the user's profile, to count later hits on it.
+
+        This runs after scoring, outside the event's stream iteration: the write is
+        made with the event as Faust's current event (the table's partition and the
+        changelog writer's ack both come from it), and the profile is read again here
+        because another event of the user may have updated it since.
+        """
+        lists = self.config.feedback.lists
+        if lists <= 0:
+            return
+        ev = req.decoded
+        try:
+            with as_current_event(req.event):
+                profile = Profile.from_json(self.profiles.get(ev.user_id))
+                remember_list(
+                    profile,
+                    ev.ts,
+                    req.model_version,
+                    req.arm,
+                    [item for item, _ in rec.items],
+                    lists,
+                )
+                self.profiles[ev.user_id] = profile.to_json()
+        except Exception:
+            # Feedback is a metric: a failed write must not cost the recommendation.
+            log.exception("could not remember a recommendation list")
+
+    def _count_list(self, model_version: str, arm: str) -> None:
+        key = (model_version, arm)
+        tally = self._lists.get(key)
+        if tally is None:
+            tally = self._lists[key] = Tally(self.metrics.recommendation_lists.labels(*key))
+            self._tallies.append(tally)
+        tally.add()
+
+    def _count_hit(self, event_type: str, model_version: str, arm: str) -> None:
+        key = (event_type, model_version, arm)
+        tally = self._hits.get(key)
+        if tally is None:
+            tally = self._hits[key] = Tally(self.metrics.recommendation_hits.labels(*key))
+            self._tallies.append(tally)
+        tally.add()
 
     def _flush_metrics(self) -> None:
         for tally in self._tallies:

@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 
+from models.experiment import Experiment
 from models.scorer import Scorer
 from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
@@ -61,6 +62,7 @@ def create_app(
     *,
     model_source: ModelSource | None = None,
     loaded_version: str | None = None,
+    experiment: tuple[Experiment, Scorer] | None = None,
     output: OutputSink | None = None,
 ) -> RecstreamApp:
     """Build the worker application.
@@ -72,6 +74,8 @@ def create_app(
         model_source: where new model versions come from; polled every
             ``config.model_reload_interval_s`` for hot reload (``None``: no reload).
         loaded_version: the source's name of ``scorer``'s version.
+        experiment: a running A/B experiment and its candidate's scorer (a source
+            that is an :class:`~streams.reload.ExperimentSource` keeps it current).
         output: where recommendations, dead letters and changelog records go; a
             librdkafka :class:`~streams.output.OutputProducer` by default (tests pass
             an in-memory sink).
@@ -144,9 +148,16 @@ def create_app(
     metrics = metrics or Metrics()
     app.pipeline = Pipeline(app, config, scorer, profiles, metrics, output=output)
     app.pipeline.register()
+    if experiment is not None:
+        app.pipeline.set_experiment(*experiment)
     if model_source is not None and config.model_reload_interval_s > 0:
         reloader = ModelReloader(
-            model_source, lambda: app.pipeline.scorer, app.pipeline.set_scorer, loaded_version
+            model_source,
+            lambda: app.pipeline.scorer,
+            app.pipeline.set_scorer,
+            loaded_version,
+            set_experiment=app.pipeline.set_experiment,
+            loaded_experiment=experiment,
         )
 
         async def reload_model() -> None:

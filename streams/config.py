@@ -2,11 +2,12 @@
 
 :class:`StreamConfig` is everything :func:`streams.app.create_app` needs. It is made
 of small frozen groups (Kafka connection, topic names, profile limits, scoring,
-consumer timings, RocksDB, web server, privacy). ``deploy.settings.Settings``
-nests a whole :class:`StreamConfig` and reads it from the environment: every field
-is one variable, ``RECSTREAM_`` + the group's :attr:`ConfigGroup.env_prefix` + the
-field name (``kafka`` + ``bootstrap_servers`` -> ``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS``).
-Nothing in ``streams`` reads the environment itself.
+consumer timings, RocksDB, web server, privacy, online feedback).
+``deploy.settings.Settings`` nests a whole :class:`StreamConfig` and reads it from
+the environment: every field is one variable, ``RECSTREAM_`` + the group's
+:attr:`ConfigGroup.env_prefix` + the field name (``kafka`` + ``bootstrap_servers``
+-> ``RECSTREAM_KAFKA_BOOTSTRAP_SERVERS``). Nothing in ``streams`` reads the
+environment itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "ChangelogProducer",
     "ConfigGroup",
     "ConsumerConfig",
+    "FeedbackConfig",
     "KafkaConfig",
     "PrivacyConfig",
     "RocksDBConfig",
@@ -189,6 +191,25 @@ class PrivacyConfig(ConfigGroup):
     )
 
 
+class FeedbackConfig(ConfigGroup):
+    """Online feedback: hits on recommended items (``recstream_recommendation_hits_total``)."""
+
+    env_prefix: ClassVar[str] = "feedback_"
+
+    lists: int = Field(
+        3,
+        ge=0,
+        description="Recommendation lists remembered per user profile to count hits on "
+        "(0: no feedback metrics).",
+    )
+    window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="An interaction counts as a hit on a remembered list within this many "
+        "seconds (event time) after the event that triggered the list.",
+    )
+
+
 class StreamConfig(ConfigGroup):
     """Everything the stream layer needs (see each group for the meanings)."""
 
@@ -216,6 +237,7 @@ class StreamConfig(ConfigGroup):
     rocksdb: RocksDBConfig = Field(default_factory=RocksDBConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     store: str = Field(
         "rocksdb://",
         description="Faust table store URL (tests: memory://).",

@@ -41,6 +41,11 @@ class RecommendationMessage(BaseModel):
     user_id: str
     items: list[RecommendedItem] = Field(description="Best first, at most K.")
     model_version: str = Field(description="Version of the model that scored, or 'none'.")
+    arm: str = Field(
+        "control",
+        description="Experiment arm of the user: 'control' (the current model; everyone "
+        "outside an A/B experiment) or 'candidate'.",
+    )
     strategy: str = Field(
         description="'sequential' (transformer over the history) or 'popular' (fallback)."
     )
@@ -60,6 +65,7 @@ def recommendation_bytes(
     trigger_event_type: str,
     event_ts: float,
     produced_ts: float,
+    arm: str = "control",
 ) -> bytes:
     """Serialise a :class:`RecommendationMessage` without model overhead (hot path)."""
     return orjson.dumps(
@@ -68,6 +74,7 @@ def recommendation_bytes(
             "user_id": user_id,
             "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
             "model_version": model_version,
+            "arm": arm,
             "strategy": strategy,
             "trigger_event_id": trigger_event_id,
             "trigger_event_type": trigger_event_type,

@@ -1,7 +1,8 @@
 """Every Prometheus metric the worker exports, in one place.
 
 Base units (seconds), ``_total`` counters, and no user ids in labels: label values
-come from small fixed sets (event types, reason codes, strategies).
+come from small fixed sets (event types, reason codes, strategies, model versions and
+experiment arms).
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ class Metrics:
             "recstream_recommendations_produced_total",
             "Recommendation lists produced.",
             ["strategy"],
+            registry=r,
+        )
+        self.recommendation_lists = Counter(
+            "recstream_recommendations_total",
+            "Recommendation lists produced, by model version and experiment arm (the "
+            "denominator of the hit rates).",
+            ["model_version", "arm"],
+            registry=r,
+        )
+        self.recommendation_hits = Counter(
+            "recstream_recommendation_hits_total",
+            "Interactions with an item of a list recently recommended to the user, by "
+            "event type and the list's model version and arm; each list counts at most "
+            "once per event type (RECSTREAM_FEEDBACK_WINDOW_S).",
+            ["event_type", "model_version", "arm"],
             registry=r,
         )
         self.produce_errors = Counter(

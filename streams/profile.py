@@ -12,7 +12,14 @@ changelog topic, so any Kafka tool can read it):
 * ``seen``: ``[ts, id_hash]`` of the latest ``dedup_window`` applied events (a
   48-bit hash of the ``event_id``, exact in JSON), so an event replayed after a crash
   (at-least-once delivery) is not applied twice. A replay has the same event time
-  as the original, so the lookup is a binary search on ``ts``.
+  as the original, so the lookup is a binary search on ``ts``;
+* ``recs``: the latest recommendation lists sent to the user (at most
+  ``FeedbackConfig.lists``), oldest first, each ``[ts, model_version, arm,
+  [item_id, ...], [event_type, ...]]``: ``ts`` is the event time of the event that
+  triggered the list, and the last element names the event types already counted
+  as hits on it (each list counts at most one hit per event type, so hits / lists
+  is a proportion). Written after scoring (``Pipeline._deliver``); profiles stored
+  before the field existed load with none.
 
 Why event time and not arrival order: a user's clicks, browses and purchases come
 from three topics, and Kafka orders records only within one partition of one
@@ -34,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streams.events import Event, EventType
 
-__all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash"]
+__all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash", "find_hit", "remember_list"]
 
 
 class ProfileLimits(BaseModel):
@@ -87,6 +94,7 @@ class Profile:
     purchased: list[list[Any]] = field(default_factory=list)
     last_seen: float = 0.0
     seen: list[list[Any]] = field(default_factory=list)
+    recs: list[list[Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Profile:
@@ -103,6 +111,7 @@ class Profile:
             purchased=data.get("purchased", []),
             last_seen=float(data.get("last_seen", 0.0)),
             seen=data.get("seen", []),
+            recs=data.get("recs", []),
         )
 
     @classmethod
@@ -122,6 +131,7 @@ class Profile:
             "purchased": self.purchased,
             "last_seen": self.last_seen,
             "seen": self.seen,
+            "recs": self.recs,
         }
 
     def history(self) -> list[tuple[str, str, str]]:
@@ -182,3 +192,50 @@ def apply_event(profile: Profile, event: Event, limits: ProfileLimits) -> bool:
         profile.seen, [event.ts, event_id_hash(event.event_id)], _seen_key, limits.dedup_window
     )
     return True
+
+
+def remember_list(
+    profile: Profile,
+    ts: float,
+    model_version: str,
+    arm: str,
+    items: list[str],
+    limit: int,
+) -> None:
+    """Remember a recommendation list sent to this user; keep the latest ``limit``.
+
+    Args:
+        profile: the user's profile (changed in place).
+        ts: event time of the event that triggered the list, Unix seconds.
+        model_version: the model that scored it.
+        arm: the experiment arm it was scored in.
+        items: the recommended item ids, best first.
+        limit: lists kept per profile (the oldest, by ``ts``, are dropped).
+    """
+    if limit <= 0:
+        return
+    # A redelivered event (at-least-once) is scored again: the same list, once.
+    if any(r[0] == ts and r[1:4] == [model_version, arm, items] for r in profile.recs):
+        return
+    _insert_bounded(profile.recs, [ts, model_version, arm, items, []], _rec_key, limit)
+
+
+def _rec_key(entry: list[Any]) -> float:
+    return float(entry[0])
+
+
+def find_hit(profile: Profile, event: Event, window_s: float) -> list[Any] | None:
+    """The remembered list this interaction is a hit on, marked as counted; else ``None``.
+
+    A hit is an interaction with an item of a list triggered earlier (event time) by
+    at most ``window_s`` seconds whose hits of this event type were not counted yet.
+    The newest such list is credited. Call it once per applied (not replayed) event.
+    """
+    etype = event.event_type.value
+    entry: list[Any]
+    for entry in reversed(profile.recs):
+        age = event.ts - float(entry[0])
+        if 0 < age <= window_s and event.item_id in entry[3] and etype not in entry[4]:
+            entry[4].append(etype)
+            return entry
+    return None

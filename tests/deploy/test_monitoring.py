@@ -46,6 +46,7 @@ def test_alerts_reference_real_metrics_and_are_complete() -> None:
         "RecstreamDeadLetterRateHigh",
         "RecstreamLatencyOverSLO",
         "RecstreamRestoreStuck",
+        "RecstreamHitRateDrop",
     }
     for rule in rules:
         used = metric_names(rule["expr"])
@@ -77,5 +78,7 @@ def test_dashboard_covers_the_operating_questions() -> None:
         "recstream_inference_batch_size",  # batch size
         "recstream_model_info",  # model version
         "recstream_consumer_lag_records",  # lag
+        "recstream_recommendation_hits_total",  # online feedback: hits
+        "recstream_recommendations_total",  # ... per list
     ):
         assert needed in exprs, needed

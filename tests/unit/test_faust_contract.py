@@ -92,6 +92,27 @@ def test_7_worker_sets_up_the_root_logger_through_an_overridable_hook() -> None:
     assert issubclass(_faust.quiet_worker_class(), Worker)
 
 
+def test_8_current_event_is_a_weak_reference_in_a_context_variable() -> None:
+    from faust import streams as faust_streams
+
+    source = inspect.getsource(faust.Stream._set_current_event)
+    assert "_current_event.set(weakref.ref(event))" in source
+    assert "eventref()" in inspect.getsource(faust.current_event)
+
+    class Event:
+        pass
+
+    outer, inner = Event(), Event()
+    assert faust.current_event() is None
+    with _faust.as_current_event(outer):
+        assert faust.current_event() is outer
+        with _faust.as_current_event(inner):
+            assert faust.current_event() is inner
+        assert faust.current_event() is outer
+    assert faust.current_event() is None
+    assert faust_streams._current_event.get(None) is None
+
+
 @pytest.mark.parametrize(
     "path",
     sorted(p for p in (ROOT / "streams").glob("*.py") if p.name != "_faust.py")
@@ -108,5 +129,6 @@ def test_no_other_module_touches_these_internals(path: Path) -> None:
         "tables.recovery",
         ".noack(",
         "on_setup_root_logger",
+        "._current_event",
     ):
         assert private not in text, f"{private} belongs in streams/_faust.py"

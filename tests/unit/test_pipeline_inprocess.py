@@ -242,15 +242,18 @@ def test_valid_event_updates_profile_and_produces_one_recommendation(harness: Ha
         assert doc["model_version"] == "fake-model-7"
         assert doc["trigger_event_id"] == "e1" and doc["trigger_event_type"] == "click"
         assert [i["item_id"] for i in doc["items"]] == ["sku-100", "sku-101"]
-        # The profile holds the click, and its changelog record went to the sink on
-        # the input's partition (the librdkafka writer, not Faust's producer).
+        # The profile holds the click and then the list it was recommended; both
+        # changelog records went to the sink on the input's partition (the librdkafka
+        # writer, not Faust's producer).
         profile = orjson.loads(h.profiles.get("u1"))
         assert [r[0] for r in profile["recent"]] == ["sku-9"]
-        [changelog] = h.sink.on(h.changelog)
-        assert changelog.partition == 2
-        assert orjson.loads(changelog.value or b"") == profile
+        assert profile["recs"] == [[NOW - 5, "fake-model-7", "control", ["sku-100", "sku-101"], []]]
+        updated, remembered = h.sink.on(h.changelog)
+        assert updated.partition == remembered.partition == 2
+        assert orjson.loads(updated.value or b"")["recs"] == []
+        assert orjson.loads(remembered.value or b"") == profile
         assert h.dead_letters == []
-        assert len(h.sink.records) == 2
+        assert len(h.sink.records) == 3
         assert not event.message.acked
         h.sink.deliver_all()
         assert event.message.acked and h.pipeline.acks.pending == 0
@@ -373,19 +376,20 @@ def test_events_are_acked_in_offset_order_only_after_all_their_outputs_are_deliv
         def outputs(user: str) -> list[Record]:
             recs = [r for r in h.recommendations if r.key == user.encode()]
             logs = [r for r in h.sink.on(h.changelog) if orjson.loads(r.key or b"") == user]
-            assert len(recs) == len(logs) == 1
+            assert len(recs) == 1 and len(logs) == 2  # the update, then the list remembered
             return [*recs, *logs]
 
         def acked() -> list[bool]:
             return [e.message.acked for e in events]
 
-        rec_a, log_a = outputs("a")
+        rec_a, log_a, list_a = outputs("a")
         for record in outputs("c"):  # the last event finishes first
             record.deliver()
         assert acked() == [False, False, False]
-        rec_a.deliver()  # recommendation delivered, changelog record not yet
-        assert acked() == [False, False, False]
+        rec_a.deliver()  # recommendation delivered, changelog records not yet
         log_a.deliver()
+        assert acked() == [False, False, False]
+        list_a.deliver()  # the remembered list's record also holds the ack
         assert acked() == [True, False, False]  # c waits for b
         assert h.pipeline.acks.pending == 2
         for record in outputs("b"):

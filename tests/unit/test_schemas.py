@@ -51,6 +51,7 @@ def test_golden_recommendation_round_trips() -> None:
         user_id=msg.user_id,
         items=[(i.item_id, i.score) for i in msg.items],
         model_version=msg.model_version,
+        arm=msg.arm,
         strategy=msg.strategy,
         trigger_event_id=msg.trigger_event_id,
         trigger_event_type=msg.trigger_event_type,
@@ -58,6 +59,13 @@ def test_golden_recommendation_round_trips() -> None:
         produced_ts=msg.produced_ts,
     )
     assert orjson.loads(rebuilt) == orjson.loads(raw)
+
+
+def test_a_recommendation_from_before_experiments_is_in_the_control_arm() -> None:
+    doc = orjson.loads((FIXTURES / "recommendation.v1.json").read_bytes())
+    del doc["arm"]  # written before the field existed
+    jsonschema.validate(doc, json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text()))
+    assert RecommendationMessage.model_validate(doc).arm == "control"
 
 
 def test_golden_dead_letter_round_trips() -> None:

@@ -1,0 +1,601 @@
+"""The archiver: every event the worker accepts, in a day-partitioned Parquet log.
+
+A separate consumer group (``<app_id>-archiver``) reads the three input topics,
+decodes each record with the worker's own :func:`streams.events.decode_event` and
+writes the accepted events under ``<root>/day=YYYY-MM-DD/`` (UTC day of the event
+time ``ts``) as ``part-<topic>-<partition>-<first offset>-<last offset>.parquet``.
+Rejected records are counted and skipped (the worker has dead-lettered them). The
+decoder's future-timestamp check runs against the record's Kafka timestamp rather
+than the wall clock, so a record re-read after a restart or a long lag gets the same
+verdict (the worker checks against its clock, which is that timestamp plus its lag).
+
+The file format (:data:`SCHEMA`, the folder and file names) is a contract with the
+training-data reader; do not change it.
+
+Restart safety (no loss, no duplicates across SIGKILL):
+
+* a part holds a *contiguous run* of one partition's accepted records of one day: a
+  partition's open part is cut when the day changes, so the parts of a partition,
+  written in offset order, always cover every accepted record up to the highest
+  ``last offset`` on disk;
+* a part is written to a temporary name, fsync'd, renamed and its folder fsync'd;
+  only then is the offset after it committed;
+* a kill can fall between the rename and the commit, so on every assignment the
+  part files are scanned for the highest archived offset of each partition and the
+  records at or below it are skipped: the files are the truth, the committed offset
+  is a hint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import Counter as PromCounter
+
+from streams.config import StreamConfig
+from streams.events import BrowseEvent, Event, EventType, InvalidEvent, PurchaseEvent, decode_event
+
+__all__ = [
+    "COMPRESSION",
+    "SCHEMA",
+    "ArchiveStats",
+    "ArchiveWriter",
+    "Archiver",
+    "ArchiverMetrics",
+    "PartName",
+    "archived_offsets",
+    "day_of",
+    "event_row",
+    "remove_expired",
+    "serve_metrics",
+    "write_part",
+]
+
+log = logging.getLogger("recstream.archive")
+
+#: The archive's columns (the contract with the training-data reader).
+SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("ts", pa.float64(), nullable=False),
+        pa.field("channel", pa.string(), nullable=False),
+        pa.field("order_id", pa.string()),
+        pa.field("quantity", pa.int64()),
+        pa.field("price", pa.float64()),
+        pa.field("dwell_ms", pa.int64()),
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+    ]
+)
+
+#: Parquet codec: zstd was 2x smaller than snappy for the same write speed
+#: (docs/BENCHMARKS.md, "Archive format").
+COMPRESSION = "zstd"
+
+_DAY_PREFIX = "day="
+_PART_RE = re.compile(
+    r"^part-(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$"
+)
+_TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True, slots=True)
+class PartName:
+    """The name of a part file: ``part-<topic>-<partition>-<first>-<last>.parquet``."""
+
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+    @property
+    def filename(self) -> str:
+        """The file name (topic names may contain ``-``; the three numbers end it)."""
+        return f"part-{self.topic}-{self.partition}-{self.first}-{self.last}.parquet"
+
+    @classmethod
+    def parse(cls, filename: str) -> PartName | None:
+        """The part a file name names, or None for anything else (temporary files...)."""
+        match = _PART_RE.match(filename)
+        if match is None:
+            return None
+        return cls(match["topic"], int(match["partition"]), int(match["first"]), int(match["last"]))
+
+
+def day_of(ts: float) -> str:
+    """The UTC day of a Unix time, ``YYYY-MM-DD``."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
+
+
+def _day_folders(root: Path) -> Iterable[tuple[dt.date, Path]]:
+    if not root.is_dir():
+        return
+    for entry in os.scandir(root):
+        if not entry.is_dir() or not entry.name.startswith(_DAY_PREFIX):
+            continue
+        try:
+            day = dt.date.fromisoformat(entry.name[len(_DAY_PREFIX) :])
+        except ValueError:
+            continue
+        yield day, Path(entry.path)
+
+
+def archived_offsets(
+    root: Path, clean: Collection[tuple[str, int]] = ()
+) -> dict[tuple[str, int], int]:
+    """The highest archived offset of each (topic, partition), from the part file names.
+
+    Args:
+        root: the archive root.
+        clean: partitions whose temporary files (of a write a crash interrupted) are
+            deleted on the way; only partitions this process now owns, so another
+            archiver's write in progress is never touched.
+    """
+    highest: dict[tuple[str, int], int] = {}
+    for _, folder in _day_folders(root):
+        for entry in os.scandir(folder):
+            if entry.name.endswith(_TMP_SUFFIX):
+                stale = PartName.parse(entry.name[1 : -len(_TMP_SUFFIX)])
+                if stale is not None and (stale.topic, stale.partition) in clean:
+                    Path(entry.path).unlink(missing_ok=True)
+                continue
+            part = PartName.parse(entry.name)
+            if part is not None:
+                key = (part.topic, part.partition)
+                highest[key] = max(highest.get(key, -1), part.last)
+    return highest
+
+
+def remove_expired(root: Path, retention_days: int, now: float | None = None) -> list[Path]:
+    """Delete the day folders dated more than ``retention_days`` before today (UTC).
+
+    Returns:
+        The folders deleted.
+    """
+    today = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC).date()
+    oldest_kept = today - dt.timedelta(days=retention_days)
+    removed = []
+    for day, folder in sorted(_day_folders(root)):
+        if day < oldest_kept:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def event_row(event: Event, topic: str, partition: int, offset: int) -> dict[str, Any]:
+    """One archive row (:data:`SCHEMA`) of an accepted event."""
+    purchase = event if isinstance(event, PurchaseEvent) else None
+    return {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "event_type": event.event_type.value,
+        "ts": event.ts,
+        "channel": event.channel.value,
+        "order_id": purchase.order_id if purchase else None,
+        "quantity": purchase.quantity if purchase else None,
+        "price": purchase.price if purchase else None,
+        "dwell_ms": event.dwell_ms if isinstance(event, BrowseEvent) else None,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_part(root: Path, day: str, rows: list[dict[str, Any]]) -> Path:
+    """Durably write one part: temporary name, fsync, rename, fsync of the folder.
+
+    Args:
+        root: the archive root.
+        day: the UTC day of every row (``YYYY-MM-DD``).
+        rows: rows of one (topic, partition), in offset order.
+
+    Returns:
+        The part's path.
+    """
+    first, last = rows[0], rows[-1]
+    name = PartName(first["topic"], first["partition"], first["offset"], last["offset"])
+    folder = root / f"{_DAY_PREFIX}{day}"
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(folder.parent)  # the new folder's entry must survive a crash too
+    final = folder / name.filename
+    tmp = folder / f".{name.filename}{_TMP_SUFFIX}"
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    with open(tmp, "wb") as out:
+        pq.write_table(table, out, compression=COMPRESSION)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(folder)
+    return final
+
+
+@dataclass
+class ArchiveStats:
+    """What an archiver has done since it started."""
+
+    archived: int = 0
+    skipped: int = 0
+    parts: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def line(self) -> str:
+        """A one-line summary for the log."""
+        rejected = sum(self.rejected.values())
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items()))
+        return (
+            f"archived={self.archived} parts={self.parts} skipped={self.skipped} "
+            f"rejected={rejected}" + (f" ({reasons})" if reasons else "")
+        )
+
+
+class ArchiverMetrics:
+    """The archiver's Prometheus counters (its own registry; a separate process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.archived = PromCounter(
+            "recstream_archive_events_total", "Events written to the archive.", registry=r
+        )
+        self.rejected = PromCounter(
+            "recstream_archive_rejected_total",
+            "Input records the decoder rejects (not archived; the worker dead-letters them).",
+            ["reason"],
+            registry=r,
+        )
+        self.skipped = PromCounter(
+            "recstream_archive_skipped_total",
+            "Records re-read after a restart that the part files already hold.",
+            registry=r,
+        )
+        self.parts = PromCounter("recstream_archive_parts_total", "Part files written.", registry=r)
+        self.bytes = PromCounter(
+            "recstream_archive_written_bytes_total", "Bytes of part files written.", registry=r
+        )
+
+
+@dataclass
+class _Partition:
+    """One assigned partition: its open part and how far it has been read."""
+
+    topic: str
+    partition: int
+    archived: int  # highest offset the part files hold (-1: none)
+    position: int | None = None  # next offset after the last record seen
+    committed: int | None = None
+    day: str = ""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    opened: float = 0.0  # monotonic time of the open part's first row
+
+    def safe_offset(self) -> int | None:
+        """The offset to commit: every accepted record before it is on disk."""
+        if self.rows:
+            return int(self.rows[0]["offset"])
+        return self.position
+
+
+class ArchiveWriter:
+    """The archiver without Kafka: decode, buffer, cut parts, write, say what to commit.
+
+    Args:
+        root: the archive root.
+        inputs: input topic name -> the event type it carries.
+        flush_records: a partition's open part is written at this many rows...
+        flush_interval_s: ...or when its first row is this old (seconds).
+        metrics: counters to feed (optional).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        inputs: Mapping[str, EventType],
+        *,
+        flush_records: int,
+        flush_interval_s: float,
+        metrics: ArchiverMetrics | None = None,
+    ) -> None:
+        self.root = root
+        self.inputs = dict(inputs)
+        self.flush_records = flush_records
+        self.flush_interval_s = flush_interval_s
+        self.metrics = metrics
+        self.stats = ArchiveStats()
+        self._parts: dict[tuple[str, int], _Partition] = {}
+
+    def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Start owning partitions: read the part files for what is already archived."""
+        keys = [key for key in partitions if key not in self._parts]
+        if not keys:
+            return
+        highest = archived_offsets(self.root, clean=set(keys))
+        for key in keys:
+            self._parts[key] = _Partition(key[0], key[1], highest.get(key, -1))
+            log.info("assigned %s[%d]; archived through offset %d", *key, highest.get(key, -1))
+
+    def revoke(self, partitions: Iterable[tuple[str, int]], *, flush: bool) -> None:
+        """Stop owning partitions, writing their open parts first when ``flush``."""
+        for key in partitions:
+            part = self._parts.get(key)
+            if part is None:
+                continue
+            if flush:
+                self._flush(part)
+            else:
+                self._parts.pop(key, None)
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop partitions' state (after their last commit)."""
+        for key in partitions:
+            self._parts.pop(key, None)
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        now: float | None = None,
+    ) -> bool:
+        """Take one record; True when it was accepted (buffered for the archive).
+
+        ``now`` is the clock the decoder checks future timestamps against (the record's
+        timestamp, so a record re-read after a restart gets the same verdict).
+        """
+        part = self._parts.get((topic, partition))
+        if part is None:
+            self.assign([(topic, partition)])
+            part = self._parts[(topic, partition)]
+        if offset <= part.archived or (part.position is not None and offset < part.position):
+            part.position = max(part.position or 0, offset + 1)
+            self.stats.skipped += 1
+            if self.metrics:
+                self.metrics.skipped.inc()
+            return False
+        decoded = decode_event(self.inputs[topic], value, key, now=now)
+        if isinstance(decoded, InvalidEvent):
+            part.position = offset + 1
+            self.stats.rejected[decoded.code.value] += 1
+            if self.metrics:
+                self.metrics.rejected.labels(decoded.code.value).inc()
+            return False
+        day = day_of(decoded.ts)
+        if part.rows and day != part.day:
+            self._flush(part)  # a part is one day's contiguous run: cut it here
+        if not part.rows:
+            part.day = day
+            part.opened = time.monotonic()
+        part.rows.append(event_row(decoded, topic, partition, offset))
+        part.position = offset + 1
+        if len(part.rows) >= self.flush_records:
+            self._flush(part)
+        return True
+
+    def flush_due(self, now: float | None = None) -> int:
+        """Write the open parts whose first row is at least ``flush_interval_s`` old."""
+        now = time.monotonic() if now is None else now
+        due = [
+            p for p in self._parts.values() if p.rows and now - p.opened >= self.flush_interval_s
+        ]
+        for part in due:
+            self._flush(part)
+        return len(due)
+
+    def flush_all(self) -> None:
+        """Write every open part (shutdown)."""
+        for part in self._parts.values():
+            if part.rows:
+                self._flush(part)
+
+    def _flush(self, part: _Partition) -> None:
+        rows, part.rows = part.rows, []
+        path = write_part(self.root, part.day, rows)
+        part.archived = max(part.archived, int(rows[-1]["offset"]))
+        self.stats.archived += len(rows)
+        self.stats.parts += 1
+        if self.metrics:
+            self.metrics.archived.inc(len(rows))
+            self.metrics.parts.inc()
+            self.metrics.bytes.inc(path.stat().st_size)
+
+    def to_commit(self) -> dict[tuple[str, int], int]:
+        """Offsets safe to commit that are ahead of the last commit."""
+        out = {}
+        for key, part in self._parts.items():
+            safe = part.safe_offset()
+            if safe is not None and (part.committed is None or safe > part.committed):
+                out[key] = safe
+        return out
+
+    def committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Record that ``offsets`` were committed."""
+        for key, offset in offsets.items():
+            part = self._parts.get(key)
+            if part is not None:
+                part.committed = offset
+
+
+class Archiver:
+    """The ``recstream archive`` process: a consumer group feeding an :class:`ArchiveWriter`.
+
+    Args:
+        stream: the stream configuration (cluster, topics, app id, consumer timings).
+        root: the archive root.
+        retention_days: day folders older than this are deleted.
+        flush_records: rows per part at most.
+        flush_interval_s: longest a row waits in an open part, seconds.
+        retention_interval_s: how often expired day folders are looked for, seconds.
+        metrics: counters to feed (optional).
+    """
+
+    def __init__(
+        self,
+        stream: StreamConfig,
+        root: Path,
+        *,
+        retention_days: int,
+        flush_records: int,
+        flush_interval_s: float,
+        retention_interval_s: float = 3600.0,
+        metrics: ArchiverMetrics | None = None,
+    ) -> None:
+        self.stream = stream
+        self.root = root
+        self.retention_days = retention_days
+        self.retention_interval_s = retention_interval_s
+        self.writer = ArchiveWriter(
+            root,
+            stream.topics.inputs(),
+            flush_records=flush_records,
+            flush_interval_s=flush_interval_s,
+            metrics=metrics,
+        )
+        self.group_id = f"{stream.app_id}-archiver"
+        self._consumer: Consumer | None = None
+
+    def consumer_config(self) -> dict[str, Any]:
+        """librdkafka settings of the archiver's consumer."""
+        timings = self.stream.consumer
+        return {
+            **self.stream.kafka.client_config(),
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(timings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(timings.heartbeat_interval_s * 1000),
+            "fetch.wait.max.ms": timings.fetch_max_wait_ms,
+        }
+
+    def run(self, stop: Callable[[], bool]) -> ArchiveStats:
+        """Archive until ``stop()`` is true, then write the open parts, commit and leave."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._expire()
+        consumer = self._consumer = Consumer(self.consumer_config())
+        consumer.subscribe(
+            list(self.writer.inputs),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        next_expiry = time.monotonic() + self.retention_interval_s
+        next_log = time.monotonic() + 30.0
+        next_commit = 0.0
+        parts_committed = 0
+        try:
+            while not stop():
+                for msg in consumer.consume(500, timeout=0.2):
+                    self._take(msg)
+                self.writer.flush_due()
+                now = time.monotonic()
+                # Commit after every new part (cut by age, size or day), and at least every
+                # flush interval: partitions that only saw rejects or skips move on too.
+                if self.writer.stats.parts != parts_committed or now >= next_commit:
+                    parts_committed = self.writer.stats.parts
+                    next_commit = now + self.writer.flush_interval_s
+                    self._commit()
+                if now >= next_expiry:
+                    self._expire()
+                    next_expiry = now + self.retention_interval_s
+                if now >= next_log:
+                    log.info("archive: %s", self.writer.stats.line())
+                    next_log = now + 30.0
+            self.writer.flush_all()
+            self._commit()
+        finally:
+            # Everything is written and committed: the revocation close() triggers has
+            # nothing left to do (and a commit from inside close() can fail).
+            self._consumer = None
+            consumer.close()
+        log.info("archiver stopped: %s", self.writer.stats.line())
+        return self.writer.stats
+
+    def _take(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return
+            if err.fatal():
+                raise RuntimeError(f"fatal consumer error: {err}")
+            log.warning("consumer error: %s", err)
+            return
+        kind, stamp = msg.timestamp()
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None
+        now = stamp / 1000 if kind != TIMESTAMP_NOT_AVAILABLE and stamp > 0 else None
+        self.writer.add(topic, partition, offset, msg.key(), msg.value(), now)
+
+    def _commit(self) -> None:
+        offsets = self.writer.to_commit()
+        if not offsets or self._consumer is None:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            # Only a hint is lost: the part files say what is archived.
+            log.warning("offset commit failed (retried at the next flush): %s", exc)
+            return
+        self.writer.committed(offsets)
+
+    def _expire(self) -> None:
+        for folder in remove_expired(self.root, self.retention_days):
+            log.info("retention: deleted %s", folder)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.writer.assign((tp.topic, tp.partition) for tp in partitions)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._consumer is None:  # closing: already flushed and committed
+            return
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.writer.revoke(keys, flush=True)
+        try:
+            self._commit()
+        finally:
+            self.writer.forget(keys)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another member may own them already: writing now could duplicate its parts.
+        self.writer.revoke([(tp.topic, tp.partition) for tp in partitions], flush=False)
+
+
+def serve_metrics(metrics: ArchiverMetrics, port: int) -> None:
+    """Serve ``/metrics`` of the archiver's registry on ``port`` (a daemon thread)."""
+    start_http_server(port, registry=metrics.registry)
