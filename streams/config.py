@@ -200,7 +200,8 @@ class FeedbackConfig(ConfigGroup):
         3,
         ge=0,
         description="Recommendation lists remembered per user profile to count hits on "
-        "(0: no feedback metrics).",
+        "(0: no feedback metrics). Each list is a second profile write per event: about "
+        "a quarter of a flooded worker's throughput (docs/BENCHMARKS.md).",
     )
     window_s: float = Field(
         3600.0,

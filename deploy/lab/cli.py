@@ -24,7 +24,9 @@ from deploy.settings import Settings
 __all__ = ["register"]
 
 console = Console(stderr=True)
-bench_app = typer.Typer(help="Benchmarks: end to end, inference, soak.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: end to end, inference, soak, archiver, online feedback.", no_args_is_help=True
+)
 
 
 def _type_of(payload: object) -> str | None:
@@ -280,7 +282,7 @@ def bench_e2e(
         str,
         typer.Option(
             help="Comma list: batched, per-event, inline, gil-5ms, asyncio-loop, "
-            "faust-changelog, cuda, batch-N."
+            "faust-changelog, no-feedback, cuda, batch-N."
         ),
     ] = "batched,per-event",
     repeats: Annotated[
@@ -309,6 +311,8 @@ def bench_e2e(
         "gil-5ms": {"gil_switch_interval_ms": 0},
         "asyncio-loop": {"event_loop": "asyncio"},
         "faust-changelog": {"changelog_producer": "faust"},
+        # Online feedback off: no remembered lists, one changelog record per event.
+        "no-feedback": {"feedback_lists": 0},
         # GPU hosts: CUDA execution provider (fails loudly without one), bigger batches.
         "cuda": {"provider": "cuda", "max_batch": 256},
     }
@@ -540,6 +544,99 @@ def bench_grouping(
         )
     measured = rows[0]["measured_costs"] if rows else {}
     print(f"measured costs (positions): row {measured.get('row')}, call {measured.get('call')}")
+
+
+@bench_app.command("archive")
+def bench_archive(
+    events: Annotated[int, typer.Option(help="Events in the input topics.")] = 50_000,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    flush_records: Annotated[
+        int, typer.Option(help="RECSTREAM_ARCHIVE_FLUSH_RECORDS (production default).")
+    ] = 50_000,
+    flush_interval_s: Annotated[
+        float, typer.Option(help="RECSTREAM_ARCHIVE_FLUSH_INTERVAL_S (short: no minute's wait).")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic shop.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for archive.json and the archive.")] = Path(
+        "var/bench"
+    ),
+) -> None:
+    """Archiver throughput: events/s into Parquet, bytes/event on disk, CPU, peak RSS.
+
+    The three input topics of the embedded broker are filled with synthetic-shop
+    events (re-timed into the last hour) first; then ``recstream archive`` runs as a
+    child process and is timed until every event is in its Parquet files.
+    """
+    from deploy.lab.brokers import EmbeddedBroker
+    from deploy.lab.production_loop import archive_throughput, recent_shop_events
+
+    evs = recent_shop_events(events, seed=seed)
+    broker = EmbeddedBroker().start()
+    try:
+        row = archive_throughput(
+            broker,
+            out / "archive-runs",
+            evs,
+            partitions=partitions,
+            flush_records=flush_records,
+            flush_interval_s=flush_interval_s,
+            log=console.print,
+        )
+    finally:
+        broker.stop()
+    row["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_rows(out / "archive.json", [row])
+    print(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+    console.print(f"wrote {out / 'archive.json'}")
+    if not row["all_archived_once"]:
+        raise typer.Exit(1)
+
+
+@bench_app.command("feedback")
+def bench_feedback(
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model to serve (default: train one).")
+    ] = None,
+    sequences: Annotated[
+        Path | None,
+        typer.Option(help="user item1 item2 ... file to replay (default: a synthetic shop)."),
+    ] = None,
+    users: Annotated[int, typer.Option(help="Users replayed.")] = 2000,
+    max_items: Annotated[int, typer.Option(help="Last items replayed per user.")] = 20,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    out: Annotated[Path, typer.Option(help="Directory for feedback.json.")] = Path("var/bench"),
+) -> None:
+    """Online hit rate (the worker's feedback counters) vs offline HR@20, same cases.
+
+    Every item is replayed as a click (nothing excluded), users in lockstep, with
+    RECSTREAM_FEEDBACK_LISTS=1 and a window longer than the replay: each list is
+    credited at most once, by the user's next event.
+    """
+    from deploy.lab.brokers import EmbeddedBroker
+    from deploy.lab.production_loop import feedback_vs_offline, user_sequences_from_shop
+
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = _bench_model(model_dir, sequences, out)
+    if sequences is not None:
+        from models.datasets import read_sequences
+
+        seqs = [
+            (user, items[-max_items:])
+            for user, items in list(read_sequences(sequences).items())[:users]
+        ]
+    else:
+        seqs = user_sequences_from_shop(users, max_items=max_items)
+    broker = EmbeddedBroker().start()
+    try:
+        row = feedback_vs_offline(
+            seqs, model, out / "feedback-runs", broker, partitions=partitions, log=console.print
+        )
+    finally:
+        broker.stop()
+    row["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_rows(out / "feedback.json", [row])
+    print(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+    console.print(f"wrote {out / 'feedback.json'}")
 
 
 def _int_list(text: str) -> list[int]:
