@@ -42,6 +42,12 @@ class ArchiveConfig(ConfigGroup):
         description="...or once its first event has waited this long, seconds (whichever "
         "comes first); bounds how much is re-read after a crash.",
     )
+    max_buffered_records: int = Field(
+        200_000,
+        ge=1,
+        description="Events buffered over all partitions at most (about 0.75 KiB each in "
+        "memory); past it the largest open part is written at once.",
+    )
     retention_interval_s: float = Field(
         3600.0, gt=0, description="How often expired day folders are looked for, seconds."
     )

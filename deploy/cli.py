@@ -8,6 +8,7 @@ and the test and measurement lab's (``broker``, ``replay``, ``chaos``, ``demo``,
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Annotated
@@ -56,6 +57,10 @@ def archive() -> None:
 
     settings = Settings()
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_json))
+    for unknown in Settings.unknown_env(os.environ):
+        logging.getLogger("recstream.archive").warning(
+            "ignoring %s: not a recstream setting", unknown
+        )
     options = settings.archive
     metrics = ArchiverMetrics()
     if options.metrics_port:
@@ -68,6 +73,7 @@ def archive() -> None:
         options.dir,
         retention_days=options.retention_days,
         flush_records=options.flush_records,
+        max_buffered=options.max_buffered_records,
         flush_interval_s=options.flush_interval_s,
         retention_interval_s=options.retention_interval_s,
         metrics=metrics,

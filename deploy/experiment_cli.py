@@ -41,7 +41,9 @@ class ArmCounts:
 
 
 def read_arm_counts(
-    pages: Iterable[str], versions: dict[str, str] | None = None
+    pages: Iterable[str],
+    versions: dict[str, str] | None = None,
+    experiment: str | None = None,
 ) -> dict[str, ArmCounts]:
     """Sum ``recstream_recommendations_total`` and ``..._hits_total`` per arm.
 
@@ -49,6 +51,9 @@ def read_arm_counts(
         pages: Prometheus text pages (one per worker's ``/metrics``).
         versions: if given, only count an arm's series of this model version
             (arm -> version), e.g. the candidate arm's candidate.
+        experiment: if given, only count series whose ``experiment`` label is this
+            experiment id (`models.experiment.Experiment.id`), in both arms: lists
+            scored before the experiment (or in another one) are left out.
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -58,6 +63,8 @@ def read_arm_counts(
             for sample in family.samples:
                 arm = sample.labels.get("arm")
                 if arm is None or not sample.name.endswith("_total"):
+                    continue
+                if experiment is not None and sample.labels.get("experiment") != experiment:
                     continue
                 if (
                     versions
@@ -145,8 +152,8 @@ def experiment_status(
 ) -> None:
     """Per-arm hit rates from the workers' /metrics, and a two-proportion z-test per event type.
 
-    The counters are cumulative since each worker started; the candidate arm counts
-    only the candidate version's lists.
+    Only the running experiment's series count (their ``experiment`` label is its id),
+    in both arms; the candidate arm counts only the candidate version's lists.
     """
     from models.experiment import CANDIDATE, CONTROL, read_experiment, two_proportion_z_test
     from models.store import ModelStore
@@ -162,7 +169,11 @@ def experiment_status(
             f"CURRENT {model_store.current()}"
         )
     versions = {CANDIDATE: experiment.candidate} if experiment is not None else None
-    arms = read_arm_counts((_fetch(url) for url in metrics), versions)
+    arms = read_arm_counts(
+        (_fetch(url) for url in metrics),
+        versions,
+        experiment.id if experiment is not None else None,
+    )
     control, candidate = arms.get(CONTROL, ArmCounts()), arms.get(CANDIDATE, ArmCounts())
     print(f"{'arm':10} {'lists':>10} " + " ".join(f"{t + ' rate':>14}" for t in EVENT_TYPES))
     for name, counts in ((CONTROL, control), (CANDIDATE, candidate)):
@@ -176,3 +187,7 @@ def experiment_status(
             round(candidate.lists),
         )
         print(f"{etype:10} candidate - control: z = {z:+.3f}, p = {p:.4g}")
+    print(
+        "note: the test treats lists as independent, but users are what is randomised; "
+        "a user's lists are correlated, so with heavy users the p-values are optimistic."
+    )

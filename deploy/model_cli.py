@@ -602,12 +602,24 @@ def _publish_with_gate(
     verdict = "passed" if decision.promote else "refused"
     console.print(f"gate {verdict} ({metric}, margin {margin:g}, {decision.n_cases} cases):")
     console.print(decision.reason)
-    if decision.promote and promote:
+    from models.experiment import read_experiment
+
+    running = read_experiment(model_store)
+    promoted = decision.promote and promote and running is None
+    if promoted:
         model_store.promote(version)
         console.print(f"CURRENT -> {version}")
+    elif decision.promote and running is not None:
+        # CURRENT is the control arm of a running A/B test: changing it would change
+        # the experiment under way.
+        section["reason"] += (
+            f"; not promoted: an experiment is running (candidate {running.candidate}); "
+            "promote by hand after it ends"
+        )
+        console.print(f"not promoted: experiment with {running.candidate} is running")
     elif decision.promote:
         section["reason"] += "; not promoted: --promote was not given"
-    section["promoted"] = decision.promote and promote
+    section["promoted"] = promoted
     section["current"] = model_store.current()
     return section
 

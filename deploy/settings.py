@@ -159,6 +159,26 @@ class Settings(BaseSettings):
             env[spec.env] = _env_value(value)
         return env
 
+    @classmethod
+    def unknown_env(cls, environ: Mapping[str, str]) -> list[str]:
+        """``RECSTREAM_*`` variables that are no setting, each with the closest names.
+
+        The worker and the archiver log these at start-up: a misspelt variable would
+        otherwise be ignored without a word. Variables of the test and lab harness
+        (``RECSTREAM_TEST_*``, ``RECSTREAM_LIBRDKAFKA``) are not settings and not listed.
+        """
+        known = cls.env_names()
+        out = []
+        for key in sorted(environ):
+            upper = key.upper()
+            if not upper.startswith(ENV_PREFIX) or upper in known:
+                continue
+            if upper.startswith(f"{ENV_PREFIX}TEST_") or upper in _HARNESS_VARIABLES:
+                continue
+            close = difflib.get_close_matches(upper, sorted(known), n=2)
+            out.append(f"{key} (did you mean {' or '.join(close)}?)" if close else key)
+        return out
+
     # -- derived -----------------------------------------------------------------------
 
     def client_config(self) -> dict[str, str]:
@@ -207,6 +227,9 @@ def _flat_fields() -> dict[str, FlatField]:
 
 
 _FIELDS: dict[str, FlatField] = {}
+
+#: RECSTREAM_* variables that belong to the lab, not to Settings.
+_HARNESS_VARIABLES = {"RECSTREAM_LIBRDKAFKA"}
 
 
 def _field(name: str) -> FlatField:

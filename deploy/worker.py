@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -86,15 +87,22 @@ def build_app(settings: Settings) -> RecstreamApp:
         if version is None:
             raise RuntimeError(f"model store {settings.model_dir} has an empty CURRENT")
         scorer = source.load(version)
-        running = source.current_experiment()
-        if running is not None:
-            # Loaded before serving, so a user is in the same arm right after a restart.
-            experiment = (running, source.load(running.candidate))
-            log.info(
-                "experiment: candidate %s for %.1f%% of users",
-                running.candidate,
-                100 * running.share,
-            )
+        try:
+            running = source.current_experiment()
+            if running is not None:
+                # Loaded before serving, so a user is in the same arm right after a
+                # restart.
+                experiment = (running, source.load(running.candidate))
+                log.info(
+                    "experiment: candidate %s for %.1f%% of users",
+                    running.candidate,
+                    100 * running.share,
+                )
+        except Exception:
+            # A broken EXPERIMENT file or candidate must not keep every worker from
+            # starting: serve CURRENT to everyone; the reloader retries the experiment.
+            log.exception("the model store's experiment cannot be served; CURRENT only")
+            experiment = None
     else:
         scorer = OnnxScorer.load(
             settings.model_dir,
@@ -138,6 +146,8 @@ def run_worker(settings: Settings) -> None:
         # Set before the app exists: Faust's consumer thread creates its own loop
         # through the policy too, so both loops run on libuv.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    for unknown in Settings.unknown_env(os.environ):
+        log.warning("ignoring %s: not a recstream setting", unknown)
     app = build_app(settings)
     quiet_worker_class()(
         app,

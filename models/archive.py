@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,8 +73,12 @@ def day_start(day: str) -> float:
         raise DataFormatError(f"invalid archive day {day!r}: {exc}") from exc
 
 
-def _select_days(root: Path, days: int | None) -> list[str]:
+def _select_days(root: Path, days: int | None, before: str | None = None) -> list[str]:
     available = archive_days(root)
+    if before is not None:
+        # ISO dates compare as strings; later folders are still filling (today) or come
+        # from clocks running ahead.
+        available = [day for day in available if day < before]
     if days is not None:
         if days < 1:
             raise ValueError("days must be >= 1")
@@ -147,8 +152,13 @@ def archive_split(
     valid_fraction: float = 0.1,
     max_cases: int | None = 20_000,
     seed: int = 0,
+    now: float | None = None,
 ) -> SplitData:
-    """Read the newest `days` day folders and hold out the newest `holdout_days` of them.
+    """Read the newest `days` complete day folders and hold out the newest `holdout_days`.
+
+    Only days before the current UTC day count: today's folder is still filling (a
+    nightly job at 03:00 would otherwise hold out three quiet hours), and a folder
+    dated later comes from events with clocks ahead.
 
     Training and validation (early stopping) use the earlier days only; every event of
     the held-out days whose user has an earlier event is a test case, predicted from all
@@ -162,6 +172,7 @@ def archive_split(
         valid_fraction: Share of the earlier days' events (the newest) for validation.
         max_cases: Seeded cap on validation and on test cases.
         seed: Sampling seed.
+        now: Current Unix time (tests); days on or after its UTC day are skipped.
 
     Returns:
         The split; `test` holds the held-out cases.
@@ -171,7 +182,8 @@ def archive_split(
             split leaves no training data.
     """
     root = Path(root)
-    selected = _select_days(root, days)
+    today = time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
+    selected = _select_days(root, days, before=today)
     if holdout_days < 1:
         raise ValueError("holdout_days must be >= 1")
     if len(selected) <= holdout_days:

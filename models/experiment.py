@@ -9,7 +9,9 @@ Users are split by a stable hash of ``salt`` and ``user_id`` (:func:`assign_arm`
 same user is in the same arm in every worker and after every restart, and a new
 experiment (a new salt) reshuffles users. Workers serve the ``candidate`` arm with the
 candidate version and the ``control`` arm with ``CURRENT``; every recommendation
-carries its arm and model version, and the hit counters are labelled with both.
+carries its arm and model version, and the hit counters are labelled with both and
+with the experiment's id (:attr:`Experiment.id`, :data:`NO_EXPERIMENT` outside one),
+so an experiment's arms are compared on its own traffic only.
 :func:`promote_candidate` makes the candidate ``CURRENT`` and ends the experiment;
 :func:`two_proportion_z_test` compares the arms' hit rates.
 
@@ -35,8 +37,10 @@ __all__ = [
     "CANDIDATE",
     "CONTROL",
     "EXPERIMENT_FILENAME",
+    "NO_EXPERIMENT",
     "Experiment",
     "assign_arm",
+    "experiment_id",
     "promote_candidate",
     "read_experiment",
     "start_experiment",
@@ -50,6 +54,8 @@ EXPERIMENT_FILENAME = "EXPERIMENT"
 CONTROL = "control"
 #: Users served by the experiment's candidate version.
 CANDIDATE = "candidate"
+#: The ``experiment`` label of lists scored outside an experiment.
+NO_EXPERIMENT = "none"
 
 _SCALE = float(1 << 64)
 
@@ -69,6 +75,11 @@ class Experiment:
     share: float
     salt: str
     started_at: str
+
+    @property
+    def id(self) -> str:
+        """A short, stable id of this experiment (from its salt): the ``experiment`` label."""
+        return experiment_id(self.salt)
 
     def arm(self, user_id: str) -> str:
         """The arm of ``user_id`` in this experiment."""
@@ -98,6 +109,11 @@ class Experiment:
         if not 0.0 <= experiment.share <= 1.0:
             raise StoreError(f"{EXPERIMENT_FILENAME} share {experiment.share} is not in [0, 1]")
         return experiment
+
+
+def experiment_id(salt: str) -> str:
+    """The first 8 hex digits of the SHA-256 of ``salt``: one label value per experiment."""
+    return hashlib.sha256(salt.encode()).hexdigest()[:8]
 
 
 def assign_arm(user_id: str, share: float, salt: str) -> str:

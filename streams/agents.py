@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust import current_event
 
-from models.experiment import CANDIDATE, CONTROL, Experiment
+from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment
 from models.scorer import Recommendation, Scorer
 from streams._faust import as_current_event, manual_ack_events
 from streams.acks import InOrderAcks
@@ -70,6 +70,7 @@ class ScoreRequest:
     exclude: frozenset[str]
     model_version: str = ""
     arm: str = CONTROL
+    experiment: str = NO_EXPERIMENT
 
 
 class Pipeline:
@@ -134,8 +135,8 @@ class Pipeline:
         stage = self.metrics.stage_seconds
         self._consumed = {t: Tally(self.metrics.events_consumed.labels(t.value)) for t in EventType}
         self._recommended: dict[str, Tally] = {}
-        self._lists: dict[tuple[str, str], Tally] = {}
-        self._hits: dict[tuple[str, str, str], Tally] = {}
+        self._lists: dict[tuple[str, str, str], Tally] = {}
+        self._hits: dict[tuple[str, str, str, str], Tally] = {}
         self._updates = Tally(self.metrics.profile_updates)
         self._duplicates = Tally(self.metrics.duplicate_events)
         self._stage_decode = Tally(stage.labels("decode"))
@@ -225,7 +226,8 @@ class Pipeline:
             if profile.recs:
                 hit = find_hit(profile, decoded, self.config.feedback.window_s)
                 if hit is not None:
-                    self._count_hit(event_type.value, hit[1], hit[2])
+                    hit_experiment = hit[5] if len(hit) > 5 else NO_EXPERIMENT
+                    self._count_hit(event_type.value, hit[1], hit[2], hit_experiment)
         else:
             self._duplicates.add()
         # Written even for a replayed event: after a crash the local RocksDB can hold
@@ -241,6 +243,7 @@ class Pipeline:
                 profile.history(),
                 profile.purchased_items(),
                 arm=CONTROL if experiment is None else experiment[0].arm(user),
+                experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
             )
         )
 
@@ -248,10 +251,14 @@ class Pipeline:
         # One model per arm for the whole batch, even if a reload swaps them meanwhile.
         scorer, experiment = self.scorer, self.experiment
         candidate = experiment[1] if experiment is not None else None
+        experiment_id = experiment[0].id if experiment is not None else NO_EXPERIMENT
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(batch):
-            if req.arm == CANDIDATE and candidate is None:
-                req.arm = CONTROL  # the experiment ended since the event arrived
+            if req.experiment != experiment_id:
+                # The experiment ended or changed since the event arrived: the arm of
+                # the experiment the batch is scored under.
+                req.experiment = experiment_id
+                req.arm = CONTROL if experiment is None else experiment[0].arm(req.decoded.user_id)
             groups.setdefault(req.arm, []).append(i)
         recs: list[Recommendation | None] = [None] * len(batch)
         for arm, indices in groups.items():
@@ -312,7 +319,7 @@ class Pipeline:
                 )
                 self._tallies.append(counter)
             counter.add()
-            self._count_list(req.model_version, req.arm)
+            self._count_list(req.model_version, req.arm, req.experiment)
             record_ts = req.event.message.timestamp
             if record_ts:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
@@ -341,22 +348,23 @@ class Pipeline:
                     req.arm,
                     [item for item, _ in rec.items],
                     lists,
+                    req.experiment,
                 )
                 self.profiles[ev.user_id] = profile.to_json()
         except Exception:
             # Feedback is a metric: a failed write must not cost the recommendation.
             log.exception("could not remember a recommendation list")
 
-    def _count_list(self, model_version: str, arm: str) -> None:
-        key = (model_version, arm)
+    def _count_list(self, model_version: str, arm: str, experiment: str) -> None:
+        key = (model_version, arm, experiment)
         tally = self._lists.get(key)
         if tally is None:
             tally = self._lists[key] = Tally(self.metrics.recommendation_lists.labels(*key))
             self._tallies.append(tally)
         tally.add()
 
-    def _count_hit(self, event_type: str, model_version: str, arm: str) -> None:
-        key = (event_type, model_version, arm)
+    def _count_hit(self, event_type: str, model_version: str, arm: str, experiment: str) -> None:
+        key = (event_type, model_version, arm, experiment)
         tally = self._hits.get(key)
         if tally is None:
             tally = self._hits[key] = Tally(self.metrics.recommendation_hits.labels(*key))

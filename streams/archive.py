@@ -317,6 +317,8 @@ class ArchiveWriter:
         inputs: input topic name -> the event type it carries.
         flush_records: a partition's open part is written at this many rows...
         flush_interval_s: ...or when its first row is this old (seconds).
+        max_buffered: rows buffered over all open parts at most; past it the largest
+            part is written at once (bounds memory when catching up on many partitions).
         metrics: counters to feed (optional).
     """
 
@@ -327,12 +329,15 @@ class ArchiveWriter:
         *,
         flush_records: int,
         flush_interval_s: float,
+        max_buffered: int = 200_000,
         metrics: ArchiverMetrics | None = None,
     ) -> None:
         self.root = root
         self.inputs = dict(inputs)
         self.flush_records = flush_records
         self.flush_interval_s = flush_interval_s
+        self.max_buffered = max_buffered
+        self.buffered = 0  # rows in all open parts
         self.metrics = metrics
         self.stats = ArchiveStats()
         self._parts: dict[tuple[str, int], _Partition] = {}
@@ -356,12 +361,15 @@ class ArchiveWriter:
             if flush:
                 self._flush(part)
             else:
+                self.buffered -= len(part.rows)
                 self._parts.pop(key, None)
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drop partitions' state (after their last commit)."""
         for key in partitions:
-            self._parts.pop(key, None)
+            part = self._parts.pop(key, None)
+            if part is not None:
+                self.buffered -= len(part.rows)
 
     def add(
         self,
@@ -401,9 +409,12 @@ class ArchiveWriter:
             part.day = day
             part.opened = time.monotonic()
         part.rows.append(event_row(decoded, topic, partition, offset))
+        self.buffered += 1
         part.position = offset + 1
         if len(part.rows) >= self.flush_records:
             self._flush(part)
+        elif self.buffered > self.max_buffered:
+            self._flush(max(self._parts.values(), key=lambda p: len(p.rows)))
         return True
 
     def flush_due(self, now: float | None = None) -> int:
@@ -424,6 +435,7 @@ class ArchiveWriter:
 
     def _flush(self, part: _Partition) -> None:
         rows, part.rows = part.rows, []
+        self.buffered -= len(rows)
         path = write_part(self.root, part.day, rows)
         part.archived = max(part.archived, int(rows[-1]["offset"]))
         self.stats.archived += len(rows)
@@ -459,6 +471,7 @@ class Archiver:
         retention_days: day folders older than this are deleted.
         flush_records: rows per part at most.
         flush_interval_s: longest a row waits in an open part, seconds.
+        max_buffered: rows buffered over all partitions at most (memory bound).
         retention_interval_s: how often expired day folders are looked for, seconds.
         metrics: counters to feed (optional).
     """
@@ -471,6 +484,7 @@ class Archiver:
         retention_days: int,
         flush_records: int,
         flush_interval_s: float,
+        max_buffered: int = 200_000,
         retention_interval_s: float = 3600.0,
         metrics: ArchiverMetrics | None = None,
     ) -> None:
@@ -483,6 +497,7 @@ class Archiver:
             stream.topics.inputs(),
             flush_records=flush_records,
             flush_interval_s=flush_interval_s,
+            max_buffered=max_buffered,
             metrics=metrics,
         )
         self.group_id = f"{stream.app_id}-archiver"

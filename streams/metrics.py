@@ -78,17 +78,17 @@ class Metrics:
         )
         self.recommendation_lists = Counter(
             "recstream_recommendations_total",
-            "Recommendation lists produced, by model version and experiment arm (the "
-            "denominator of the hit rates).",
-            ["model_version", "arm"],
+            "Recommendation lists produced, by model version, experiment arm and "
+            "experiment id ('none' outside an experiment; the denominator of the hit rates).",
+            ["model_version", "arm", "experiment"],
             registry=r,
         )
         self.recommendation_hits = Counter(
             "recstream_recommendation_hits_total",
             "Interactions with an item of a list recently recommended to the user, by "
-            "event type and the list's model version and arm; each list counts at most "
-            "once per event type (RECSTREAM_FEEDBACK_WINDOW_S).",
-            ["event_type", "model_version", "arm"],
+            "event type and the list's model version, arm and experiment id; each list "
+            "counts at most once per event type (RECSTREAM_FEEDBACK_WINDOW_S).",
+            ["event_type", "model_version", "arm", "experiment"],
             registry=r,
         )
         self.produce_errors = Counter(

@@ -15,10 +15,12 @@ changelog topic, so any Kafka tool can read it):
   as the original, so the lookup is a binary search on ``ts``;
 * ``recs``: the latest recommendation lists sent to the user (at most
   ``FeedbackConfig.lists``), oldest first, each ``[ts, model_version, arm,
-  [item_id, ...], [event_type, ...]]``: ``ts`` is the event time of the event that
-  triggered the list, and the last element names the event types already counted
-  as hits on it (each list counts at most one hit per event type, so hits / lists
-  is a proportion). Written after scoring (``Pipeline._deliver``); profiles stored
+  [item_id, ...], [event_type, ...], experiment]``: ``ts`` is the event time of the
+  event that triggered the list, the fifth element names the event types already
+  counted as hits on it (each list counts at most one hit per event type, so hits /
+  lists is a proportion), and ``experiment`` is the id of the experiment it was
+  scored under (lists remembered before it existed have no sixth element, read as
+  ``"none"``). Written after scoring (``Pipeline._deliver``); profiles stored
   before the field existed load with none.
 
 Why event time and not arrival order: a user's clicks, browses and purchases come
@@ -39,6 +41,7 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.experiment import NO_EXPERIMENT
 from streams.events import Event, EventType
 
 __all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash", "find_hit", "remember_list"]
@@ -201,6 +204,7 @@ def remember_list(
     arm: str,
     items: list[str],
     limit: int,
+    experiment: str = NO_EXPERIMENT,
 ) -> None:
     """Remember a recommendation list sent to this user; keep the latest ``limit``.
 
@@ -211,13 +215,14 @@ def remember_list(
         arm: the experiment arm it was scored in.
         items: the recommended item ids, best first.
         limit: lists kept per profile (the oldest, by ``ts``, are dropped).
+        experiment: id of the experiment it was scored under (:data:`NO_EXPERIMENT`: none).
     """
     if limit <= 0:
         return
     # A redelivered event (at-least-once) is scored again: the same list, once.
     if any(r[0] == ts and r[1:4] == [model_version, arm, items] for r in profile.recs):
         return
-    _insert_bounded(profile.recs, [ts, model_version, arm, items, []], _rec_key, limit)
+    _insert_bounded(profile.recs, [ts, model_version, arm, items, [], experiment], _rec_key, limit)
 
 
 def _rec_key(entry: list[Any]) -> float:

@@ -117,6 +117,11 @@ class ModelReloader:
             return False
         assert self._set_experiment is not None
         if experiment is None:
+            # `experiment promote` moves CURRENT to the candidate and then ends the
+            # experiment; this poll may have read CURRENT just before. Read it again
+            # first, while the candidate's scorer is still at hand, so its users never
+            # see the old version in between.
+            await self._check_current()
             self._set_experiment(None, None)
             log.info("experiment ended: %s", self.experiment)
             self.experiment = self._candidate = None

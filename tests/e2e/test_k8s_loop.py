@@ -12,8 +12,8 @@ from the archive, the gate promotes the candidate -> the running workers hot-rel
 candidate cannot meet is refused and CURRENT stays.
 
 The only overrides are what a laptop cannot reproduce, listed in ``LOCAL``: the
-embedded broker's address and security (it speaks PLAINTEXT only) and a free web
-port per process.
+embedded broker's address and security (it speaks PLAINTEXT only) and a free web or
+metrics port per process.
 """
 
 from __future__ import annotations
@@ -161,7 +161,10 @@ def test_the_shipped_loop_runs_from_the_manifests(tmp_path: Path) -> None:
                 tmp_path / "logs" / f"worker-{w.replica}.log",
                 overrides={**local, "RECSTREAM_WEB_PORT": str(port)},
             )
-        archiver.start(tmp_path / "logs" / "archiver.log", overrides=local)
+        archiver.start(
+            tmp_path / "logs" / "archiver.log",
+            overrides={**local, "RECSTREAM_ARCHIVE_METRICS_PORT": str(free_port())},
+        )
         wait(lambda: all(ready(u) for u in urls), 120, "workers ready", workers)
 
         # 4. Events in; a recommendation for each; the archive holds them all.

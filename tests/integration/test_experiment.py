@@ -31,15 +31,24 @@ pytestmark = pytest.mark.integration
 WINDOW_S = 3600.0
 
 
-def per_arm(page: str) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str, str], float]]:
-    lists: dict[tuple[str, str], float] = {}
-    hits: dict[tuple[str, str, str], float] = {}
+def per_arm(
+    page: str,
+) -> tuple[dict[tuple[str, str, str], float], dict[tuple[str, str, str, str], float]]:
+    """Lists by (version, arm, experiment) and hits by (event type, version, arm, experiment)."""
+    lists: dict[tuple[str, str, str], float] = {}
+    hits: dict[tuple[str, str, str, str], float] = {}
     for family in text_string_to_metric_families(page):
         for s in family.samples:
+            labels = s.labels
             if s.name == "recstream_recommendations_total":
-                lists[(s.labels["model_version"], s.labels["arm"])] = s.value
+                lists[(labels["model_version"], labels["arm"], labels["experiment"])] = s.value
             elif s.name == "recstream_recommendation_hits_total" and s.value:
-                key = (s.labels["event_type"], s.labels["model_version"], s.labels["arm"])
+                key = (
+                    labels["event_type"],
+                    labels["model_version"],
+                    labels["arm"],
+                    labels["experiment"],
+                )
                 hits[key] = s.value
     return lists, hits
 
@@ -84,7 +93,7 @@ def test_two_arms_are_labelled_and_their_hits_match_a_reference_count(
 
     rng = random.Random(5)
     follow_ups = []
-    expected: dict[tuple[str, str, str], float] = {}
+    expected: dict[tuple[str, str, str, str], float] = {}
     for n, (user, seed) in enumerate(seeds.items()):
         items = [i["item_id"] for i in by_user[user]["items"]]
         kind = rng.choice(["hit", "hit", "other item", "too late"])
@@ -106,7 +115,7 @@ def test_two_arms_are_labelled_and_their_hits_match_a_reference_count(
             )
         )
         if kind == "hit" and item in items:
-            key = (etype, version_of[arms[user]], arms[user])
+            key = (etype, version_of[arms[user]], arms[user], experiment.id)
             expected[key] = expected.get(key, 0) + 1
     assert sum(expected.values()) >= 10
     with deployment.producer() as producer:
@@ -117,9 +126,9 @@ def test_two_arms_are_labelled_and_their_hits_match_a_reference_count(
     assert all(r["arm"] == arms[r["user_id"]] for r in recs)
 
     lists, hits = per_arm(worker.metrics_text())
-    want_lists: dict[tuple[str, str], float] = {}
+    want_lists: dict[tuple[str, str, str], float] = {}
     for r in recs:
-        key = (r["model_version"], r["arm"])
+        key = (r["model_version"], r["arm"], experiment.id)
         want_lists[key] = want_lists.get(key, 0) + 1
     assert lists == want_lists
     assert hits == expected

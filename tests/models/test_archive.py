@@ -171,3 +171,21 @@ def test_fixture_schema_is_the_archivers() -> None:
     from streams.archive import SCHEMA as ARCHIVER_SCHEMA
 
     assert [(f.name, f.type) for f in SCHEMA] == [(f.name, f.type) for f in ARCHIVER_SCHEMA]
+
+
+def test_archive_split_skips_the_day_still_filling_and_later_days(tmp_path: Path) -> None:
+    rows = [
+        event(f"e{d}{n}", f"u{n % 4}", f"i{(d * 7 + n) % 11}", day + 100.0 * n)
+        for d, day in enumerate((D1, D2, D3))
+        for n in range(12)
+    ]
+    write_archive(tmp_path, rows)
+    # On 2026-11-30 at 03:00 UTC, that day's folder is incomplete: 11-29 is held out.
+    split = archive_split(tmp_path, holdout_days=1, max_cases=None, now=D3 + 3 * 3600)
+    assert "2026-11-29..2026-11-29" in split.protocol
+    assert all(it.ts < D2 for it in split.train)
+    assert len(split.test) == 12  # the events of 11-29, every user known from 11-28
+    # A folder dated after "now" (clocks ahead) is never read: on 11-29 only 11-28 is
+    # complete, too little to hold a day out.
+    with pytest.raises(ValueError, match="at least one more day"):
+        archive_split(tmp_path, holdout_days=1, max_cases=None, now=D2 + 60)

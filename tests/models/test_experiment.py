@@ -20,6 +20,7 @@ from models.experiment import (
     EXPERIMENT_FILENAME,
     Experiment,
     assign_arm,
+    experiment_id,
     promote_candidate,
     read_experiment,
     start_experiment,
@@ -132,38 +133,94 @@ def test_z_test_against_a_hand_computed_value() -> None:
     assert two_proportion_z_test(0, 10, 0, 10) == (0.0, 1.0)
 
 
-PAGE_1 = """\
-# HELP recstream_recommendations_total Recommendation lists produced.
-# TYPE recstream_recommendations_total counter
-recstream_recommendations_total{model_version="v1",arm="control"} 600.0
-recstream_recommendations_total{model_version="v2",arm="candidate"} 400.0
-recstream_recommendations_total{model_version="v0",arm="candidate"} 77.0
-# HELP recstream_recommendation_hits_total Hits.
-# TYPE recstream_recommendation_hits_total counter
-recstream_recommendation_hits_total{event_type="click",model_version="v1",arm="control"} 60.0
-recstream_recommendation_hits_total{event_type="purchase",model_version="v1",arm="control"} 6.0
-recstream_recommendation_hits_total{event_type="click",model_version="v2",arm="candidate"} 50.0
-recstream_recommendation_hits_total{event_type="click",model_version="v0",arm="candidate"} 9.0
-# HELP recstream_recommendations_produced_total Lists by strategy.
-# TYPE recstream_recommendations_produced_total counter
-recstream_recommendations_produced_total{strategy="sequential"} 1077.0
-"""
-PAGE_2 = """\
-# TYPE recstream_recommendations_total counter
-recstream_recommendations_total{model_version="v1",arm="control"} 400.0
-recstream_recommendations_total{model_version="v2",arm="candidate"} 600.0
-# TYPE recstream_recommendation_hits_total counter
-recstream_recommendation_hits_total{event_type="click",model_version="v1",arm="control"} 40.0
-recstream_recommendation_hits_total{event_type="click",model_version="v2",arm="candidate"} 80.0
-"""
+#: The id of the experiment the CLI test starts (salt "s").
+EXP = experiment_id("s")
+
+
+def metrics_page(
+    lists: list[tuple[str, str, str, float]], hits: list[tuple[str, str, str, str, float]]
+) -> str:
+    """A worker's page: lists by (version, arm, experiment), hits with the event type first."""
+    lines = ["# TYPE recstream_recommendations_total counter"]
+    lines += [
+        f'recstream_recommendations_total{{model_version="{v}",arm="{a}",experiment="{x}"}} {n}'
+        for v, a, x, n in lists
+    ]
+    lines.append("# TYPE recstream_recommendation_hits_total counter")
+    lines += [
+        f'recstream_recommendation_hits_total{{event_type="{t}",model_version="{v}",arm="{a}",'
+        f'experiment="{x}"}} {n}'
+        for t, v, a, x, n in hits
+    ]
+    return "\n".join(lines) + "\n"
+
+
+PAGE_1 = metrics_page(
+    [
+        ("v1", "control", EXP, 600.0),
+        ("v2", "candidate", EXP, 400.0),
+        ("v0", "candidate", EXP, 77.0),
+    ],
+    [
+        ("click", "v1", "control", EXP, 60.0),
+        ("purchase", "v1", "control", EXP, 6.0),
+        ("click", "v2", "candidate", EXP, 50.0),
+        ("click", "v0", "candidate", EXP, 9.0),
+    ],
+) + (
+    "# HELP recstream_recommendations_produced_total Lists by strategy.\n"
+    "# TYPE recstream_recommendations_produced_total counter\n"
+    'recstream_recommendations_produced_total{strategy="sequential"} 1077.0\n'
+)
+PAGE_2 = metrics_page(
+    [("v1", "control", EXP, 400.0), ("v2", "candidate", EXP, 600.0)],
+    [("click", "v1", "control", EXP, 40.0), ("click", "v2", "candidate", EXP, 80.0)],
+)
+#: PAGE_2 on a worker that served days before the experiment started: control-arm
+#: series of earlier traffic (no experiment, and an earlier one) with a far lower
+#: hit rate, and the earlier experiment's candidate arm.
+PAGE_2_WITH_HISTORY = metrics_page(
+    [
+        ("v1", "control", EXP, 400.0),
+        ("v2", "candidate", EXP, 600.0),
+        ("v0", "control", "none", 90000.0),
+        ("v1", "control", "none", 50000.0),
+        ("v1", "control", "0badc0de", 7000.0),
+        ("v2", "candidate", "0badc0de", 3000.0),
+    ],
+    [
+        ("click", "v1", "control", EXP, 40.0),
+        ("click", "v2", "candidate", EXP, 80.0),
+        ("click", "v0", "control", "none", 900.0),
+        ("click", "v1", "control", "none", 500.0),
+        ("click", "v1", "control", "0badc0de", 70.0),
+        ("click", "v2", "candidate", "0badc0de", 3.0),
+    ],
+)
 
 
 def test_arm_counts_are_summed_over_workers() -> None:
-    arms = read_arm_counts([PAGE_1, PAGE_2], {CANDIDATE: "v2"})
+    arms = read_arm_counts([PAGE_1, PAGE_2], {CANDIDATE: "v2"}, EXP)
     assert arms[CONTROL].lists == 1000 and arms[CONTROL].hits == {"click": 100, "purchase": 6}
     assert arms[CANDIDATE].lists == 1000 and arms[CANDIDATE].hits == {"click": 130}
     assert arms[CANDIDATE].rate("click") == pytest.approx(0.13)
     assert read_arm_counts([PAGE_1])[CANDIDATE].lists == 477  # every version
+
+
+def test_arm_counts_leave_out_series_from_before_the_experiment() -> None:
+    """Control-arm lists outside the running experiment (the same worker's earlier
+    traffic, earlier versions, an earlier experiment) are not compared with it."""
+    arms = read_arm_counts([PAGE_1, PAGE_2_WITH_HISTORY], {CANDIDATE: "v2"}, EXP)
+    assert arms == read_arm_counts([PAGE_1, PAGE_2], {CANDIDATE: "v2"}, EXP)
+    assert arms[CONTROL].lists == 1000 and arms[CONTROL].hits == {"click": 100, "purchase": 6}
+    # Without the filter, the worker's history swamps the control arm.
+    assert read_arm_counts([PAGE_2_WITH_HISTORY], {CANDIDATE: "v2"})[CONTROL].lists == 147400
+
+
+def test_experiment_id_is_short_stable_and_per_salt() -> None:
+    assert EXP == experiment_id("s") == Experiment("v2", 0.1, "s", "").id
+    assert re.fullmatch(r"[0-9a-f]{8}", EXP)
+    assert experiment_id("t") != EXP
 
 
 @pytest.fixture
@@ -188,7 +245,8 @@ def test_experiment_cli(app: typer.Typer, tmp_path: Path, monkeypatch: pytest.Mo
     assert running is not None
     assert (running.candidate, running.share, running.salt) == ("v2", 0.1, "s")
 
-    pages = {"http://w1:6066/metrics": PAGE_1, "http://w2:6066/metrics": PAGE_2}
+    # The second worker served (and counted control lists) before the experiment.
+    pages = {"http://w1:6066/metrics": PAGE_1, "http://w2:6066/metrics": PAGE_2_WITH_HISTORY}
     monkeypatch.setattr("deploy.experiment_cli._fetch", pages.__getitem__)
     result = runner.invoke(
         app,
@@ -200,6 +258,7 @@ def test_experiment_cli(app: typer.Typer, tmp_path: Path, monkeypatch: pytest.Mo
     assert re.search(r"control\s+1000\s+10\.0000%\s+0\.0000%\s+0\.6000%", out), out
     assert re.search(r"candidate\s+1000\s+13\.0000%", out), out
     assert "click      candidate - control: z = +2.103, p = 0.03549" in out
+    assert "users are what is randomised" in out and "optimistic" in out
 
     result = runner.invoke(app, ["models", "experiment", "promote", root])
     assert result.exit_code == 0, result.output

@@ -181,3 +181,33 @@ def test_train_from_archive_argument_errors(tiny_model_dir: Path, tmp_path: Path
 def _flat(output: str) -> str:
     """CLI output without whitespace and box characters (rich wraps error panels)."""
     return re.sub(r"[\s│╭╮╰╯─]", "", output)
+
+
+def test_a_passing_candidate_is_not_promoted_while_an_experiment_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CURRENT is the control arm of a running A/B test: the gate publishes only."""
+    import models.gate
+    from deploy import model_cli
+    from models.experiment import start_experiment
+    from models.gate import GateDecision
+    from tests.models.test_experiment import make_store
+
+    store = make_store(tmp_path / "store", "v1", "v2", "v3")
+    store.promote("v1")
+    start_experiment(store, "v2", 0.1)
+    monkeypatch.setattr(model_cli, "_export_to_store", lambda *_a, **_k: "v3")
+
+    def passing(candidate: Path, serving: Path | None, cases: object, **kw: object) -> GateDecision:
+        return GateDecision(
+            metric="ndcg@10", margin=0.0, promote=True, reason="beats it", n_cases=10,
+            candidate_version="v3", candidate={"ndcg@10": 0.2},
+            serving_version="v1", serving={"ndcg@10": 0.1},
+        )  # fmt: skip
+
+    monkeypatch.setattr(models.gate, "run_gate", passing)
+    section = model_cli._publish_with_gate(
+        None, store.root, [], promote=True, metric="ndcg@10", margin=0.0, threads=1
+    )
+    assert not section["promoted"] and store.current() == "v1"
+    assert "experiment is running" in section["reason"]

@@ -170,3 +170,18 @@ def test_scan_of_an_empty_or_missing_root(tmp_path: Path, missing: bool) -> None
         root.mkdir()
     assert archived_offsets(root) == {}
     assert remove_expired(root, 1) == []
+
+
+def test_buffered_rows_are_bounded_over_all_partitions(tmp_path: Path) -> None:
+    """Catching up on many partitions must not buffer without bound: past the cap the
+    largest open part is written at once (and its offsets become committable)."""
+    w = writer(tmp_path, flush_records=1000, flush_interval_s=600.0, max_buffered=10)
+    for offset in range(8):
+        assert w.add("clicks-x", 0, offset, b"u1", click(offset))
+    for offset in range(3):
+        assert w.add("clicks-x", 1, offset, b"u1", click(100 + offset))
+    assert w.buffered == 11 - 8  # partition 0 (the largest) was written
+    assert w.stats.archived == 8 and w.to_commit()[("clicks-x", 0)] == 8
+    w.flush_all()
+    assert w.buffered == 0 and w.stats.archived == 11
+    assert len(rows(tmp_path)) == 11

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from models.experiment import CANDIDATE, CONTROL, Experiment, assign_arm
+from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment, assign_arm
 from models.scorer import HistoryItem, Recommendation, Scorer
 from streams.events import EventType
 from streams.reload import ExperimentSource, ModelReloader
@@ -72,20 +72,47 @@ def test_each_arm_is_scored_by_its_own_model_and_labelled(harness: Harness) -> N
         assert sorted(candidate.seen) == sorted(
             f"sku-{base[u]}" for u in USERS if arms[u] == CANDIDATE
         )
-        assert lists(h, "model-a", CONTROL) == list(arms.values()).count(CONTROL)
-        assert lists(h, "model-b", CANDIDATE) == list(arms.values()).count(CANDIDATE)
+        exp = EXPERIMENT.id
+        assert lists(h, "model-a", CONTROL, exp) == list(arms.values()).count(CONTROL)
+        assert lists(h, "model-b", CANDIDATE, exp) == list(arms.values()).count(CANDIDATE)
         # A click on an item of each user's list: a hit labelled with the list's arm.
         for n, u in enumerate(USERS):
             offset = 1000 if arms[u] == CANDIDATE else 1
             await drive(f"c{n}", f"sku-{base[u] + offset}", NOW - 50, EventType.CLICK, u)
-        assert hits(h, "click", "model-a", CONTROL) == list(arms.values()).count(CONTROL)
-        assert hits(h, "click", "model-b", CANDIDATE) == list(arms.values()).count(CANDIDATE)
+        assert hits(h, "click", "model-a", CONTROL, exp) == list(arms.values()).count(CONTROL)
+        assert hits(h, "click", "model-b", CANDIDATE, exp) == list(arms.values()).count(CANDIDATE)
         # The experiment ends: everyone is scored by the control model again.
         h.pipeline.set_experiment(None, None)
         cand_user = next(u for u in USERS if arms[u] == CANDIDATE)
         await drive("z1", "sku-5", NOW - 10, EventType.BROWSE, cand_user)
         last = h.recommendations[-1].json()
         assert (last["arm"], last["model_version"]) == (CONTROL, "model-a")
+        assert lists(h, "model-a", CONTROL, NO_EXPERIMENT) == 1  # not the experiment's
+
+    h.run(body)
+
+
+def test_lists_and_hits_are_labelled_with_the_experiment_they_were_scored_under(
+    harness: Harness,  # noqa: F811
+) -> None:
+    """A control list from before the experiment stays out of the experiment's counts,
+    even when the hit on it comes while the experiment runs."""
+    h = harness
+    h.pipeline.set_scorer(OffsetScorer("model-a", 1))
+    user = next(u for u in USERS if assign_arm(u, EXPERIMENT.share, EXPERIMENT.salt) == CONTROL)
+
+    async def body(agent: Any) -> None:
+        drive = Driver(h, agent)
+        await drive("b1", "sku-10", NOW - 60, EventType.BROWSE, user)  # recommends sku-11
+        assert lists(h, "model-a", CONTROL, NO_EXPERIMENT) == 1
+        h.pipeline.set_experiment(EXPERIMENT, OffsetScorer("model-b", 1000))
+        await drive("c1", "sku-11", NOW - 50, EventType.CLICK, user)  # a hit on that list
+        assert hits(h, "click", "model-a", CONTROL, NO_EXPERIMENT) == 1
+        assert hits(h, "click", "model-a", CONTROL, EXPERIMENT.id) == 0
+        # The click's own list was scored in the experiment (control arm).
+        assert lists(h, "model-a", CONTROL, EXPERIMENT.id) == 1
+        await drive("c2", "sku-12", NOW - 40, EventType.CLICK, user)  # a hit on it
+        assert hits(h, "click", "model-a", CONTROL, EXPERIMENT.id) == 1
 
     h.run(body)
 

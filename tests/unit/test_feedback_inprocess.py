@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from models.experiment import NO_EXPERIMENT
 from models.scorer import HistoryItem, Recommendation
 from streams.acks import InOrderAcks
 from streams.app import create_app
@@ -125,10 +126,16 @@ class Driver:
         await until(lambda: len(self.h.recommendations) == recommendations)
 
 
-def hits(h: Harness, etype: str = "click", version: str = "model-a", arm: str = "control") -> float:
+def hits(
+    h: Harness,
+    etype: str = "click",
+    version: str = "model-a",
+    arm: str = "control",
+    experiment: str = NO_EXPERIMENT,
+) -> float:
     value = h.pipeline.metrics.registry.get_sample_value(
         "recstream_recommendation_hits_total",
-        {"event_type": etype, "model_version": version, "arm": arm},
+        {"event_type": etype, "model_version": version, "arm": arm, "experiment": experiment},
     )
     return value or 0.0
 
@@ -141,9 +148,12 @@ def all_hits(h: Harness) -> float:
     return total
 
 
-def lists(h: Harness, version: str = "model-a", arm: str = "control") -> float:
+def lists(
+    h: Harness, version: str = "model-a", arm: str = "control", experiment: str = NO_EXPERIMENT
+) -> float:
     value = h.pipeline.metrics.registry.get_sample_value(
-        "recstream_recommendations_total", {"model_version": version, "arm": arm}
+        "recstream_recommendations_total",
+        {"model_version": version, "arm": arm, "experiment": experiment},
     )
     return value or 0.0
 
@@ -166,7 +176,7 @@ def test_a_click_on_a_recommended_item_within_the_window_is_one_hit(harness: Har
         assert lists(h) == 3
         [first, *_] = profile(h).recs
         assert first[:4] == [NOW - 60, "model-a", "control", ["sku-11", "sku-12"]]
-        assert sorted(first[4]) == ["click", "purchase"]
+        assert sorted(first[4]) == ["click", "purchase"] and first[5] == NO_EXPERIMENT
         # The first list counts each event type once; sku-12 is not on later lists
         # (they recommend sku-13, sku-14), so another click is no hit.
         await drive("e4", "sku-12", NOW - 10)

@@ -247,7 +247,9 @@ def test_valid_event_updates_profile_and_produces_one_recommendation(harness: Ha
         # writer, not Faust's producer).
         profile = orjson.loads(h.profiles.get("u1"))
         assert [r[0] for r in profile["recent"]] == ["sku-9"]
-        assert profile["recs"] == [[NOW - 5, "fake-model-7", "control", ["sku-100", "sku-101"], []]]
+        assert profile["recs"] == [
+            [NOW - 5, "fake-model-7", "control", ["sku-100", "sku-101"], [], "none"]
+        ]
         updated, remembered = h.sink.on(h.changelog)
         assert updated.partition == remembered.partition == 2
         assert orjson.loads(updated.value or b"")["recs"] == []

@@ -59,3 +59,40 @@ def test_reloads_only_when_the_version_changes_and_survives_a_bad_version() -> N
         assert serving["scorer"].model_version == "v2"
 
     asyncio.run(main())
+
+
+def test_a_promotion_seen_half_way_never_serves_the_old_version_to_the_candidate() -> None:
+    """`experiment promote` moves CURRENT to the candidate, then ends the experiment.
+    A poll that read CURRENT just before the promotion and EXPERIMENT just after must
+    still swap the candidate in (reusing its loaded scorer) as it ends the experiment."""
+    from models.experiment import Experiment
+
+    experiment = Experiment("v2", 0.5, "salt", "2026-12-02T00:00:00Z")
+    candidate = FakeScorer("v2")
+
+    class RacingSource(FakeSource):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reads = 0
+
+        def current_version(self) -> str | None:
+            self.reads += 1
+            return "v1" if self.reads == 1 else "v2"  # promoted right after the 1st read
+
+        def current_experiment(self) -> Experiment | None:
+            return None  # ...and the experiment already ended
+
+    source = RacingSource()
+    serving: list[FakeScorer] = [FakeScorer("v1")]
+    installed: list[tuple[object, object]] = []
+    reloader = ModelReloader(
+        source,
+        lambda: serving[-1],
+        serving.append,  # type: ignore[arg-type]
+        loaded_version="v1",
+        set_experiment=lambda e, s: installed.append((e, s)),
+        loaded_experiment=(experiment, candidate),  # type: ignore[arg-type]
+    )
+    assert asyncio.run(reloader.check())
+    assert serving[-1] is candidate and source.loads == 0  # swapped, not reloaded
+    assert installed == [(None, None)] and reloader.loaded_version == "v2"

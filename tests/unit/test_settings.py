@@ -137,3 +137,15 @@ def test_config_command_prints_the_table_and_masks_secrets(
     assert "hunter2" not in shown.stdout and "RECSTREAM_KAFKA_SASL_PASSWORD=**" in shown.stdout
     monkeypatch.setenv("RECSTREAM_MAX_BATCH", "0")
     assert runner.invoke(app, ["config"]).exit_code != 0
+
+
+def test_unknown_recstream_variables_are_named_with_close_matches() -> None:
+    env = {
+        "RECSTREAM_MAX_BATCH": "8",
+        "RECSTREAM_MAX_BACH": "8",
+        "RECSTREAM_TEST_KAFKA_BOOTSTRAP": "x:1",
+        "RECSTREAM_LIBRDKAFKA": "/lib/x.so",
+        "PATH": "/bin",
+    }
+    [unknown] = Settings.unknown_env(env)
+    assert unknown.startswith("RECSTREAM_MAX_BACH (did you mean RECSTREAM_MAX_BATCH")
