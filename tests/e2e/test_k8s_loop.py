@@ -165,7 +165,10 @@ def test_the_shipped_loop_runs_from_the_manifests(tmp_path: Path) -> None:
             tmp_path / "logs" / "archiver.log",
             overrides={**local, "RECSTREAM_ARCHIVE_METRICS_PORT": str(free_port())},
         )
-        wait(lambda: all(ready(u) for u in urls), 120, "workers ready", workers)
+        # Two workers join one consumer group; on 2 busy cores the group can rebalance
+        # a few times before it settles (each worker is ready only between rebalances),
+        # so wait for a serving worker; every event must be answered below anyway.
+        wait(lambda: any(ready(u) for u in urls), 180, "a worker ready", workers)
 
         # 4. Events in; a recommendation for each; the archive holds them all.
         client = settings.client_config()
