@@ -228,9 +228,11 @@ def train(
     otherwise CURRENT stays and report.json's ``gate`` section says why. A refused
     candidate stays in the store for inspection.
     """
+    from models.checkpoint import load_checkpoint
+    from models.config import TrainConfig, resolve_device
     from models.metadata import SIMILARITIES
     from models.quality import evaluate_all, load_split, write_report
-    from models.train import TrainConfig, load_checkpoint, resolve_device, train_model
+    from models.train import train_model
 
     if similarity not in SIMILARITIES:
         raise typer.BadParameter(f"--similarity must be one of {', '.join(SIMILARITIES)}")
@@ -365,7 +367,7 @@ def train(
     trained.metrics = {
         k: float(v) for k, v in model_row.items() if k != "model" and isinstance(v, float)
     }
-    from models.train import save_checkpoint
+    from models.checkpoint import save_checkpoint
 
     save_checkpoint(trained, out / "checkpoint" / "best.pt")
     gate: dict[str, Any] | None = None
@@ -431,8 +433,8 @@ def evaluate(
     The dataset must be split as in training (same format and options); the baselines
     are fitted on the same training part.
     """
+    from models.checkpoint import load_checkpoint
     from models.quality import evaluate_all, load_split
-    from models.train import load_checkpoint
 
     ckpt = _checkpoint_path(checkpoint)
     trained = load_checkpoint(ckpt)
@@ -507,8 +509,8 @@ def export(
     With ``--cold-items``, items that have a description but no interactions are added
     to the catalog through the model's text projection (models trained with texts).
     """
+    from models.checkpoint import load_checkpoint
     from models.export import export_onnx
-    from models.train import load_checkpoint
 
     if (out is None) == (store is None):
         raise typer.BadParameter("give exactly one of --out or --store")
@@ -556,10 +558,10 @@ def _variant(value: str) -> Precision:
 
 def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str = "fp32") -> str:
     """Export into the store (graph, metadata and the torch checkpoint); return the version."""
+    from models.checkpoint import save_checkpoint
     from models.export import export_onnx
     from models.metadata import CHECKPOINT_FILENAME
     from models.store import ModelStore
-    from models.train import save_checkpoint
 
     model_store = ModelStore(store)
     staging = model_store.staging_dir()

@@ -23,7 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.train import ItemVocab, TrainedModel, build_network
+from models.network import build_network
+from models.trained import TrainedModel
+from models.vocab import ItemVocab
 
 __all__ = ["TextEncoder", "add_cold_items", "encode_item_texts"]
 

@@ -17,16 +17,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from models.encoding import encode_histories
+from models.encoding import EncodedHistories, encode_histories
 from models.interactions import HistoryItem, Interaction
-from models.network import MASKED_SCORE
+from models.network import MASKED_SCORE, SequentialRecommender
 from models.splits import EvalCase
-from models.train import TrainedModel
+from models.trained import TrainedModel
 
 __all__ = [
     "EvalCase",
+    "ModuleRanker",
     "evaluate_model",
     "evaluate_popularity",
     "leave_last_out",
@@ -172,3 +174,32 @@ def evaluate_popularity(
     """HR@k / NDCG@k of the global-popularity baseline (same vocabulary and counts)."""
     popular = popularity_ranking(trained)[:k]
     return ranking_metrics([popular] * len(cases), [c.target for c in cases], k)
+
+
+class ModuleRanker:
+    """`models.ranking.Ranker` over a torch `SequentialRecommender` (full catalog scores).
+
+    Args:
+        module: The network (switched to eval mode while scoring).
+        name: Report name.
+    """
+
+    def __init__(self, module: SequentialRecommender, name: str = "transformer") -> None:
+        self.module = module
+        self.name = name
+        self.max_len = module.max_len
+
+    @torch.no_grad()
+    def score(self, batch: EncodedHistories) -> npt.NDArray[np.float32]:
+        """Logits [B, n_items + 1] at the last position of each history."""
+        was_training = self.module.training
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        tensors = [
+            torch.from_numpy(a).to(device)
+            for a in (batch.item_seq, batch.type_seq, batch.channel_seq)
+        ]
+        hidden = self.module.encode_last(*tensors)
+        scores = self.module.item_logits(hidden).float().cpu().numpy()
+        self.module.train(was_training)
+        return scores

@@ -13,10 +13,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - conventional alias
 
+from models.config import TrainConfig
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import SIMILARITIES
 
-__all__ = ["MASKED_SCORE", "SequentialRecommender", "ServingRecommender"]
+__all__ = ["MASKED_SCORE", "SequentialRecommender", "ServingRecommender", "build_network"]
 
 #: Score given to padding / excluded items before TopK. A large negative *finite* value
 #: (not -inf) keeps TopK well defined in every runtime; real scores are O(10).
@@ -423,3 +424,38 @@ class ServingRecommender(nn.Module):
         scores = scores.scatter(1, exclude, masked)
         top_scores, top_items = torch.topk(scores, self.max_k, dim=1)
         return top_scores, top_items
+
+
+def build_network(
+    config: TrainConfig,
+    n_items: int,
+    *,
+    item_attributes: torch.Tensor | None = None,
+    n_attributes: int = 0,
+    item_content: torch.Tensor | None = None,
+) -> SequentialRecommender:
+    """A freshly initialised `SequentialRecommender` of `config`'s shape over `n_items`.
+
+    Args:
+        config: Shape and dropout.
+        n_items: Catalog size (excluding padding).
+        item_attributes: Optional [n_items + 1, A] attribute indices.
+        n_attributes: Attribute vocabulary size (with `item_attributes`).
+        item_content: Optional [n_items + 1, C] content vectors.
+
+    Returns:
+        The network (training mode).
+    """
+    return SequentialRecommender(
+        n_items,
+        max_len=config.max_len,
+        dim=config.dim,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        dropout=config.dropout,
+        item_attributes=item_attributes,
+        n_attributes=n_attributes,
+        item_content=item_content,
+        similarity=config.similarity,
+        temperature=config.temperature,
+    )

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no display in containers / CI
 
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
-from models.train import TrainingStats  # noqa: E402
+from models.trained import TrainingStats  # noqa: E402
 
 __all__ = ["plot_metrics", "plot_training_curve"]
 

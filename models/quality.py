@@ -22,6 +22,7 @@ from models.datasets import (
     read_sequences,
     read_sessions,
 )
+from models.evaluate import ModuleRanker
 from models.ranking import (
     CooccurrenceRanker,
     PopularityRanker,
@@ -31,7 +32,8 @@ from models.ranking import (
     evaluate_ranker,
 )
 from models.splits import EvalCase, SplitData, leave_one_out, session_split, time_split
-from models.train import ModuleRanker, TrainedModel, group_timelines
+from models.trained import TrainedModel
+from models.vocab import group_timelines
 
 __all__ = [
     "DatasetFormat",

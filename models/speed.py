@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from models.config import TrainConfig
     from models.export import Precision
     from models.scorer import Provider
-    from models.train import TrainConfig, TrainedModel
+    from models.trained import TrainedModel
 
 __all__ = [
     "PROVIDER_VARIANTS",
@@ -51,7 +52,10 @@ def untrained_model(n_items: int, config: TrainConfig | None = None) -> TrainedM
     """
     import torch
 
-    from models.train import ItemVocab, TrainConfig, TrainedModel, TrainingStats, build_network
+    from models.config import TrainConfig
+    from models.network import build_network
+    from models.trained import TrainedModel, TrainingStats
+    from models.vocab import ItemVocab
 
     config = config or TrainConfig()
     torch.manual_seed(config.seed)

@@ -18,8 +18,9 @@ def shop() -> SyntheticShop:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, shop: SyntheticShop) -> Path:
     """A tiny transformer trained on the shop and exported to ONNX (seconds on 2 cores)."""
+    from models.config import TrainConfig
     from models.export import export_onnx
-    from models.train import TrainConfig, train_model
+    from models.train import train_model
 
     config = TrainConfig(max_len=20, dim=32, n_layers=1, n_heads=2, epochs=2, batch_size=64, seed=3)
     trained = train_model(shop.interactions(), config)

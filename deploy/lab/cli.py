@@ -247,8 +247,9 @@ def _bench_model(model_dir: Path | None, sequences: Path | None, workdir: Path) 
     """The model to serve: the given directory, or a 1-epoch model of the default shape."""
     if model_dir is not None:
         return model_dir, None
+    from models.config import TrainConfig
     from models.export import export_onnx
-    from models.train import TrainConfig, train_model
+    from models.train import train_model
 
     if sequences is not None:
         from models.datasets import read_sequences

@@ -72,9 +72,10 @@ def run_demo(
     quick: bool = False,
 ) -> int:
     """Run the demo; returns the process exit code (0 when every event was answered)."""
+    from models.config import TrainConfig
     from models.export import export_onnx
     from models.synthetic import generate_shop
-    from models.train import TrainConfig, train_model
+    from models.train import train_model
 
     console = Console()
     started = time.monotonic()

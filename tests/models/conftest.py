@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from models.config import TrainConfig
 from models.export import export_onnx
 from models.scorer import OnnxScorer
 from models.synthetic import SyntheticShop, generate_shop
-from models.train import TrainConfig, TrainedModel, train_model
+from models.train import train_model
+from models.trained import TrainedModel
 
 TINY_CONFIG = TrainConfig(
     max_len=20, dim=32, n_layers=2, n_heads=2, dropout=0.1, epochs=2, max_k=50, seed=3

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import TrainConfig
 from models.content import TextEncoder, add_cold_items, encode_item_texts
 from models.encoding import encode_histories
+from models.evaluate import ModuleRanker
 from models.export import export_onnx
 from models.metadata import ModelMetadata
 from models.scorer import OnnxScorer
 from models.synthetic import SyntheticShop
-from models.train import ModuleRanker, TrainConfig, load_checkpoint, save_checkpoint, train_model
+from models.train import train_model
 
 transformers = pytest.importorskip("transformers")
 

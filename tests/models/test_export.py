@@ -21,7 +21,7 @@ from models.metadata import (
     make_model_version,
 )
 from models.network import MASKED_SCORE, ServingRecommender
-from models.train import TrainedModel
+from models.trained import TrainedModel
 
 
 def _random_batch(

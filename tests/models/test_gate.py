@@ -20,7 +20,7 @@ from models.metadata import CHECKPOINT_FILENAME
 from models.splits import EvalCase, time_split
 from models.store import ModelStore
 from models.synthetic import SyntheticShop
-from models.train import TrainedModel
+from models.trained import TrainedModel
 from tests.models.test_archive import event, write_archive
 
 FIGURES = {"hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr@20"}

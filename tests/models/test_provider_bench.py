@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.cli import app
+from models.config import TrainConfig
 from models.export import export_onnx
 from models.metadata import ModelMetadata
 from models.scorer import OnnxScorer, ProviderUnavailableError
 from models.speed import provider_benchmark, untrained_model
-from models.train import TrainConfig
 
 SMALL = TrainConfig(max_len=8, dim=16, n_heads=2, n_layers=1, max_k=20)
 

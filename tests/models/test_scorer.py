@@ -24,7 +24,7 @@ from models.scorer import (
     solve_grouping_costs,
 )
 from models.synthetic import SyntheticShop
-from models.train import TrainedModel
+from models.trained import TrainedModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # onnxruntime-gpu lists CUDA as available even without a GPU, so look for the device.
@@ -231,9 +231,10 @@ def test_scorer_import_does_not_load_torch() -> None:
 
 
 def test_new_users_get_recent_popularity_per_channel(tmp_path: Path) -> None:
+    from models.config import TrainConfig
     from models.export import export_onnx
     from models.interactions import Interaction
-    from models.train import TrainConfig, train_model
+    from models.train import train_model
 
     old = [Interaction(f"o{u}", "old-hit", "browse", float(u)) for u in range(50)]
     filler = [Interaction(f"o{u}", f"f{u % 7}", "browse", 100.0 + u) for u in range(50)]

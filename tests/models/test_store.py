@@ -11,7 +11,7 @@ import pytest
 from models.export import export_onnx
 from models.scorer import OnnxScorer
 from models.store import ModelStore, StoreError, resolve_model_dir
-from models.train import TrainedModel
+from models.trained import TrainedModel
 
 
 def _publish(store: ModelStore, trained: TrainedModel, version: str) -> str:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import TrainConfig, resolve_device
 from models.encoding import CHANNEL_INDEX, EVENT_TYPE_INDEX
 from models.evaluate import (
     evaluate_model,
@@ -18,17 +20,10 @@ from models.evaluate import (
 from models.interactions import Interaction, fingerprint_interactions
 from models.network import SequentialRecommender
 from models.synthetic import SyntheticShop, generate_shop
-from models.train import (
-    TrainConfig,
-    TrainedModel,
-    build_training_windows,
-    build_vocab,
-    group_timelines,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    train_model,
-)
+from models.train import train_model
+from models.trained import TrainedModel
+from models.vocab import build_vocab, group_timelines
+from models.windows import build_training_windows
 
 
 def _it(

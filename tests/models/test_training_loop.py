@@ -10,6 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint
+from models.config import TrainConfig
+from models.evaluate import ModuleRanker
 from models.export import export_onnx, measure_latency
 from models.metadata import ModelMetadata
 from models.plots import plot_training_curve
@@ -17,13 +20,8 @@ from models.ranking import OnnxRanker, evaluate_ranker
 from models.scorer import OnnxScorer
 from models.splits import EvalCase, leave_one_out
 from models.synthetic import SyntheticShop
-from models.train import (
-    ModuleRanker,
-    TrainConfig,
-    TrainedModel,
-    load_checkpoint,
-    train_model,
-)
+from models.train import train_model
+from models.trained import TrainedModel
 
 
 def _sequences(shop: SyntheticShop) -> dict[str, list[str]]:

@@ -9,21 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import TrainConfig
 from models.encoding import encode_histories
+from models.evaluate import ModuleRanker
 from models.interactions import Interaction
 from models.network import SequentialRecommender
 from models.splits import EvalCase
 from models.synthetic import SyntheticShop
-from models.train import (
-    ModuleRanker,
-    TrainConfig,
-    TrainedModel,
-    build_vocab,
-    load_checkpoint,
-    save_checkpoint,
-    train_model,
-    warm_start,
-)
+from models.train import train_model
+from models.trained import TrainedModel
+from models.vocab import build_vocab
+from models.warm_start import warm_start
 
 
 def _attributes(items: list[str]) -> dict[str, list[str]]:

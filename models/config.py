@@ -1,0 +1,134 @@
+"""`TrainConfig`: hyper-parameters and run settings of a training run (and its device).
+
+Validated on construction; checkpoints store it as a plain dict (`dataclasses.asdict`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from models.metadata import SIMILARITIES
+
+__all__ = ["TrainConfig", "resolve_device"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Hyper-parameters and run settings for `train_model`.
+
+    Attributes:
+        max_len: Fixed sequence length (most recent events kept).
+        dim: Model width.
+        n_layers: Transformer blocks.
+        n_heads: Attention heads.
+        dropout: Dropout probability.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: Training windows per optimizer step.
+        epochs: Maximum number of epochs.
+        seed: Seed for parameter init, dropout and shuffling.
+        max_k: Results per row of the exported graph (clamped to the catalog size).
+        patience: Without validation cases: stop after this many epochs without a
+            training-loss improvement larger than `min_delta` (0 disables). With
+            validation cases `val_patience` applies instead.
+        min_delta: Minimum loss decrease (nats) that counts as an improvement.
+        grad_clip: Max global gradient norm (0 disables).
+        device: Torch device for training: "auto" (CUDA when `torch.cuda.is_available()`,
+            else CPU), "cpu", "cuda" or "cuda:N" (an error when CUDA is unavailable; see
+            `resolve_device`). The result, checkpoints and exports are on CPU either way;
+            the device used is recorded in `TrainingStats.device`.
+        num_threads: torch intra-op threads while training (None leaves torch's setting).
+        val_patience: With validation cases: stop after this many evaluations without a
+            better validation NDCG@10 (the best epoch's weights are restored).
+        eval_every: Evaluate on validation cases every N epochs.
+        max_minutes: Wall-clock budget for the epoch loop (None = unlimited); training
+            stops after the epoch that crosses it.
+        n_negatives: 0 = full softmax cross-entropy over the catalog (default, best
+            quality); N > 0 = sampled softmax with N shared uniform negatives per batch.
+        bucket_batches: Group windows of similar length into batches and trim padding
+            columns (same data and targets, much less attention compute).
+        lr_decay: With validation cases: multiply the learning rate by this factor after
+            every evaluation that does not improve validation NDCG@10 (1.0 = constant
+            learning rate). Counted towards ``val_patience`` all the same.
+        similarity: Output scoring: "cosine" (default: L2-normalised hidden state and
+            items, divided by `temperature`; better on both benchmark datasets, see
+            docs/BENCHMARKS.md) or "dot" (inner product with the tied item table, as in
+            the original SASRec; checkpoints written before this setting existed).
+        temperature: Softmax temperature of the "cosine" scoring (unused with "dot").
+    """
+
+    max_len: int = 50
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 20
+    seed: int = 42
+    max_k: int = 100
+    patience: int = 3
+    min_delta: float = 1e-3
+    grad_clip: float = 1.0
+    device: str = "auto"
+    num_threads: int | None = None
+    val_patience: int = 5
+    eval_every: int = 1
+    max_minutes: float | None = None
+    n_negatives: int = 0
+    bucket_batches: bool = True
+    lr_decay: float = 1.0
+    similarity: str = "cosine"
+    temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        if self.max_len < 2:
+            raise ValueError("max_len must be >= 2")
+        if self.dim % self.n_heads:
+            raise ValueError("dim must be divisible by n_heads")
+        if self.batch_size < 1 or self.epochs < 1 or self.max_k < 1:
+            raise ValueError("batch_size, epochs and max_k must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError("lr_decay must be in (0, 1]")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+
+
+def resolve_device(name: str) -> str:
+    """The torch device a `TrainConfig.device` setting trains on.
+
+    Args:
+        name: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ValueError: On another name, or CUDA asked for but not available.
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or re.fullmatch(r"cuda:\d+", name):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r} asked for, but CUDA is not available to torch here "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): "
+                "use --device cpu or auto"
+            )
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+            )
+        return name
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {name!r}")
