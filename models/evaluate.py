@@ -1,9 +1,10 @@
-"""Quick offline evaluation in torch: leave-last-out split, HR@k / NDCG@k, a reference ranking.
+"""Offline evaluation in torch: `ModuleRanker`, leave-last-out, a reference ranking.
 
-Only the tests use it: to check that training learns (`leave_last_out`,
-`evaluate_model`, `evaluate_popularity`) and to compare the exported ONNX scorer with
-the torch model (`rank_with_model`). The benchmark harness (full ranking, all metrics,
-baselines) that ``recstream evaluate`` runs is `models.ranking` / `models.quality`.
+`ModuleRanker` puts the torch network behind the `models.ranking.Ranker` protocol
+(training validates with it, ``recstream evaluate`` ranks with it). The rest only the
+tests use: to check that training learns (`leave_last_out`, `evaluate_model`,
+`evaluate_popularity`) and to compare the exported ONNX scorer with the torch model
+(`rank_with_model`). Metrics come from `models.metrics`, like every other evaluation.
 
 `leave_last_out` holds out, per user, the last event of a target type (default:
 "browse", i.e. the next product a user opens) and keeps everything before it for
@@ -12,7 +13,6 @@ training, so evaluation never leaks the held-out event into the training data.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -22,6 +22,7 @@ import torch
 
 from models.encoding import EncodedHistories, encode_histories
 from models.interactions import HistoryItem, Interaction
+from models.metrics import ranking_metrics
 from models.network import MASKED_SCORE, SequentialRecommender
 from models.splits import EvalCase
 from models.trained import TrainedModel
@@ -34,7 +35,6 @@ __all__ = [
     "leave_last_out",
     "popularity_ranking",
     "rank_with_model",
-    "ranking_metrics",
 ]
 
 
@@ -80,32 +80,6 @@ def leave_last_out(
             cases.append(EvalCase(user_id=user, history=history, target=rows[cut][2].item_id))
     train.sort(key=lambda r: r[0])  # back to input order
     return [it for _, it in train], cases
-
-
-def ranking_metrics(
-    ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 10
-) -> dict[str, float]:
-    """Hit rate and NDCG at k for one relevant item per case.
-
-    Args:
-        ranked: Recommended ids per case, best first (only the first k are used).
-        targets: The relevant item per case.
-        k: Cutoff.
-
-    Returns:
-        {"hr@k": ..., "ndcg@k": ..., "n_cases": ...}.
-    """
-    if len(ranked) != len(targets):
-        raise ValueError("ranked and targets must have the same length")
-    hits = 0.0
-    ndcg = 0.0
-    for items, target in zip(ranked, targets, strict=True):
-        top = list(items[:k])
-        if target in top:
-            hits += 1.0
-            ndcg += 1.0 / math.log2(top.index(target) + 2)
-    n = max(1, len(targets))
-    return {f"hr@{k}": hits / n, f"ndcg@{k}": ndcg / n, "n_cases": float(len(targets))}
 
 
 def popularity_ranking(trained: TrainedModel) -> list[str]:

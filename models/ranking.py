@@ -2,8 +2,9 @@
 
 Every model is evaluated the same way: score **all** catalog items for each case, find
 the rank of the held-out item (ties broken by item index, i.e. like a stable sort), and
-report HR@k, NDCG@k, MRR@20 and catalog coverage@10. Nothing is sampled. Items in the
-history are not excluded unless asked (the published protocols do not exclude them).
+report HR@k, NDCG@k, MRR@20 (computed by `models.metrics`) and catalog coverage@10.
+Nothing is sampled. Items in the history are not excluded unless asked (the published
+protocols do not exclude them).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy.typing as npt
 
 from models.encoding import EncodedHistories, encode_histories
 from models.metadata import MODEL_FILENAME, ModelMetadata
+from models.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from models.splits import EvalCase
 
 __all__ = [
-    "DEFAULT_KS",
     "CooccurrenceRanker",
     "OnnxRanker",
     "PopularityRanker",
@@ -30,18 +31,10 @@ __all__ = [
     "RankingReport",
     "TransitionRanker",
     "evaluate_ranker",
-    "metrics_from_ranks",
-    "target_ranks",
 ]
-
-#: Cutoffs reported for HR and NDCG.
-DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-# A rank for targets that cannot be ranked (not in the model's vocabulary): always a miss.
-_UNRANKABLE = np.iinfo(np.int64).max
 
 
 class Ranker(Protocol):
@@ -69,42 +62,6 @@ class RankingReport:
     name: str
     metrics: dict[str, float]
     seconds: float
-
-
-def target_ranks(scores: FloatArray, targets: IntArray) -> IntArray:
-    """0-based rank of each target in its row (ties: lower item index ranks first).
-
-    Args:
-        scores: [B, N] scores; padding / excluded columns should hold -inf.
-        targets: [B] target column per row; 0 means unknown. Unknown targets and
-            targets scored -inf get an "infinite" rank (a miss at every cutoff).
-
-    Returns:
-        int64 [B] ranks.
-    """
-    rows = np.arange(scores.shape[0])
-    target_scores = scores[rows, targets][:, None]
-    cols = np.arange(scores.shape[1])[None, :]
-    better = (scores > target_scores) | ((scores == target_scores) & (cols < targets[:, None]))
-    ranks: IntArray = better.sum(axis=1).astype(np.int64)
-    # Unknown, excluded or (for top-K-only rankers) unranked targets are misses.
-    ranks[(targets == 0) | np.isneginf(target_scores[:, 0])] = _UNRANKABLE
-    return ranks
-
-
-def metrics_from_ranks(
-    ranks: IntArray, ks: Sequence[int] = DEFAULT_KS, mrr_k: int = 20
-) -> dict[str, float]:
-    """HR@k, NDCG@k (one relevant item) and MRR@mrr_k from 0-based target ranks."""
-    n = max(1, ranks.size)
-    out: dict[str, float] = {}
-    safe = np.minimum(ranks, 1 << 40).astype(np.float64)
-    for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = float(hit.sum() / n)
-        out[f"ndcg@{k}"] = float((hit / np.log2(safe + 2.0)).sum() / n)
-    out[f"mrr@{mrr_k}"] = float(((ranks < mrr_k) / (safe + 1.0)).sum() / n)
-    return out
 
 
 def evaluate_ranker(

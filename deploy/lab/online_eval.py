@@ -9,7 +9,6 @@ any difference between the two numbers is the pipeline's doing.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import orjson
 from deploy.lab.brokers import EmbeddedBroker
 from deploy.lab.readback import poll_batch, topic_reader
 from deploy.lab.scratch import ScratchDeployment, WorkerProcess
+from models.metrics import list_ranks, metrics_from_ranks
 from models.scorer import OnnxScorer
 from models.splits import EvalCase
 from streams.client import EventProducer, event_from_dict
@@ -29,16 +29,7 @@ __all__ = ["online_vs_offline"]
 
 
 def _metrics(ranked: list[list[str]], targets: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in (10, 20):
-        hits = ndcg = 0.0
-        for items, target in zip(ranked, targets, strict=True):
-            if target in items[:k]:
-                hits += 1
-                ndcg += 1 / math.log2(items.index(target) + 2)
-        out[f"HR@{k}"] = hits / max(1, len(targets))
-        out[f"NDCG@{k}"] = ndcg / max(1, len(targets))
-    return out
+    return metrics_from_ranks(list_ranks(ranked, targets), ks=(10, 20), mrr_k=None)
 
 
 def online_vs_offline(

@@ -22,6 +22,7 @@ TORCH_FREE = {
     "datasets",
     "splits",
     "ranking",
+    "metrics",
 }
 TORCH_LIKE = {"torch", "onnx", "onnxscript", "transformers"}
 

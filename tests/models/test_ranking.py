@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from models.encoding import EncodedHistories
+from models.metrics import metrics_from_ranks, target_ranks
 from models.ranking import (
     CooccurrenceRanker,
     PopularityRanker,
     TransitionRanker,
     evaluate_ranker,
-    metrics_from_ranks,
-    target_ranks,
 )
 from models.splits import EvalCase
 

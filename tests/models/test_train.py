@@ -15,9 +15,9 @@ from models.evaluate import (
     evaluate_model,
     evaluate_popularity,
     leave_last_out,
-    ranking_metrics,
 )
 from models.interactions import Interaction, fingerprint_interactions
+from models.metrics import ranking_metrics
 from models.network import SequentialRecommender
 from models.synthetic import SyntheticShop, generate_shop
 from models.train import train_model
