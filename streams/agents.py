@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from faust import current_event
 
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment
@@ -42,11 +43,11 @@ from streams._faust import as_current_event, manual_ack_events
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
-from streams.messages import dead_letter_bytes, recommendation_bytes
+from streams.messages import dead_letter_bytes, recommendation_dict
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
 from streams.privacy import UserRefs
-from streams.profile import Profile, apply_event, find_hit, remember_list
+from streams.profile import Profile, apply_event, find_hit, remember_latest, remember_list
 from streams.tables import ProfileTable
 
 if TYPE_CHECKING:
@@ -154,6 +155,10 @@ class Pipeline:
         self.metrics.model_info.info(
             {"model_version": scorer.model_version, "provider": scorer.provider}
         )
+
+    def state_key(self, user_id: str) -> str:
+        """The key of a user's state (profile) in the table."""
+        return user_id
 
     def set_scorer(self, scorer: Scorer) -> None:
         """Serve with ``scorer`` from the next batch on (hot reload)."""
@@ -295,21 +300,32 @@ class Pipeline:
         now = time.time()
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
-            self._remember(req, rec)
+            message = recommendation_dict(
+                user_id=ev.user_id,
+                items=rec.items,
+                model_version=req.model_version,
+                arm=req.arm,
+                strategy=rec.strategy,
+                trigger_event_id=ev.event_id,
+                trigger_event_type=ev.event_type.value,
+                event_ts=ev.ts,
+                produced_ts=now,
+            )
+            value = orjson.dumps(message)
+            key = ev.user_id.encode()
+            self._remember(req, rec, message)
             self.output.produce(
                 self.config.topics.recommendations,
-                ev.user_id.encode(),
-                recommendation_bytes(
-                    user_id=ev.user_id,
-                    items=rec.items,
-                    model_version=req.model_version,
-                    arm=req.arm,
-                    strategy=rec.strategy,
-                    trigger_event_id=ev.event_id,
-                    trigger_event_type=ev.event_type.value,
-                    event_ts=ev.ts,
-                    produced_ts=now,
-                ),
+                key,
+                value,
+                functools.partial(self._delivered, req.event),
+            )
+            # The compacted latest-list topic: the event's ack waits for it too.
+            self.acks.expect(req.event)
+            self.output.produce(
+                self.config.topics.recommendations_latest,
+                key,
+                value,
                 functools.partial(self._delivered, req.event),
             )
             counter = self._recommended.get(rec.strategy)
@@ -326,8 +342,9 @@ class Pipeline:
         self._stage_produce.add(time.perf_counter() - started)
         self._flush_metrics()
 
-    def _remember(self, req: ScoreRequest, rec: Recommendation) -> None:
-        """Remember the list in the user's profile, to count later hits on it.
+    def _remember(self, req: ScoreRequest, rec: Recommendation, message: dict[str, Any]) -> None:
+        """Remember the list in the user's profile: the latest list (for the lookup
+        API) and, for later hits on it, the last ``RECSTREAM_FEEDBACK_LISTS``.
 
         This runs after scoring, outside the event's stream iteration: the write is
         made with the event as Faust's current event (the table's partition and the
@@ -335,12 +352,11 @@ class Pipeline:
         because another event of the user may have updated it since.
         """
         lists = self.config.feedback.lists
-        if lists <= 0:
-            return
         ev = req.decoded
         try:
             with as_current_event(req.event):
                 profile = Profile.from_json(self.profiles.get(ev.user_id))
+                remember_latest(profile, message)
                 remember_list(
                     profile,
                     ev.ts,
@@ -352,7 +368,7 @@ class Pipeline:
                 )
                 self.profiles[ev.user_id] = profile.to_json()
         except Exception:
-            # Feedback is a metric: a failed write must not cost the recommendation.
+            # The list itself is on its topics: a failed write must not cost it.
             log.exception("could not remember a recommendation list")
 
     def _count_list(self, model_version: str, arm: str, experiment: str) -> None:

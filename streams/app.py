@@ -8,6 +8,7 @@ a scorer, and returns a ready-to-run :class:`faust.App`.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import faust
@@ -16,13 +17,14 @@ from models.experiment import Experiment
 from models.scorer import Scorer
 from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
+from streams.api import LookupApi
 from streams.config import KafkaConfig, StreamConfig
 from streams.metrics import Metrics
 from streams.output import OutputSink
 from streams.reload import ModelReloader, ModelSource
 from streams.tables import ProfileTable
 from streams.topics import PROFILES_TABLE, changelog_topic
-from streams.web import register_web
+from streams.web import is_ready, register_web
 
 __all__ = ["RecstreamApp", "create_app"]
 
@@ -116,6 +118,9 @@ def create_app(
         web_enabled=config.web.enabled,
         web_bind=config.web.host,
         web_port=config.web.port,
+        # What the other workers reach this one's web server at (lookups are
+        # forwarded to the partition's owner); Faust's default is the host name.
+        web_host=config.web.advertised_host or socket.gethostname(),
         key_serializer="raw",
         value_serializer="raw",
     )
@@ -169,10 +174,19 @@ def create_app(
         register_web(
             app,
             metrics,
-            profiles if config.web.profiles else None,
             tuple(config.topics.inputs()),
             table=profiles,
             acks=app.pipeline.acks,
             max_unacked_age_s=config.web.max_unacked_age_s,
         )
+        LookupApi(
+            app,
+            profiles,
+            partitions=config.partitions,
+            token=config.api.token.get_secret_value(),
+            forward_timeout_s=config.api.forward_timeout_s,
+            state_key=app.pipeline.state_key,
+            ready=lambda: is_ready(app),
+            metrics=metrics,
+        ).register()
     return app

@@ -22,6 +22,7 @@ from streams.profile import ProfileLimits
 from streams.topics import TopicNames
 
 __all__ = [
+    "ApiConfig",
     "ChangelogProducer",
     "ConfigGroup",
     "ConsumerConfig",
@@ -167,14 +168,32 @@ class WebConfig(ConfigGroup):
     port: int = Field(
         6066, ge=1, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`."
     )
-    profiles: bool = Field(
-        False, description="Serve `/profiles/{user_id}` (debugging; exposes user data)."
+    advertised_host: str = Field(
+        "",
+        description="Host name or IP at which the other workers reach this one's web server "
+        "(a lookup is forwarded to the worker that owns the user's partition); empty: "
+        "this machine's host name.",
     )
     max_unacked_age_s: float = Field(
         300.0,
         gt=0,
         description="`/healthz` fails when the oldest event still waiting for its outputs "
         "is older than this (a stuck partition: the pod is restarted).",
+    )
+
+
+class ApiConfig(ConfigGroup):
+    """The lookup API (``/users/{user_id}/...``) on the worker's web server."""
+
+    env_prefix: ClassVar[str] = "api_"
+
+    token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token every lookup request must carry (a secret); empty: the "
+        "lookup API answers 503 to everything.",
+    )
+    forward_timeout_s: float = Field(
+        5.0, gt=0, description="Timeout of a lookup forwarded to the owner of the partition."
     )
 
 
@@ -237,6 +256,7 @@ class StreamConfig(ConfigGroup):
     consumer: ConsumerConfig = Field(default_factory=ConsumerConfig)
     rocksdb: RocksDBConfig = Field(default_factory=RocksDBConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     store: str = Field(

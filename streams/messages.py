@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +16,7 @@ __all__ = [
     "RecommendationMessage",
     "dead_letter_bytes",
     "recommendation_bytes",
+    "recommendation_dict",
 ]
 
 
@@ -55,7 +56,15 @@ class RecommendationMessage(BaseModel):
     produced_ts: float = Field(description="When the worker produced this list, Unix seconds.")
 
 
-def recommendation_bytes(
+def recommendation_bytes(**fields: Any) -> bytes:
+    """Serialise a :class:`RecommendationMessage` without model overhead (hot path).
+
+    Takes the keyword arguments of :func:`recommendation_dict`.
+    """
+    return orjson.dumps(recommendation_dict(**fields))
+
+
+def recommendation_dict(
     *,
     user_id: str,
     items: list[tuple[str, float]],
@@ -66,22 +75,20 @@ def recommendation_bytes(
     event_ts: float,
     produced_ts: float,
     arm: str = "control",
-) -> bytes:
-    """Serialise a :class:`RecommendationMessage` without model overhead (hot path)."""
-    return orjson.dumps(
-        {
-            "schema_version": 1,
-            "user_id": user_id,
-            "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
-            "model_version": model_version,
-            "arm": arm,
-            "strategy": strategy,
-            "trigger_event_id": trigger_event_id,
-            "trigger_event_type": trigger_event_type,
-            "event_ts": event_ts,
-            "produced_ts": produced_ts,
-        }
-    )
+) -> dict[str, Any]:
+    """A :class:`RecommendationMessage` as a plain JSON document (hot path: no validation)."""
+    return {
+        "schema_version": 1,
+        "user_id": user_id,
+        "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
+        "model_version": model_version,
+        "arm": arm,
+        "strategy": strategy,
+        "trigger_event_id": trigger_event_id,
+        "trigger_event_type": trigger_event_type,
+        "event_ts": event_ts,
+        "produced_ts": produced_ts,
+    }
 
 
 class DeadLetter(BaseModel):

@@ -96,6 +96,20 @@ class Metrics:
             "Output records librdkafka could not deliver (their inputs stay unacked).",
             registry=r,
         )
+        self.lookups = Counter(
+            "recstream_lookups_total",
+            "Lookup API requests, by endpoint and outcome (`local`: answered here, "
+            "`forwarded`: answered by the partition's owner, else the error code).",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            "recstream_lookup_seconds",
+            "Time to answer a lookup API request (forwarding included).",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "recstream_inference_batch_size",
             "Requests per inference call.",

@@ -22,6 +22,10 @@ changelog topic, so any Kafka tool can read it):
   scored under (lists remembered before it existed have no sixth element, read as
   ``"none"``). Written after scoring (``Pipeline._deliver``); profiles stored
   before the field existed load with none.
+* ``latest``: the latest recommendation list sent to the user, the document the
+  ``recommendations`` topic carries (:class:`streams.messages.RecommendationMessage`),
+  or ``null``; what ``GET /users/{user_id}/recommendations`` answers. Replaced only by
+  a list triggered by a later (event time) or the same event.
 
 Why event time and not arrival order: a user's clicks, browses and purchases come
 from three topics, and Kafka orders records only within one partition of one
@@ -44,7 +48,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.experiment import NO_EXPERIMENT
 from streams.events import Event, EventType
 
-__all__ = ["Profile", "ProfileLimits", "apply_event", "event_id_hash", "find_hit", "remember_list"]
+__all__ = [
+    "Profile",
+    "ProfileLimits",
+    "apply_event",
+    "event_id_hash",
+    "find_hit",
+    "remember_latest",
+    "remember_list",
+]
 
 
 class ProfileLimits(BaseModel):
@@ -98,6 +110,7 @@ class Profile:
     last_seen: float = 0.0
     seen: list[list[Any]] = field(default_factory=list)
     recs: list[list[Any]] = field(default_factory=list)
+    latest: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Profile:
@@ -115,6 +128,7 @@ class Profile:
             last_seen=float(data.get("last_seen", 0.0)),
             seen=data.get("seen", []),
             recs=data.get("recs", []),
+            latest=data.get("latest"),
         )
 
     @classmethod
@@ -135,6 +149,7 @@ class Profile:
             "last_seen": self.last_seen,
             "seen": self.seen,
             "recs": self.recs,
+            "latest": self.latest,
         }
 
     def history(self) -> list[tuple[str, str, str]]:
@@ -223,6 +238,17 @@ def remember_list(
     if any(r[0] == ts and r[1:4] == [model_version, arm, items] for r in profile.recs):
         return
     _insert_bounded(profile.recs, [ts, model_version, arm, items, [], experiment], _rec_key, limit)
+
+
+def remember_latest(profile: Profile, message: dict[str, Any]) -> None:
+    """Keep ``message`` as the user's latest list unless a later event's list is there.
+
+    Lists of one user can be delivered out of event-time order (events of three
+    topics, redeliveries); the list of the latest triggering event wins.
+    """
+    current = profile.latest
+    if current is None or float(current.get("event_ts", 0.0)) <= float(message["event_ts"]):
+        profile.latest = message
 
 
 def _rec_key(entry: list[Any]) -> float:

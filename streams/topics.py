@@ -45,7 +45,14 @@ class TopicNames(BaseModel):
     purchases: str = Field(
         "purchases", min_length=1, description="Input topic for purchase events."
     )
-    recommendations: str = Field("recommendations", min_length=1, description="Output topic.")
+    recommendations: str = Field(
+        "recommendations", min_length=1, description="Output topic: one list per event."
+    )
+    recommendations_latest: str = Field(
+        "recommendations-latest",
+        min_length=1,
+        description="Compacted output topic: each user's latest list (key = user).",
+    )
     dead_letter: str = Field(
         "events-dlq", min_length=1, description="Dead-letter topic for bad input."
     )
@@ -81,21 +88,17 @@ def required_topics(
 ) -> list[TopicSpec]:
     """Every topic a worker needs, with matching partition counts.
 
-    Input, output and dead-letter topics are time-retained; the table changelog is
-    compacted (it is the durable copy of every profile and must keep the latest
-    value per user forever).
+    Input, output and dead-letter topics are time-retained; the table changelog and
+    ``recommendations-latest`` are compacted (the latest value per user, until a
+    tombstone deletes it).
     """
     retained = {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
     specs = [
         TopicSpec(name, partitions, replication_factor, dict(retained))
         for name in (*names.inputs(), names.recommendations, names.dead_letter)
     ]
-    specs.append(
-        TopicSpec(
-            changelog_topic(app_id),
-            partitions,
-            replication_factor,
-            {"cleanup.policy": "compact"},
-        )
+    specs.extend(
+        TopicSpec(name, partitions, replication_factor, {"cleanup.policy": "compact"})
+        for name in (changelog_topic(app_id), names.recommendations_latest)
     )
     return specs

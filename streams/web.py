@@ -1,11 +1,13 @@
-"""HTTP endpoints on the Faust web server: ``/metrics``, ``/healthz``, ``/readyz``."""
+"""HTTP endpoints on the Faust web server: ``/metrics``, ``/healthz``, ``/readyz``.
+
+The lookup API (``/users/...``) is in :mod:`streams.api`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import faust
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams._faust import table_recovery
@@ -51,7 +53,6 @@ def liveness(acks: InOrderAcks | None, max_unacked_age_s: float) -> tuple[bool, 
 def register_web(
     app: faust.App,
     metrics: Metrics,
-    profiles: Any = None,
     input_topics: tuple[str, ...] = (),
     table: Any = None,
     acks: InOrderAcks | None = None,
@@ -67,9 +68,9 @@ def register_web(
         acks: the pipeline's acks; the age of its oldest unacked event is exported,
             and ``/healthz`` fails once it exceeds ``max_unacked_age_s``.
         max_unacked_age_s: liveness bound on the oldest unacked event's age.
-        profiles: when given, ``/profiles/{user_id}`` returns that user's profile
-            as held by this worker (an operator's debugging aid; off by default
-            because it exposes user data).
+
+    These pages carry no user data and need no token; the lookup API
+    (:mod:`streams.api`) does.
     """
 
     async def refresh_gauges() -> None:
@@ -120,12 +121,3 @@ def register_web(
             {"ready": ready, "recovering": bool(app.in_recovery)},
             status=200 if ready else 503,
         )
-
-    if profiles is not None:
-
-        @app.page("/profiles/{user_id}")
-        async def profile_view(self: Any, request: Any, user_id: str) -> Any:
-            value = profiles.get(user_id)
-            if value is None:
-                return self.json({"user_id": user_id, "profile": None}, status=404)
-            return self.json({"user_id": user_id, "profile": orjson.loads(value)})

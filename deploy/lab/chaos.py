@@ -16,7 +16,7 @@ import random
 import shutil
 import threading
 import time
-import urllib.request
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,21 +79,20 @@ def reference_profiles(events: list[Event], limits: ProfileLimits) -> dict[str, 
     return profiles
 
 
-def _fetch_profile(url: str, user: str) -> Any:
-    try:
-        with urllib.request.urlopen(f"{url}/profiles/{user}", timeout=10) as resp:  # noqa: S310
-            return json.loads(resp.read())["profile"]
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
+def _fetch_profile(worker: WorkerProcess, user: str) -> Any:
+    status, body = worker.lookup(f"/users/{urllib.parse.quote(user, safe='')}/profile")
+    if status == 404:
+        return None
+    if status != 200:
+        raise RuntimeError(f"profile lookup answered {status}: {body}")
+    return body["profile"]
 
 
 def _without_recommendations(profile: Any) -> Any:
-    """A profile without the lists it was recommended (``recs``): those depend on the
-    scorer, not on the events alone, so the reference fold cannot know them."""
+    """A profile without the lists it was recommended (``recs``, ``latest``): those
+    depend on the scorer, not on the events alone, so the reference fold cannot know them."""
     if isinstance(profile, dict):
-        profile = {k: v for k, v in profile.items() if k != "recs"}
+        profile = {k: v for k, v in profile.items() if k not in ("recs", "latest")}
     return profile
 
 
@@ -124,7 +123,6 @@ def crash_drill(
         state_dir,
         intra_op_threads=1,
         fetch_max_wait_ms=50,
-        web_profiles=True,
         log_level="INFO",
     )
     users = sorted({e.user_id for e in events})
@@ -196,7 +194,7 @@ def crash_drill(
     report.missing_recommendations = sorted(expected - triggers.keys())
     reference = reference_profiles(events, ProfileLimits())
     for user in users:
-        held = _without_recommendations(_fetch_profile(worker.url, user))
+        held = _without_recommendations(_fetch_profile(worker, user))
         expected_profile = _without_recommendations(
             json.loads(json.dumps(reference[user].to_dict()))
         )

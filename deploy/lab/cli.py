@@ -640,6 +640,44 @@ def bench_feedback(
     console.print(f"wrote {out / 'feedback.json'}")
 
 
+@bench_app.command("lookup")
+def bench_lookup(
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model to serve (default: train one).")
+    ] = None,
+    users: Annotated[int, typer.Option(help="Users with a recommendation list.")] = 500,
+    requests: Annotated[int, typer.Option(help="Lookups timed, one at a time.")] = 5000,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic.")] = 4,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="External Kafka (default: embedded).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for lookup.json.")] = Path("var/bench"),
+) -> None:
+    """Latency of GET /users/{id}/recommendations on two workers (local and forwarded)."""
+    from deploy.lab.brokers import EmbeddedBroker, ExternalBroker
+    from deploy.lab.lookup_bench import lookup_latency
+
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = _bench_model(model_dir, None, out)
+    broker = (ExternalBroker(bootstrap) if bootstrap else EmbeddedBroker()).start()
+    try:
+        row = lookup_latency(
+            broker,
+            model,
+            out / "lookup-runs",
+            users=users,
+            requests=requests,
+            partitions=partitions,
+            log=console.print,
+        )
+    finally:
+        broker.stop()
+    row["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _write_rows(out / "lookup.json", [row])
+    print(orjson.dumps(row, option=orjson.OPT_INDENT_2).decode())
+    console.print(f"wrote {out / 'lookup.json'}")
+
+
 def _int_list(text: str) -> list[int]:
     """``"1,64,256"`` -> ``[1, 64, 256]`` (a comma list option)."""
     return [int(part) for part in text.split(",")]

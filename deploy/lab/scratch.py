@@ -6,7 +6,9 @@ it with SIGKILL to test crash recovery.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,12 +56,9 @@ class ScratchDeployment:
     def create(cls, broker: Broker, purpose: str, partitions: int) -> ScratchDeployment:
         """Create the topics (inputs, output, DLQ, changelog) on ``broker``."""
         tag = uuid.uuid4().hex[:8]
+        # Every topic of the deployment, each default name with the tag.
         topics = TopicNames(
-            clicks=f"clicks-{tag}",
-            browses=f"browses-{tag}",
-            purchases=f"purchases-{tag}",
-            recommendations=f"recommendations-{tag}",
-            dead_letter=f"events-dlq-{tag}",
+            **{field: f"{name}-{tag}" for field, name in TopicNames().model_dump().items()}
         )
         app_id = f"recstream-{purpose}-{tag}"
         broker.create_topics(required_topics(app_id, topics, partitions))
@@ -70,6 +69,10 @@ class ScratchDeployment:
         """librdkafka settings for producers and consumers of this deployment."""
         return {"bootstrap.servers": self.bootstrap_servers}
 
+    def topic_settings(self) -> dict[str, str]:
+        """This deployment's topic names as flat settings (``topic_clicks``...)."""
+        return {f"topic_{field}": name for field, name in self.topics.model_dump().items()}
+
     def worker_settings(self, model_dir: Path, state_dir: Path, **overrides: Any) -> Settings:
         """Validated settings of a worker of this deployment (CPU provider, fast group
         timings, a free local web port); ``overrides`` are flat setting names."""
@@ -77,11 +80,7 @@ class ScratchDeployment:
             "kafka_bootstrap_servers": self.bootstrap_servers,
             "app_id": self.app_id,
             "partitions": self.partitions,
-            "topic_clicks": self.topics.clicks,
-            "topic_browses": self.topics.browses,
-            "topic_purchases": self.topics.purchases,
-            "topic_recommendations": self.topics.recommendations,
-            "topic_dead_letter": self.topics.dead_letter,
+            **self.topic_settings(),
             "model_dir": model_dir,
             "state_dir": state_dir,
             "provider": "cpu",
@@ -101,8 +100,14 @@ def free_port() -> int:
 def lab_settings(**changes: Any) -> Settings:
     """Validated settings for a lab worker: the defaults (never this process's own
     ``RECSTREAM_*`` environment) with ``changes`` by flat name, served on a free port
-    of 127.0.0.1 unless ``web_port``/``web_host`` are given. A misspelt name raises."""
-    local = {"web_host": "127.0.0.1", "web_port": free_port()}
+    of 127.0.0.1 unless ``web_port``/``web_host`` are given, with a random lookup API
+    token unless ``api_token`` is given. A misspelt name raises."""
+    local = {
+        "web_host": "127.0.0.1",
+        "web_advertised_host": "127.0.0.1",
+        "web_port": free_port(),
+        "api_token": secrets.token_hex(16),
+    }
     return Settings.defaults().replace(**{**local, **changes})
 
 
@@ -166,6 +171,18 @@ class WorkerProcess:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def lookup(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        """``GET path`` with the worker's API token (or ``token``): ``(status, JSON body)``."""
+        secret = self.settings.stream.api.token.get_secret_value() if token is None else token
+        request = urllib.request.Request(  # noqa: S310 - a local http URL
+            self.url + path, headers={"Authorization": f"Bearer {secret}"} if secret else {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+                return int(resp.status), json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), json.loads(exc.read() or b"null")
 
     def metrics_text(self) -> str:
         """The worker's ``/metrics`` page."""

@@ -135,6 +135,8 @@ def _env(container: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str
         elif "configMapKeyRef" in ref:
             cm = config_maps[ref["configMapKeyRef"]["name"]]
             env[var["name"]] = cm["data"][ref["configMapKeyRef"]["key"]]
+        elif ref.get("fieldRef", {}).get("fieldPath") == "status.podIP":
+            env[var["name"]] = "127.0.0.1"  # every "pod" runs on this machine
         else:
             raise NotImplementedError(f"valueFrom {sorted(ref)} of {var['name']}")
     return env

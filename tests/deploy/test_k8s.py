@@ -260,7 +260,7 @@ def test_gpu_limits_only_in_the_gpu_overlay(overlay):
 
 def test_service_monitor_scrapes_the_worker_port(overlay):
     _, resources = overlay
-    svc = one(resources, "Service")
+    svc = one(resources, "Service", "recstream-worker")
     pod_labels = one(resources, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert one(resources, "StatefulSet")["spec"]["serviceName"] == svc["metadata"]["name"]
@@ -274,6 +274,25 @@ def test_service_monitor_scrapes_the_worker_port(overlay):
     np = one(resources, "NetworkPolicy")
     assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert any(p["port"] == port for rule in np["spec"]["ingress"] for p in rule["ports"])
+
+
+def test_lookup_api_service_token_and_advertised_address(overlay):
+    _, resources = overlay
+    api = one(resources, "Service", "recstream-api")
+    pod_labels = one(resources, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert api["spec"]["selector"].items() <= pod_labels.items()
+    assert api["spec"].get("clusterIP") != "None"  # load-balanced over ready workers
+    ports = {p["name"]: p["containerPort"] for p in worker(resources)["ports"]}
+    assert [ports[p["targetPort"]] for p in api["spec"]["ports"]] == [
+        int(settings_env(resources)["RECSTREAM_WEB_PORT"])
+    ]
+    env = {v["name"]: v for v in worker(resources)["env"]}
+    # The token comes from a Secret, never the ConfigMap; each worker advertises its
+    # pod IP, where the others forward the lookups of its partitions.
+    assert env["RECSTREAM_API_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "recstream-api-token"
+    assert "RECSTREAM_API_TOKEN" not in settings_env(resources)
+    advertised = env["RECSTREAM_WEB_ADVERTISED_HOST"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert advertised == "status.podIP"
 
 
 def test_keda_scales_on_lag_up_to_the_partition_count(overlay, monkeypatch):

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from deploy.lab.scratch import FAST_GROUP_SETTINGS, WorkerProcess, free_port, settings_env
+from deploy.settings import Settings
+from deploy.topics import topic_specs
 
 pytestmark = pytest.mark.e2e
 
@@ -189,7 +191,9 @@ def test_replay_a_sequence_file_and_describe_topics(
     assert any(
         line.startswith("recstream-profiles-changelog") and line.endswith("ok") for line in lines
     )
-    assert len([line for line in lines if line.endswith(" ok")]) == 6
+    # Every topic a deployment needs was created by `recstream broker`, with its count.
+    wanted = topic_specs(Settings.defaults().replace(partitions=2))
+    assert len([line for line in lines if line.endswith(" ok")]) == len(wanted) >= 7
 
     worker = WorkerProcess(
         {
@@ -226,3 +230,18 @@ def test_replay_a_sequence_file_and_describe_topics(
         assert triggers == {"u1-0", "u1-1", "u1-2", "u2-0", "u2-1"}
     finally:
         worker.stop()
+
+
+def test_bench_lookup_times_local_and_forwarded_lookups(model_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
+    args = ["--model-dir", str(model_dir), "--users", "20", "--requests", "60"]
+    out = tmp_path / "bench"
+    result = cli(
+        "bench", "lookup", *args, "--partitions", "2", "--out", str(out), env=env, timeout=240
+    )
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    row = json.loads((out / "lookup.json").read_text())["rows"][0]
+    assert row["errors"] == 0 and row["all"]["n"] == 60
+    # Two workers, two partitions: some lookups answered here, some forwarded.
+    assert row["local"]["n"] > 0 and row["forwarded"]["n"] > 0
+    assert 0 < row["all"]["p50"] <= row["all"]["p99"]

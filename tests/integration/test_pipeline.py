@@ -7,13 +7,13 @@ import dataclasses
 import json
 import re
 import shutil
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from deploy.lab.scratch import WorkerProcess
 from models.synthetic import SyntheticShop
 from streams.client import event_from_dict
 from streams.events import Event, EventType
@@ -197,11 +197,12 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_flow(
     assert memtables and float(memtables.group(1)) > 0  # the profiles' RocksDB memory
 
 
-def fetch_profiles(url: str, users: set[str]) -> dict[str, Any]:
+def fetch_profiles(worker: WorkerProcess, users: set[str]) -> dict[str, Any]:
     out = {}
     for user in users:
-        with urllib.request.urlopen(f"{url}/profiles/{user}", timeout=5) as resp:
-            out[user] = json.loads(resp.read())["profile"]
+        status, body = worker.lookup(f"/users/{user}/profile")
+        assert status == 200, body
+        out[user] = body["profile"]
     return out
 
 
@@ -243,22 +244,24 @@ def test_profiles_are_restored_from_the_changelog_after_losing_local_state(
 ) -> None:
     events = shop_events(shop, 300)
     users = {e.user_id for e in events}
-    first = deployment.start_worker(web_profiles=True, changelog_producer=changelog_producer)
+    first = deployment.start_worker(changelog_producer=changelog_producer)
     with deployment.producer() as producer:
         for ev in events:
             producer.send(ev)
     deployment.read_json(
         deployment.topics.recommendations, lambda rs: len(unique_by_trigger(rs)) >= len(events)
     )
-    before = fetch_profiles(first.url, users)
+    before = fetch_profiles(first, users)
     expected = {u: p.to_dict() for u, p in reference_profiles(events).items()}
-    # The lists each user was recommended (``recs``) come from the scorer, not from
-    # the events; they are checked below, restored from the changelog like the rest.
-    assert {u: {k: v for k, v in p.items() if k != "recs"} for u, p in before.items()} == {
-        u: {k: v for k, v in p.items() if k != "recs"}
+    # The lists each user was recommended (``recs``, ``latest``) come from the scorer,
+    # not from the events; they are checked below, restored from the changelog like
+    # the rest.
+    scored = ("recs", "latest")
+    assert {u: {k: v for k, v in p.items() if k not in scored} for u, p in before.items()} == {
+        u: {k: v for k, v in p.items() if k not in scored}
         for u, p in json.loads(json.dumps(expected)).items()
     }
-    assert all(p["recs"] for p in before.values())
+    assert all(p["recs"] and p["latest"]["items"] for p in before.values())
 
     assert first.stop() == 0
     state_dir = deployment.workdir / "state"
@@ -269,6 +272,6 @@ def test_profiles_are_restored_from_the_changelog_after_losing_local_state(
     assert persisted_offsets(state_dir) == changelog_last_offsets(deployment)
     shutil.rmtree(state_dir)
 
-    second = deployment.start_worker(web_profiles=True, changelog_producer=changelog_producer)
-    after = fetch_profiles(second.url, users)
+    second = deployment.start_worker(changelog_producer=changelog_producer)
+    after = fetch_profiles(second, users)
     assert after == before

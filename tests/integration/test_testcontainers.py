@@ -40,10 +40,7 @@ def test_pipeline_on_testcontainers_kafka(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     topics = TopicNames(
-        *(
-            f"{name}-{tag}"
-            for name in ("clicks", "browses", "purchases", "recommendations", "events-dlq")
-        )
+        **{field: f"{name}-{tag}" for field, name in TopicNames().model_dump().items()}
     )
     app_id = f"recstream-tc-{tag}"
     kafka_container.create_topics(required_topics(app_id, topics, PARTITIONS))

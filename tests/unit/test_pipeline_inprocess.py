@@ -254,10 +254,19 @@ def test_valid_event_updates_profile_and_produces_one_recommendation(harness: Ha
         assert updated.partition == remembered.partition == 2
         assert orjson.loads(updated.value or b"")["recs"] == []
         assert orjson.loads(remembered.value or b"") == profile
+        # The same list is the user's latest (for the lookup API) and goes to the
+        # compacted latest-list topic, keyed by user.
+        assert profile["latest"] == doc
+        [latest] = h.sink.on(h.config.topics.recommendations_latest)
+        assert latest.key == b"u1" and latest.json() == doc
         assert h.dead_letters == []
-        assert len(h.sink.records) == 3
+        assert len(h.sink.records) == 4
+        # Acked only once all four records are delivered, the latest list included.
+        for record in h.sink.records:
+            if record is not latest:
+                record.deliver()
         assert not event.message.acked
-        h.sink.deliver_all()
+        latest.deliver()
         assert event.message.acked and h.pipeline.acks.pending == 0
 
     h.run(body)
@@ -377,18 +386,21 @@ def test_events_are_acked_in_offset_order_only_after_all_their_outputs_are_deliv
 
         def outputs(user: str) -> list[Record]:
             recs = [r for r in h.recommendations if r.key == user.encode()]
+            latest = h.sink.on(h.config.topics.recommendations_latest)
+            recs += [r for r in latest if r.key == user.encode()]
             logs = [r for r in h.sink.on(h.changelog) if orjson.loads(r.key or b"") == user]
-            assert len(recs) == 1 and len(logs) == 2  # the update, then the list remembered
+            assert len(recs) == 2 and len(logs) == 2  # the update, then the list remembered
             return [*recs, *logs]
 
         def acked() -> list[bool]:
             return [e.message.acked for e in events]
 
-        rec_a, log_a, list_a = outputs("a")
+        rec_a, latest_a, log_a, list_a = outputs("a")
         for record in outputs("c"):  # the last event finishes first
             record.deliver()
         assert acked() == [False, False, False]
-        rec_a.deliver()  # recommendation delivered, changelog records not yet
+        rec_a.deliver()  # recommendations delivered, changelog records not yet
+        latest_a.deliver()
         log_a.deliver()
         assert acked() == [False, False, False]
         list_a.deliver()  # the remembered list's record also holds the ack

@@ -54,10 +54,12 @@ def test_topic_specs_are_co_partitioned_and_changelog_is_compacted() -> None:
         "browses",
         "purchases",
         "recommendations",
+        "recommendations-latest",
         "events-dlq",
         "shop-profiles-changelog",
     }
     assert names["shop-profiles-changelog"].config["cleanup.policy"] == "compact"
+    assert names["recommendations-latest"].config == {"cleanup.policy": "compact"}
     assert names["clicks"].config["cleanup.policy"] == "delete"
 
 
