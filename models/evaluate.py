@@ -22,8 +22,9 @@ import torch
 
 from models.encoding import EncodedHistories, encode_histories
 from models.interactions import HistoryItem, Interaction
+from models.metadata import MASKED_SCORE
 from models.metrics import ranking_metrics
-from models.network import MASKED_SCORE, SequentialRecommender
+from models.network import SequentialRecommender
 from models.splits import EvalCase
 from models.trained import TrainedModel
 

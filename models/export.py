@@ -25,6 +25,7 @@ import onnxruntime as ort
 import torch
 
 from models.metadata import (
+    MASKED_SCORE,
     METADATA_FILENAME,
     MODEL_FILENAME,
     ONNX_INPUTS,
@@ -32,7 +33,7 @@ from models.metadata import (
     ModelMetadata,
     make_model_version,
 )
-from models.network import MASKED_SCORE, ServingRecommender
+from models.network import ServingRecommender
 from models.trained import TrainedModel
 
 __all__ = [

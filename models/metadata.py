@@ -23,9 +23,20 @@ from models.interactions import CHANNELS, EVENT_TYPES
 #: L2-normalised, as in NISER / CORE), which stops popular items winning on norm alone.
 SIMILARITIES = ("dot", "cosine")
 
+#: Score the graph gives padding / excluded items before TopK. A large negative *finite*
+#: value (not -inf) keeps TopK well defined in every runtime; real scores are O(10). The
+#: networks also use it as the additive attention mask (finite, so a fully masked row
+#: cannot NaN) and to mask accidental hits among sampled negatives.
+MASKED_SCORE = -1.0e9
+#: Graph scores at or below this are masked items: `MASKED_SCORE` in fp32 graphs, which
+#: the fp16 variant saturates to -65504 (or -inf). Real logits are O(10).
+MASKED_THRESHOLD = -1.0e4
+
 __all__ = [
     "CHECKPOINT_FILENAME",
     "FORMAT_VERSION",
+    "MASKED_SCORE",
+    "MASKED_THRESHOLD",
     "METADATA_FILENAME",
     "MODEL_FILENAME",
     "ONNX_INPUTS",

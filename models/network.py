@@ -15,16 +15,9 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 
 from models.config import TrainConfig
 from models.interactions import CHANNELS, EVENT_TYPES
-from models.metadata import SIMILARITIES
+from models.metadata import MASKED_SCORE, SIMILARITIES
 
-__all__ = ["MASKED_SCORE", "SequentialRecommender", "ServingRecommender", "build_network"]
-
-#: Score given to padding / excluded items before TopK. A large negative *finite* value
-#: (not -inf) keeps TopK well defined in every runtime; real scores are O(10).
-MASKED_SCORE = -1.0e9
-
-# Additive attention bias for disallowed keys; finite so a fully masked row cannot NaN.
-_ATTN_MASK_VALUE = -1.0e9
+__all__ = ["SequentialRecommender", "ServingRecommender", "build_network"]
 
 
 class _CausalSelfAttention(nn.Module):
@@ -293,7 +286,7 @@ class SequentialRecommender(nn.Module):
         # itself so rows for padding queries are never fully masked (no NaN softmax).
         allowed = causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))
         attn_bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(
-            ~allowed, _ATTN_MASK_VALUE
+            ~allowed, MASKED_SCORE
         )
         attn_bias = attn_bias.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
         return x, attn_bias
@@ -365,7 +358,7 @@ class SequentialRecommender(nn.Module):
         negatives = negatives.to(h.device)
         pos = (h * keys[y]).sum(dim=-1, keepdim=True)  # [N, 1]
         neg = (h @ keys[negatives].t()).masked_fill(
-            negatives.unsqueeze(0) == y.unsqueeze(1), _ATTN_MASK_VALUE
+            negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE
         )  # [N, S]
         logits = torch.cat([pos, neg], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y))

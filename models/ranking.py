@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.encoding import EncodedHistories, encode_histories
-from models.metadata import MODEL_FILENAME, ModelMetadata
+from models.metadata import MASKED_THRESHOLD, MODEL_FILENAME, ModelMetadata
 from models.metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 from models.splits import EvalCase
 
@@ -272,15 +272,11 @@ class OnnxRanker:
     """
 
     def __init__(self, model_dir: Path, threads: int = 0, name: str | None = None) -> None:
-        import onnxruntime as ort
+        from models.session import create_session  # local: onnxruntime only when used
 
         model_dir = Path(model_dir)
         self.metadata = ModelMetadata.load(model_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(
-            str(model_dir / MODEL_FILENAME), options, providers=["CPUExecutionProvider"]
-        )
+        self._session, _ = create_session(model_dir / MODEL_FILENAME, "cpu", threads)
         self.name = name or f"onnx-{self.metadata.variant}"
         self.max_len = self.metadata.max_len
         self._width = self.metadata.n_items + 1
@@ -297,7 +293,7 @@ class OnnxRanker:
         )
         scores, items = self._session.run(self.metadata.onnx_outputs, feeds)
         values = np.asarray(scores, dtype=np.float32)
-        values[values <= -1.0e4] = -np.inf  # masked by the graph (pad / excluded)
+        values[values <= MASKED_THRESHOLD] = -np.inf  # masked by the graph (pad / excluded)
         out = np.full((b, self._width), -np.inf, dtype=np.float32)
         np.put_along_axis(out, np.asarray(items), values, axis=1)
         out[:, 0] = -np.inf  # padding is never a result

@@ -16,8 +16,14 @@ import numpy as np
 import onnxruntime as ort
 
 from models.encoding import EncodedHistories, encode_exclude, encode_histories, vocab_index
+from models.grouping import length_groups, modelled_grouping_costs, solve_grouping_costs
 from models.interactions import HistoryItem
-from models.metadata import MODEL_FILENAME, ModelMetadata
+from models.metadata import MASKED_THRESHOLD, MODEL_FILENAME, ModelMetadata
+from models.session import (
+    Provider,
+    ProviderUnavailableError,
+    create_session,
+)
 from models.store import resolve_model_dir
 
 __all__ = [
@@ -28,69 +34,12 @@ __all__ = [
     "Recommendation",
     "Scorer",
     "Strategy",
-    "CUDA_PROVIDER_OPTIONS",
-    "solve_grouping_costs",
 ]
-
-#: Execution provider choice: CUDA if usable ("auto"), CUDA or fail, or CPU.
-Provider = Literal["auto", "cuda", "cpu"]
 
 logger = logging.getLogger("recstream.models.scorer")
 
 #: How a recommendation list was produced.
 Strategy = Literal["sequential", "popular"]
-
-_CUDA = "CUDAExecutionProvider"
-_CPU = "CPUExecutionProvider"
-# Graph scores at or below this are masked items (pad / excluded), see network.MASKED_SCORE
-# (-1e9 in fp32 graphs; the fp16 variant saturates it to -65504). Real logits are O(10).
-_MASKED_THRESHOLD = -1.0e4
-
-#: Fixed cost of one onnxruntime call on the CPU (session overhead, small kernels),
-#: as multiply-adds: ~60 us on the 2-core x86 machine the benchmarks ran on.
-_CALL_MACS = 1.0e6
-
-
-def solve_grouping_costs(
-    one: float, narrow: float, wide: float, rows: int, width: int
-) -> tuple[float, float, float] | None:
-    """Solve the length-grouping cost model from three timed calls.
-
-    The model: a call of ``r`` rows, padded to ``w`` positions, takes
-    ``position * (call + r * (w + row))`` seconds.
-
-    Args:
-        one: Seconds for 1 row x 1 position.
-        narrow: Seconds for ``rows`` rows x 1 position.
-        wide: Seconds for ``rows`` rows x ``width`` positions.
-        rows: Rows of the last two calls (>= 2).
-        width: Positions of the last call (>= 2).
-
-    Returns:
-        (seconds per position, row cost, call cost), the costs in positions; None if
-        the timings contradict the model (a cost would be zero or negative).
-    """
-    position = (wide - narrow) / (rows * (width - 1))
-    if not position > 0:
-        return None
-    row = (narrow - one) / (rows - 1) / position - 1.0
-    call = one / position - (1.0 + row)
-    if row > 0 and call > 0 and np.isfinite([row, call]).all():
-        return position, row, call
-    return None
-
-
-#: CUDA execution provider options. Grow the memory arena by what is asked, not in
-#: doubling steps, so several worker processes can share one GPU; copy inputs and
-#: outputs on the default stream (what IO binding with host buffers expects).
-CUDA_PROVIDER_OPTIONS: dict[str, str] = {
-    "arena_extend_strategy": "kSameAsRequested",
-    "do_copy_in_default_stream": "1",
-}
-
-
-class ProviderUnavailableError(RuntimeError):
-    """Raised when an explicitly requested execution provider cannot be used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,57 +78,6 @@ class Scorer(Protocol):
     ) -> list[Recommendation]:
         """Recommend k items per history, never returning ids in the matching exclude set."""
         ...
-
-
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = intra_op_threads  # 0 = onnxruntime default
-    return options
-
-
-def _create_session(
-    model_path: Path,
-    provider: Provider,
-    intra_op_threads: int,
-) -> tuple[ort.InferenceSession, str]:
-    """Create the session following the provider rules; return it with "cpu"/"cuda"."""
-    available = ort.get_available_providers()
-    path = str(model_path)
-    if provider == "cpu":
-        session = ort.InferenceSession(path, _session_options(intra_op_threads), providers=[_CPU])
-        return session, "cpu"
-    if provider == "cuda":
-        if _CUDA not in available:
-            raise ProviderUnavailableError(
-                f"CUDAExecutionProvider is not available in this onnxruntime build "
-                f"(available: {available}); install onnxruntime-gpu or use provider='cpu'"
-            )
-        try:
-            session = ort.InferenceSession(
-                path,
-                _session_options(intra_op_threads),
-                providers=[(_CUDA, dict(CUDA_PROVIDER_OPTIONS)), _CPU],
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
-            raise ProviderUnavailableError(f"creating a CUDA session failed: {exc}") from exc
-        # onnxruntime-gpu lists CUDA as available even without a usable GPU/driver and then
-        # silently falls back to CPU; only the session's own provider list is the truth.
-        if session.get_providers()[:1] != [_CUDA]:
-            raise ProviderUnavailableError(
-                f"CUDAExecutionProvider could not be loaded (session providers: "
-                f"{session.get_providers()}); check the CUDA/cuDNN runtime or use 'cpu'"
-            )
-        return session, "cuda"
-    if provider != "auto":
-        raise ValueError(f"provider must be 'auto', 'cuda' or 'cpu', got {provider!r}")
-    if _CUDA in available:
-        try:
-            session, used = _create_session(model_path, "cuda", intra_op_threads)
-            return session, used
-        except ProviderUnavailableError as exc:
-            logger.warning("CUDA provider unusable, falling back to CPU: %s", exc)
-    return _create_session(model_path, "cpu", intra_op_threads)
 
 
 class OnnxScorer:
@@ -221,12 +119,11 @@ class OnnxScorer:
         #: results are the same either way.
         self.io_binding = provider == "cuda"
         self._items: list[str | None] = list(metadata.items)
-        # Cost model of one inference call, in units of one history position of one
-        # row (n_layers x 12 dim^2 multiply-adds: attention projections and FFN):
-        # every row also pays for its item logits (n_items x dim), every call _CALL_MACS.
-        per_position = 12.0 * metadata.n_layers * metadata.dim**2
-        self._row_cost = metadata.n_items * metadata.dim / per_position
-        self._call_cost = _CALL_MACS / per_position
+        # Cost model of one inference call (see `models.grouping`), counted until
+        # calibrate_grouping() measures it.
+        self._row_cost, self._call_cost = modelled_grouping_costs(
+            metadata.n_items, metadata.dim, metadata.n_layers
+        )
         self._cost_source = "modelled"  # "measured" after calibrate_grouping()
         #: Split CPU batches by history length (see `_length_groups`); False = one call.
         self.group_by_length = True
@@ -281,7 +178,7 @@ class OnnxScorer:
         model_path = model_dir / MODEL_FILENAME
         if not model_path.is_file():
             raise FileNotFoundError(model_path)
-        session, used = _create_session(model_path, provider, intra_op_threads)
+        session, used = create_session(model_path, provider, intra_op_threads)
         logger.info(
             "loaded model %s from %s with provider %s (session providers: %s)",
             metadata.model_version,
@@ -491,38 +388,15 @@ class OnnxScorer:
     def _length_groups(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Split a batch into at most 3 runs of similar history length (CPU only).
 
-        Every row of one call is padded to that call's longest history, and the
-        transformer's cost grows with that width, so one long history makes the whole
-        batch pay for it (in a Beauty replay the longest of 64 histories averages 47
-        items, the mean is 8). Rows are sorted by length and cut where the modelled
-        cost -- rows x (width + per-row scoring cost) + a fixed cost per call, in
-        units of one position of one row -- is least. On CUDA one call stays cheaper.
+        `models.grouping.length_groups` with this scorer's (modelled or measured)
+        costs. On CUDA one call stays cheaper.
 
         Returns:
             Index arrays into ``lengths``, one per inference call.
         """
-        n = lengths.size
-        if n < 2 or not self.group_by_length or not self._can_group:
-            return [np.arange(n)]
-        order = np.argsort(lengths, kind="stable")
-        # Cost of one call over sorted rows [i, j): (j - i) * width[j - 1].
-        width = lengths[order].astype(np.float64) + self._row_cost
-        last = width[-1]
-        cuts: list[int] = []
-        best = n * last + self._call_cost
-        a = np.arange(1, n)  # two calls: [0, a), [a, n)
-        two = a * width[a - 1] + (n - a) * last + 2 * self._call_cost
-        if two.min() < best:
-            best, cuts = float(two.min()), [int(a[np.argmin(two)])]
-        if n >= 3:  # three calls: [0, a), [a, b), [b, n)
-            a3 = np.arange(1, n - 1)[:, None]
-            b3 = np.arange(2, n)[None, :]
-            three = a3 * width[a3 - 1] + (b3 - a3) * width[b3 - 1] + (n - b3) * last
-            three = np.where(b3 > a3, three + 3 * self._call_cost, np.inf)
-            i, j = np.unravel_index(int(np.argmin(three)), three.shape)
-            if three[i, j] < best:
-                cuts = [int(a3[i, 0]), int(b3[0, j])]
-        return np.split(order, cuts)
+        if lengths.size < 2 or not self.group_by_length or not self._can_group:
+            return [np.arange(lengths.size)]
+        return length_groups(lengths, self._row_cost, self._call_cost)
 
     def _rank_rows(
         self,
@@ -550,7 +424,7 @@ class OnnxScorer:
         top_ids = self._item_ids[items[:, :k]].tolist()
         top_scores = scores[:, :k].tolist()
         if scores.shape[1] >= k:
-            clean = (scores[:, k - 1] > _MASKED_THRESHOLD).tolist()
+            clean = (scores[:, k - 1] > MASKED_THRESHOLD).tolist()
         else:
             clean = [False] * len(top_ids)
         for j, row in enumerate(rows.tolist()):
@@ -572,7 +446,7 @@ class OnnxScorer:
         banned = set(exclude)
         picked: list[tuple[str, float]] = []
         for score, idx in zip(scores.tolist(), items.tolist(), strict=True):
-            if score <= _MASKED_THRESHOLD:
+            if score <= MASKED_THRESHOLD:
                 break  # sorted descending: only masked items follow
             item = self._items[idx]
             if item is None or item in banned:  # defensive; the graph masks these

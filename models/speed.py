@@ -25,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from models.config import TrainConfig
     from models.export import Precision
-    from models.scorer import Provider
+    from models.session import Provider
     from models.trained import TrainedModel
 
 __all__ = [
@@ -248,7 +248,8 @@ def provider_benchmark(
     Returns:
         One row per (variant, batch size), or one error row per unusable variant.
     """
-    from models.scorer import OnnxScorer, ProviderUnavailableError
+    from models.scorer import OnnxScorer
+    from models.session import ProviderUnavailableError
 
     rows: list[dict[str, Any]] = []
     for name in variants:

@@ -23,6 +23,8 @@ TORCH_FREE = {
     "splits",
     "ranking",
     "metrics",
+    "session",
+    "grouping",
 }
 TORCH_LIKE = {"torch", "onnx", "onnxscript", "transformers"}
 

@@ -14,13 +14,14 @@ import torch
 from models.export import export_onnx
 from models.metadata import (
     FORMAT_VERSION,
+    MASKED_SCORE,
     ONNX_INPUTS,
     ONNX_OUTPUTS,
     MetadataError,
     ModelMetadata,
     make_model_version,
 )
-from models.network import MASKED_SCORE, ServingRecommender
+from models.network import ServingRecommender
 from models.trained import TrainedModel
 
 

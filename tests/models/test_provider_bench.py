@@ -13,7 +13,8 @@ from deploy.cli import app
 from models.config import TrainConfig
 from models.export import export_onnx
 from models.metadata import ModelMetadata
-from models.scorer import OnnxScorer, ProviderUnavailableError
+from models.scorer import OnnxScorer
+from models.session import ProviderUnavailableError
 from models.speed import provider_benchmark, untrained_model
 
 SMALL = TrainConfig(max_len=8, dim=16, n_heads=2, n_layers=1, max_k=20)

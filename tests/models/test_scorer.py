@@ -15,14 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.evaluate import rank_with_model
-from models.scorer import (
-    CUDA_PROVIDER_OPTIONS,
-    OnnxScorer,
-    ProviderUnavailableError,
-    Recommendation,
-    Scorer,
-    solve_grouping_costs,
-)
+from models.grouping import solve_grouping_costs
+from models.scorer import OnnxScorer, Recommendation, Scorer
+from models.session import CUDA_PROVIDER_OPTIONS, ProviderUnavailableError
 from models.synthetic import SyntheticShop
 from models.trained import TrainedModel
 
