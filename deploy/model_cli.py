@@ -137,6 +137,13 @@ def train(
     temperature: Annotated[
         float, typer.Option(help="Softmax temperature of --similarity cosine.", min=1e-4)
     ] = 0.07,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="Sequence-encoder architecture, a name registered in models/architectures/ "
+            "(sasrec: the causal transformer)."
+        ),
+    ] = "sasrec",
     negatives: Annotated[
         int, typer.Option(help="0 = full softmax CE; N = sampled softmax with N negatives.")
     ] = 0,
@@ -181,7 +188,7 @@ def train(
             help="Warm start from this run directory or checkpoint .pt (fine-tune on newer "
             "data, or continue a run): its weights are the starting point (the optimizer "
             "starts afresh at --lr), items are matched by id, and its architecture "
-            "(max-len, dim, layers, heads, similarity, temperature) is used. A model "
+            "(arch, max-len, dim, layers, heads, similarity, temperature) is used. A model "
             "store resolves to its CURRENT version's checkpoint.pt; a store without "
             "CURRENT (the first retrain) trains from scratch."
         ),
@@ -228,6 +235,7 @@ def train(
     otherwise CURRENT stays and report.json's ``gate`` section says why. A refused
     candidate stays in the store for inspection.
     """
+    from models.architectures import architecture_names
     from models.checkpoint import load_checkpoint
     from models.config import TrainConfig, resolve_device
     from models.metadata import SIMILARITIES
@@ -236,6 +244,8 @@ def train(
 
     if similarity not in SIMILARITIES:
         raise typer.BadParameter(f"--similarity must be one of {', '.join(SIMILARITIES)}")
+    if arch not in architecture_names():
+        raise typer.BadParameter(f"--arch must be one of {', '.join(architecture_names())}")
     if (data is None) == (from_archive is None):
         raise typer.BadParameter("give exactly one of DATA or --from-archive")
     from models.gate import GATE_METRICS
@@ -260,6 +270,7 @@ def train(
         parent = load_checkpoint(parent_path)
         cfg = parent.config
         inherited: dict[str, object] = {
+            "arch": cfg.arch,
             "max_len": cfg.max_len,
             "dim": cfg.dim,
             "layers": cfg.n_layers,
@@ -268,6 +279,7 @@ def train(
             "temperature": cfg.temperature,
         }
         given: dict[str, object] = {
+            "arch": arch,
             "max_len": max_len,
             "dim": dim,
             "layers": layers,
@@ -284,11 +296,12 @@ def train(
             raise typer.BadParameter(
                 "a warm start keeps the parent's architecture: " + ", ".join(clashes)
             )
+        arch = cfg.arch
         max_len, dim, layers, heads = cfg.max_len, cfg.dim, cfg.n_layers, cfg.n_heads
         similarity, temperature = cfg.similarity, cfg.temperature
         console.print(
             f"warm start from {init_from} (best epoch {parent.stats.best_epoch}, "
-            f"{parent.vocab.n_items} items; max-len {max_len}, dim {dim}, "
+            f"{parent.vocab.n_items} items; {arch}, max-len {max_len}, dim {dim}, "
             f"{layers} layers, {heads} heads, {similarity} scoring)"
         )
 
@@ -327,6 +340,7 @@ def train(
         f"{len(split.valid)} validation / {len(split.test)} test cases"
     )
     config = TrainConfig(
+        arch=arch,
         max_len=max_len,
         dim=dim,
         n_layers=layers,

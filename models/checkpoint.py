@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from models.architectures import build_network
 from models.config import TrainConfig
-from models.network import build_network
 from models.trained import TrainedModel, TrainingStats
 from models.vocab import ItemVocab
 
@@ -29,6 +29,8 @@ def save_checkpoint(trained: TrainedModel, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = trained.module
+    # "arch" holds the side-feature shapes (a key older than the registry); the
+    # architecture's name is config["arch"].
     arch = {
         "n_attributes": (
             module.attribute_embedding.num_embeddings - 1

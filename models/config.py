@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.metadata import SIMILARITIES
+from models.architectures import architecture_names
+from models.metadata import DEFAULT_ARCH, SIMILARITIES
 
 __all__ = ["TrainConfig", "resolve_device"]
 
@@ -58,6 +59,9 @@ class TrainConfig:
             docs/BENCHMARKS.md) or "dot" (inner product with the tied item table, as in
             the original SASRec; checkpoints written before this setting existed).
         temperature: Softmax temperature of the "cosine" scoring (unused with "dot").
+        arch: Sequence-encoder architecture, a name registered in `models.architectures`
+            (default: "sasrec", the causal transformer; checkpoints written before the
+            setting existed are "sasrec").
     """
 
     max_len: int = 50
@@ -84,6 +88,7 @@ class TrainConfig:
     lr_decay: float = 1.0
     similarity: str = "cosine"
     temperature: float = 0.07
+    arch: str = DEFAULT_ARCH
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -100,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"similarity must be one of {SIMILARITIES}")
         if not self.temperature > 0:
             raise ValueError("temperature must be > 0")
+        if self.arch not in architecture_names():
+            raise ValueError(f"arch must be one of {architecture_names()}, not {self.arch!r}")
 
 
 def resolve_device(name: str) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.network import build_network
+from models.architectures import build_network
 from models.trained import TrainedModel
 from models.vocab import ItemVocab
 

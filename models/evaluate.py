@@ -24,7 +24,7 @@ from models.encoding import EncodedHistories, encode_histories
 from models.interactions import HistoryItem, Interaction
 from models.metadata import MASKED_SCORE
 from models.metrics import ranking_metrics
-from models.network import SequentialRecommender
+from models.network import Recommender
 from models.splits import EvalCase
 from models.trained import TrainedModel
 
@@ -152,14 +152,14 @@ def evaluate_popularity(
 
 
 class ModuleRanker:
-    """`models.ranking.Ranker` over a torch `SequentialRecommender` (full catalog scores).
+    """`models.ranking.Ranker` over a torch `Recommender` (full catalog scores).
 
     Args:
         module: The network (switched to eval mode while scoring).
         name: Report name.
     """
 
-    def __init__(self, module: SequentialRecommender, name: str = "transformer") -> None:
+    def __init__(self, module: Recommender, name: str = "transformer") -> None:
         self.module = module
         self.name = name
         self.max_len = module.max_len

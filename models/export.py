@@ -164,6 +164,7 @@ def export_onnx(
         recent_popularity={k: list(v) for k, v in trained.recent_popularity.items()},
         similarity=cfg.similarity,
         temperature=cfg.temperature if cfg.similarity == "cosine" else 1.0,
+        arch=cfg.arch,
     )
     meta.validate()
 

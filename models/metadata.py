@@ -23,6 +23,10 @@ from models.interactions import CHANNELS, EVENT_TYPES
 #: L2-normalised, as in NISER / CORE), which stops popular items winning on norm alone.
 SIMILARITIES = ("dot", "cosine")
 
+#: The architecture of models recorded before there was a choice (see
+#: `models.architectures`): the causal transformer.
+DEFAULT_ARCH = "sasrec"
+
 #: Score the graph gives padding / excluded items before TopK. A large negative *finite*
 #: value (not -inf) keeps TopK well defined in every runtime; real scores are O(10). The
 #: networks also use it as the additive attention mask (finite, so a fully masked row
@@ -34,6 +38,7 @@ MASKED_THRESHOLD = -1.0e4
 
 __all__ = [
     "CHECKPOINT_FILENAME",
+    "DEFAULT_ARCH",
     "FORMAT_VERSION",
     "MASKED_SCORE",
     "MASKED_THRESHOLD",
@@ -120,6 +125,9 @@ class ModelMetadata:
         similarity: What a score is: "dot" (inner product, unbounded) or "cosine"
             (cosine similarity / `temperature`, within +-1/temperature).
         temperature: The "cosine" temperature (1.0 with "dot").
+        arch: The sequence encoder's architecture (`models.architectures`; files
+            written before the field existed are `DEFAULT_ARCH`). Informational: the
+            graph's inputs and outputs are the same for every architecture.
     """
 
     model_version: str
@@ -144,6 +152,7 @@ class ModelMetadata:
     recent_popularity: dict[str, list[int]] = field(default_factory=dict)
     similarity: str = "dot"
     temperature: float = 1.0
+    arch: str = DEFAULT_ARCH
 
     @property
     def n_items(self) -> int:

@@ -1,4 +1,10 @@
-"""SASRec-style causal transformer for next-item recommendation (torch; training/export only).
+"""The shared next-item model and its serving wrapper (torch; training/export only).
+
+`Recommender` holds what every architecture shares: the item table (id embedding plus
+side features), event-type and channel input embeddings, similarity scoring against the
+tied item table, and the training losses. An architecture (see `models.architectures`)
+subclasses it and supplies only the sequence encoder. `ServingRecommender` wraps any of
+them for export.
 
 Sequences are LEFT-padded to a fixed `max_len`, so the most recent event is always at
 position `max_len - 1` and the serving head simply reads the last position. Index 0 is
@@ -7,95 +13,34 @@ padding in the item, event-type and channel vocabularies.
 
 from __future__ import annotations
 
-import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - conventional alias
 
-from models.config import TrainConfig
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import MASKED_SCORE, SIMILARITIES
 
-__all__ = ["SequentialRecommender", "ServingRecommender", "build_network"]
+__all__ = ["Recommender", "ServingRecommender"]
 
 
-class _CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with an additive mask (plain ops: exports everywhere)."""
+class Recommender(nn.Module, ABC):
+    """Base of every architecture: everything but the sequence encoder.
 
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"dim={dim} must be divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
-        self.head_dim = dim // n_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.attn_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        """Attend over `x` [B, L, D] with `attn_bias` [B, 1, L, L] added to the logits."""
-        b, length, dim = x.shape
-        qkv = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
-        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim)) + attn_bias
-        weights = self.attn_dropout(torch.softmax(logits, dim=-1))
-        out = (weights @ v).transpose(1, 2).reshape(b, length, dim)
-        return self.proj(out)  # type: ignore[no-any-return]
-
-    def forward_last(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        """Attention output [B, 1, D] of the last query only, over all L keys.
-
-        Same math as ``forward(x, attn_bias)[:, -1:]`` without the L x L logits and
-        the output projection of the other queries.
-        """
-        b, length, dim = x.shape
-        qkv = self.qkv(x).view(b, length, 3, self.n_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dh]
-        q = q[:, :, -1:, :]  # [B, H, 1, Dh]
-        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim)) + attn_bias
-        weights = torch.softmax(logits, dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(b, 1, dim)
-        return self.proj(out)  # type: ignore[no-any-return]
-
-
-class _Block(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(dim)
-        self.attn = _CausalSelfAttention(dim, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
-        )
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_bias))
-        return x + self.drop(self.ffn(self.ln2(x)))  # type: ignore[no-any-return]
-
-    def forward_last(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        """``forward(x, attn_bias)[:, -1:]`` (eval mode) computing only the last position.
-
-        Keys and values still come from every position; the feed-forward network,
-        two thirds of a block's work, runs on one position instead of L.
-        """
-        last = x[:, -1:, :] + self.attn.forward_last(self.ln1(x), attn_bias[:, :, -1:, :])
-        return last + self.ffn(self.ln2(last))  # type: ignore[no-any-return]
-
-
-class SequentialRecommender(nn.Module):
-    """Causal transformer over (item, event type, channel) sequences with tied output.
+    A subclass implements `build_encoder` (create its layers from the shape attributes
+    below), `encode` (hidden states at every position, for training) and `encode_last`
+    (the last position only, for serving; equal to ``encode(...)[:, -1]`` in eval mode),
+    and registers itself with `models.architectures.register_architecture`.
 
     Args:
         n_items: Number of real items; the item vocabulary has `n_items + 1` rows (0 = pad).
         max_len: Fixed (left-padded) sequence length.
         dim: Model width.
-        n_layers: Number of pre-LN transformer blocks.
-        n_heads: Attention heads per block.
-        dropout: Dropout probability (embeddings, attention weights, residual branches).
+        n_layers: Encoder depth (the architecture decides what a layer is).
+        n_heads: Attention heads per layer (architectures without attention ignore it).
+        dropout: Dropout probability inside the encoder.
         n_event_types: Size of the event-type vocabulary without padding.
         n_channels: Size of the channel vocabulary without padding.
         item_attributes: Optional int64 [n_items + 1, A] attribute ids per item (0 = pad),
@@ -109,9 +54,8 @@ class SequentialRecommender(nn.Module):
         temperature: With ``similarity="cosine"``: logits are cosine / temperature.
     """
 
-    causal: Tensor  # registered buffer, [max_len, max_len] bool
-    positions: Tensor  # registered buffer, [max_len] int64
-    eye: Tensor  # registered buffer, [max_len, max_len] bool
+    #: Registry name, set by `models.architectures.register_architecture`.
+    arch: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -142,21 +86,15 @@ class SequentialRecommender(nn.Module):
         self.temperature = temperature
         self.max_len = max_len
         self.dim = dim
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.dropout = dropout
         self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.type_embedding = nn.Embedding(n_event_types + 1, dim, padding_idx=0)
         self.channel_embedding = nn.Embedding(n_channels + 1, dim, padding_idx=0)
-        self.position_embedding = nn.Embedding(max_len, dim)
-        self.embed_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(_Block(dim, n_heads, dropout) for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(dim)
-        # Constant causal pattern (True = key k visible from query q, i.e. k <= q).
-        self.register_buffer(
-            "causal", torch.ones(max_len, max_len, dtype=torch.bool).tril(), persistent=False
-        )
-        self.register_buffer("positions", torch.arange(max_len), persistent=False)
-        # A constant, not torch.eye(L) at run time: the latter exports as a bool EyeLike,
-        # which onnxruntime does not implement.
-        self.register_buffer("eye", torch.eye(max_len, dtype=torch.bool), persistent=False)
+        # The encoder registers its modules here, between the input embeddings and the
+        # side features: registration order fixes the parameter init of a seed.
+        self.build_encoder()
         self.attribute_embedding: nn.Embedding | None = None
         self.item_attributes: Tensor | None
         if item_attributes is not None:
@@ -176,6 +114,60 @@ class SequentialRecommender(nn.Module):
         else:
             self.item_content = None
         self._init_weights()
+
+    @abstractmethod
+    def build_encoder(self) -> None:
+        """Create the encoder's modules (called once, from `__init__`)."""
+
+    @abstractmethod
+    def encode(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None = None,
+    ) -> Tensor:
+        """Hidden states [B, L, D] for left-padded index sequences [B, L] (training).
+
+        Position t may only depend on positions <= t. Training may pass L < max_len
+        (batches trimmed to their longest row); `item_table` is a precomputed
+        `item_table()` (see `embed_inputs`).
+        """
+
+    @abstractmethod
+    def encode_last(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None = None,
+    ) -> Tensor:
+        """The last position's hidden state [B, D] (serving; eval mode).
+
+        Must equal ``encode(...)[:, -1]`` and export to ONNX with a dynamic L.
+        """
+
+    def embed_inputs(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None = None,
+    ) -> Tensor:
+        """Input embeddings [B, L, D]: item table row + event type + channel.
+
+        Args:
+            item_seq: Item indices (0 = pad), int64 [B, L].
+            type_seq: Event-type indices (0 = pad), int64 [B, L].
+            channel_seq: Channel indices (0 = pad), int64 [B, L].
+            item_table: Precomputed `item_table()` (saves recomputing it).
+        """
+        x: Tensor = (
+            F.embedding(item_seq, self.item_table() if item_table is None else item_table)
+            + self.type_embedding(type_seq)
+            + self.channel_embedding(channel_seq)
+        )
+        return x
 
     def _init_weights(self) -> None:
         # GPT-style small init: with tied output embeddings, N(0, 1) embeddings would give
@@ -205,91 +197,6 @@ class SequentialRecommender(nn.Module):
         if self.content_projection is not None and self.item_content is not None:
             table = table + self.content_projection(self.item_content)
         return table
-
-    def encode(
-        self,
-        item_seq: Tensor,
-        type_seq: Tensor,
-        channel_seq: Tensor,
-        item_table: Tensor | None = None,
-    ) -> Tensor:
-        """Contextual hidden states [B, L, D] for left-padded index sequences [B, L].
-
-        Training may pass L < max_len (batches trimmed to their longest row); the rows
-        are still left-padded, so they take the last L positional embeddings.
-
-        Args:
-            item_seq: Item indices (0 = pad), int64 [B, L] with L <= max_len.
-            type_seq: Event-type indices (0 = pad), int64 [B, L].
-            channel_seq: Channel indices (0 = pad), int64 [B, L].
-            item_table: Precomputed `item_table()` (saves recomputing it in training).
-
-        Returns:
-            Final-LayerNorm'd hidden states; position t only depends on positions <= t.
-        """
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
-        for block in self.blocks:
-            x = block(x, attn_bias)
-        return self.final_norm(x)  # type: ignore[no-any-return]
-
-    def encode_last(
-        self,
-        item_seq: Tensor,
-        type_seq: Tensor,
-        channel_seq: Tensor,
-        item_table: Tensor | None = None,
-    ) -> Tensor:
-        """The last position's hidden state [B, D]: ``encode(...)[:, -1]`` for serving.
-
-        Earlier blocks run on every position (the last block's keys and values need
-        them); the last block computes only the final position, which is all that
-        next-item scoring reads. For the default 2-block model at L = 50 this skips
-        about 40 % of the encoder's multiply-adds. Eval mode only (no dropout).
-        `item_table` is a precomputed `item_table()`, as in `encode`.
-        """
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
-        *early, last = self.blocks
-        for block in early:
-            x = block(x, attn_bias)
-        assert isinstance(last, _Block)
-        hidden = self.final_norm(last.forward_last(x, attn_bias))
-        return hidden[:, 0, :]  # type: ignore[no-any-return]
-
-    def _embed(
-        self,
-        item_seq: Tensor,
-        type_seq: Tensor,
-        channel_seq: Tensor,
-        item_table: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        """Input embeddings [B, L, D] and the additive attention bias [B, 1, L, L]."""
-        valid = item_seq != 0  # [B, L]
-        length = item_seq.shape[1]
-        positions, causal, eye = self.positions, self.causal, self.eye
-        # Rows are left-padded, so a batch trimmed to its longest row (L < max_len) uses
-        # the last L positions. Sliced unconditionally so the exported graph keeps L
-        # dynamic: the scorer trims leading all-padding columns before each run, and
-        # attention and feed-forward cost falls with L (exact: padding never feeds a
-        # real position).
-        positions = positions[self.max_len - length :]
-        causal = causal[:length, :length]
-        eye = eye[:length, :length]
-        x = (
-            F.embedding(item_seq, self.item_table() if item_table is None else item_table)
-            + self.type_embedding(type_seq)
-            + self.channel_embedding(channel_seq)
-            + self.position_embedding(positions)
-        )
-        # Zero the padding positions so that positional embeddings there carry nothing.
-        x = self.embed_dropout(x * valid.unsqueeze(-1).to(x.dtype))
-        # Query q may see key k iff k <= q and k is a real item; every query also sees
-        # itself so rows for padding queries are never fully masked (no NaN softmax).
-        allowed = causal.unsqueeze(0) & (valid.unsqueeze(1) | eye.unsqueeze(0))
-        attn_bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(
-            ~allowed, MASKED_SCORE
-        )
-        attn_bias = attn_bias.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
-        return x, attn_bias
 
     def score_queries(self, hidden: Tensor) -> Tensor:
         """The query side of the logits (whose inner products with `score_keys` rows
@@ -368,7 +275,7 @@ class ServingRecommender(nn.Module):
     """Export wrapper: score the last position, mask pad/excluded items, return top-K.
 
     Args:
-        model: A trained `SequentialRecommender` (put into eval mode by the caller).
+        model: A trained `Recommender` (any architecture) (put into eval mode by the caller).
         max_k: Number of results per row (fixed in the exported graph).
     """
 
@@ -376,7 +283,7 @@ class ServingRecommender(nn.Module):
     input_table: Tensor  # registered buffer, [n_items + 1, D]
     output_keys: Tensor  # registered buffer, [D, n_items + 1]
 
-    def __init__(self, model: SequentialRecommender, max_k: int = 100) -> None:
+    def __init__(self, model: Recommender, max_k: int = 100) -> None:
         super().__init__()
         if not 1 <= max_k <= model.n_items:
             raise ValueError(f"max_k must be in [1, {model.n_items}], got {max_k}")
@@ -417,38 +324,3 @@ class ServingRecommender(nn.Module):
         scores = scores.scatter(1, exclude, masked)
         top_scores, top_items = torch.topk(scores, self.max_k, dim=1)
         return top_scores, top_items
-
-
-def build_network(
-    config: TrainConfig,
-    n_items: int,
-    *,
-    item_attributes: torch.Tensor | None = None,
-    n_attributes: int = 0,
-    item_content: torch.Tensor | None = None,
-) -> SequentialRecommender:
-    """A freshly initialised `SequentialRecommender` of `config`'s shape over `n_items`.
-
-    Args:
-        config: Shape and dropout.
-        n_items: Catalog size (excluding padding).
-        item_attributes: Optional [n_items + 1, A] attribute indices.
-        n_attributes: Attribute vocabulary size (with `item_attributes`).
-        item_content: Optional [n_items + 1, C] content vectors.
-
-    Returns:
-        The network (training mode).
-    """
-    return SequentialRecommender(
-        n_items,
-        max_len=config.max_len,
-        dim=config.dim,
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        dropout=config.dropout,
-        item_attributes=item_attributes,
-        n_attributes=n_attributes,
-        item_content=item_content,
-        similarity=config.similarity,
-        temperature=config.temperature,
-    )

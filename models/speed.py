@@ -52,8 +52,8 @@ def untrained_model(n_items: int, config: TrainConfig | None = None) -> TrainedM
     """
     import torch
 
+    from models.architectures import build_network
     from models.config import TrainConfig
-    from models.network import build_network
     from models.trained import TrainedModel, TrainingStats
     from models.vocab import ItemVocab
 

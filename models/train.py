@@ -25,11 +25,12 @@ import numpy.typing as npt
 import torch
 from tqdm.auto import tqdm
 
+from models.architectures import build_network
 from models.checkpoint import save_checkpoint
 from models.config import TrainConfig, resolve_device
 from models.evaluate import ModuleRanker
 from models.interactions import Interaction, fingerprint_interactions
-from models.network import SequentialRecommender, build_network
+from models.network import Recommender
 from models.splits import EvalCase
 from models.trained import EpochStats, TrainedModel, TrainingStats
 from models.vocab import ItemVocab, Step, build_vocab, group_timelines, recent_popularity
@@ -72,7 +73,7 @@ class _Trainer:
 
     def __init__(
         self,
-        model: SequentialRecommender,
+        model: Recommender,
         windows: TrainingWindows,
         config: TrainConfig,
         device: str = "cpu",
@@ -178,7 +179,7 @@ def train_model(
     progress: bool = False,
     init_from: TrainedModel | None = None,
 ) -> TrainedModel:
-    """Train a `SequentialRecommender` on next-item prediction.
+    """Train a `Recommender` on next-item prediction.
 
     Without `valid`, training runs `config.epochs` epochs with patience on the training
     loss. With `valid`, every `eval_every` epochs the model is ranked against the full
@@ -349,13 +350,13 @@ def train_model(
     )
 
 
-def _snapshot(model: SequentialRecommender) -> dict[str, torch.Tensor]:
+def _snapshot(model: Recommender) -> dict[str, torch.Tensor]:
     """A detached copy of the weights (restored at the end as the best epoch's)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _assemble(
-    model: SequentialRecommender,
+    model: Recommender,
     vocab: ItemVocab,
     popularity: list[int],
     config: TrainConfig,

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from models.config import TrainConfig
-from models.network import SequentialRecommender
+from models.network import Recommender
 from models.vocab import ItemVocab
 
 __all__ = ["EpochStats", "TrainedModel", "TrainingStats"]
@@ -101,7 +101,7 @@ class TrainedModel:
             attribute embeddings by name.
     """
 
-    module: SequentialRecommender
+    module: Recommender
     vocab: ItemVocab
     popularity: list[int]
     config: TrainConfig

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from models.config import TrainConfig
-from models.network import SequentialRecommender
+from models.network import Recommender
 from models.trained import TrainedModel
 from models.vocab import ItemVocab
 
@@ -23,11 +23,11 @@ _ROW_MAPPED = ("item_embedding.weight", "attribute_embedding.weight")
 #: Buffers that describe the current data's catalog; always rebuilt, never carried over.
 _CATALOG_BUFFERS = ("item_attributes", "item_content")
 #: Architecture settings a warm start must share with its parent.
-_ARCH_FIELDS = ("max_len", "dim", "n_layers", "n_heads", "similarity", "temperature")
+_ARCH_FIELDS = ("arch", "max_len", "dim", "n_layers", "n_heads", "similarity", "temperature")
 
 
 def warm_start(
-    model: SequentialRecommender,
+    model: Recommender,
     vocab: ItemVocab,
     attribute_names: Sequence[str],
     parent: TrainedModel,
@@ -46,14 +46,14 @@ def warm_start(
         vocab: The new training data's item vocabulary.
         attribute_names: The new attribute vocabulary (empty without attributes).
         parent: The model to start from.
-        config: The new run's configuration (`max_len`, `dim`, `n_layers`, `n_heads`,
+        config: The new run's configuration (`arch`, `max_len`, `dim`, `n_layers`, `n_heads`,
             `similarity` and `temperature` must equal the parent's).
 
     Returns:
         Lineage for `TrainingStats.init_from`.
 
     Raises:
-        ValueError: If the architectures differ (width, depth, heads, sequence length,
+        ValueError: If the architectures differ (architecture, width, depth, heads, sequence length,
             side features, scoring).
     """
     mismatched = [

@@ -49,10 +49,11 @@ def _internal_imports(path: Path) -> set[str]:
     return names
 
 
-MODULES = sorted(MODELS_DIR.glob("*.py"))
+# Every module, architectures/ included (one file per architecture).
+MODULES = sorted(MODELS_DIR.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(MODELS_DIR)))
 def test_no_stream_or_kafka_imports(path: Path) -> None:
     assert not _imported_roots(path) & FORBIDDEN_ROOTS
 

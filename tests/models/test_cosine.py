@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812 - conventional alias
 
+from models.architectures.sasrec import SequentialRecommender
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import TrainConfig
 from models.export import export_onnx
 from models.metadata import ONNX_INPUTS, ONNX_OUTPUTS, MetadataError, ModelMetadata
-from models.network import SequentialRecommender, ServingRecommender
+from models.network import ServingRecommender
 from models.synthetic import SyntheticShop
 from models.train import train_model
 from models.trained import TrainedModel

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.architectures.sasrec import SequentialRecommender
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import TrainConfig, resolve_device
 from models.encoding import CHANNEL_INDEX, EVENT_TYPE_INDEX
@@ -18,7 +19,6 @@ from models.evaluate import (
 )
 from models.interactions import Interaction, fingerprint_interactions
 from models.metrics import ranking_metrics
-from models.network import SequentialRecommender
 from models.synthetic import SyntheticShop, generate_shop
 from models.train import train_model
 from models.trained import TrainedModel

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from models.architectures.sasrec import SequentialRecommender
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import TrainConfig
 from models.encoding import encode_histories
 from models.evaluate import ModuleRanker
 from models.interactions import Interaction
-from models.network import SequentialRecommender
 from models.splits import EvalCase
 from models.synthetic import SyntheticShop
 from models.train import train_model

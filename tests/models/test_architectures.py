@@ -1,0 +1,139 @@
+"""Every registered architecture: the same interface, export and ORT-vs-torch parity.
+
+Parametrised over `models.architectures.architecture_names()`, so a new architecture
+file is covered without touching this one. Tiny random (untrained) models: parity does
+not depend on the weights, and the whole module runs in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.architectures import (
+    DEFAULT_ARCH,
+    architecture_names,
+    build_network,
+    get_architecture,
+)
+from models.architectures.sasrec import SequentialRecommender
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.config import TrainConfig
+from models.export import export_onnx
+from models.metadata import MASKED_SCORE, MODEL_FILENAME, ONNX_INPUTS, ONNX_OUTPUTS, ModelMetadata
+from models.network import Recommender, ServingRecommender
+from models.session import create_session
+from models.speed import untrained_model
+from models.trained import TrainedModel
+
+ARCHS = architecture_names()
+N_ITEMS = 120
+
+
+def _config(arch: str) -> TrainConfig:
+    return TrainConfig(arch=arch, max_len=12, dim=16, n_layers=2, n_heads=2, max_k=20, seed=7)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainedModel, Path]:
+    arch: str = request.param
+    trained = untrained_model(N_ITEMS, _config(arch))
+    out = export_onnx(trained, tmp_path_factory.mktemp(arch) / "model", model_version=arch)
+    return trained, out
+
+
+def _batch(batch: int, max_len: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_len + 1, size=batch)
+    lengths[0] = max_len  # always one full row
+    pad = np.arange(max_len)[None, :] < (max_len - lengths)[:, None]
+    return {
+        "item_seq": np.where(pad, 0, rng.integers(1, N_ITEMS + 1, (batch, max_len))),
+        "type_seq": np.where(pad, 0, rng.integers(1, 4, (batch, max_len))),
+        "channel_seq": np.where(pad, 0, rng.integers(1, 4, (batch, max_len))),
+        "exclude": rng.integers(0, N_ITEMS + 1, (batch, 3)),  # 0 = padding entries
+    }
+
+
+def test_registry_knows_the_default() -> None:
+    assert DEFAULT_ARCH == "sasrec" and DEFAULT_ARCH in ARCHS
+    assert get_architecture("sasrec") is SequentialRecommender
+    assert TrainConfig().arch == DEFAULT_ARCH
+    with pytest.raises(ValueError, match="unknown architecture"):
+        get_architecture("no-such-arch")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        TrainConfig(arch="no-such-arch")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_build_network_builds_the_registered_class(arch: str) -> None:
+    module = build_network(_config(arch), N_ITEMS)
+    assert type(module) is get_architecture(arch)
+    assert isinstance(module, Recommender) and module.arch == arch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_encode_last_is_the_last_position_of_encode(arch: str) -> None:
+    """The serving path reads what training trains, at full and trimmed widths."""
+    torch.manual_seed(0)
+    module = build_network(_config(arch), N_ITEMS).eval()
+    feeds = {k: torch.from_numpy(v) for k, v in _batch(7, module.max_len, seed=1).items()}
+    seqs = (feeds["item_seq"], feeds["type_seq"], feeds["channel_seq"])
+    with torch.no_grad():
+        for width in (module.max_len, 5):
+            trimmed = [s[:, -width:] for s in seqs]
+            full = module.encode(*trimmed)
+            assert full.shape == (7, width, module.dim)
+            last = module.encode_last(*trimmed)
+            torch.testing.assert_close(last, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_onnx_matches_torch(exported: tuple[TrainedModel, Path], batch: int) -> None:
+    """Same serving wrapper for every architecture: scores within 1e-4, same top-K."""
+    trained, model_dir = exported
+    metadata = ModelMetadata.load(model_dir)
+    assert metadata.arch == trained.config.arch
+    session, _ = create_session(model_dir / MODEL_FILENAME, "cpu", 1)
+    feeds = _batch(batch, metadata.max_len, seed=batch)
+    wrapper = ServingRecommender(trained.module.eval(), max_k=metadata.max_k).eval()
+    with torch.no_grad():
+        ref_scores, ref_items = wrapper(*(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS))
+    ort_scores, ort_items = session.run(list(ONNX_OUTPUTS), feeds)
+    ref = ref_scores.numpy()
+    real = ref > MASKED_SCORE / 2  # masked (excluded / padding) scores are all ~MASKED_SCORE
+    assert real.any()
+    assert np.abs(np.asarray(ort_scores)[real] - ref[real]).max() <= 1e-4
+    np.testing.assert_array_equal(np.asarray(ort_items), ref_items.numpy())
+
+
+def test_checkpoint_rebuilds_the_architecture(
+    exported: tuple[TrainedModel, Path], tmp_path: Path
+) -> None:
+    trained, _ = exported
+    loaded = load_checkpoint(save_checkpoint(trained, tmp_path / "best.pt"))
+    assert loaded.config.arch == trained.config.arch
+    assert type(loaded.module) is type(trained.module)
+    for key, value in trained.module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[key], value)
+
+
+def test_checkpoint_without_arch_loads_as_the_default(tmp_path: Path) -> None:
+    """Checkpoints and metadata written before the registry existed are "sasrec"."""
+    trained = untrained_model(N_ITEMS, _config(DEFAULT_ARCH))
+    path = save_checkpoint(trained, tmp_path / "best.pt")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    del payload["config"]["arch"]
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config.arch == DEFAULT_ARCH
+    assert type(loaded.module) is SequentialRecommender
+    meta = export_onnx(loaded, tmp_path / "model", model_version="old")
+    data = ModelMetadata.load(meta).to_dict()
+    del data["arch"]
+    assert ModelMetadata.from_dict(data).arch == DEFAULT_ARCH
