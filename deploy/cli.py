@@ -1,9 +1,9 @@
 """The ``recstream`` command line.
 
 This module holds the operating commands (``worker``, ``archive``, ``topics``,
-``produce``, ``consume``, ``schemas``); the model commands are registered from `deploy.model_cli`
-and the test and measurement lab's (``broker``, ``replay``, ``chaos``, ``demo``,
-``bench``) from `deploy.lab.cli`.
+``produce``, ``consume``, ``forget``, ``config``, ``schemas``); the model commands are
+registered from `deploy.model_cli` and the test and measurement lab's (``broker``,
+``replay``, ``chaos``, ``demo``, ``bench``) from `deploy.lab.cli`.
 """
 
 from __future__ import annotations
@@ -194,6 +194,41 @@ def consume(
                     f"[bold]{rec.user_id}[/] after {rec.trigger_event_type} "
                     f"[dim]{rec.strategy} {rec.model_version}[/]: {top}"
                 )
+
+
+@app.command()
+def forget(
+    user_id: Annotated[str, typer.Argument(help="The user to erase.")],
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the audit record (0 = do not wait).")
+    ] = 60.0,
+) -> None:
+    """Erase a user: profile (RocksDB and changelog), latest recommendations; audited.
+
+    Sends an erasure request to the user-erasure topic (keyed by the user, so the
+    worker owning the user's partition handles it) and waits for the worker's record
+    in the audit topic, which names the user only by a keyed pseudonym. Exits 1 when
+    no audit record arrived in time (the request stays queued and is done later).
+    """
+    from streams.client import ErasureClient
+    from streams.privacy import UserKeys
+
+    settings = Settings()
+    privacy = settings.stream
+    pseudonym = UserKeys(
+        privacy.data_privacy.user_key.get_secret_value(),
+        privacy.privacy.pseudonym_key.get_secret_value(),
+    ).audit(user_id)
+    record = ErasureClient(settings.client_config(), settings.stream.topics).forget(
+        user_id, audit_pseudonym=pseudonym, wait_s=wait
+    )
+    if wait <= 0:
+        console.print(f"erasure of {pseudonym} requested")
+        return
+    if record is None:
+        console.print(f"[red]no audit record for {pseudonym} after {wait:.0f} s[/]")
+        raise typer.Exit(1)
+    print(orjson.dumps(record).decode())
 
 
 @app.command()

@@ -309,6 +309,8 @@ def markdown_table() -> str:
             shown = "–"
         elif isinstance(default, SecretStr):
             shown = "(secret)"
+        elif default == "":
+            shown = "(empty)"
         else:
             shown = f"`{_env_value(default)}`"
         description = (spec.info.description or "").replace("|", "\\|")

@@ -16,8 +16,9 @@ minor version these were checked against.
 3. :func:`changelog_sent`: ``Table.on_key_set`` reads ``fut.message.partition`` from
    what ``send_changelog`` returns; our librdkafka changelog writer returns this
    stand-in instead of Faust's future.
-4. :func:`rocksdb_databases`: Faust's RocksDB store keeps one database per partition
-   in ``_dbs``; their memory properties feed the table-memory gauges.
+4. :func:`rocksdb_databases`, :func:`rocksdb_partitions`: Faust's RocksDB store keeps
+   one database per partition in ``_dbs``; their memory properties feed the
+   table-memory gauges, and the TTL sweep reads each partition's profiles.
 5. :func:`table_recovery`: readiness needs the table manager's ``recovery``
    (``in_recovery``, ``completed``, ``active_remaining_total``), which the
    ``TableManagerT`` interface does not declare.
@@ -54,6 +55,7 @@ __all__ = [
     "manual_ack_events",
     "quiet_worker_class",
     "rocksdb_databases",
+    "rocksdb_partitions",
     "table_recovery",
     "transport_with_fetch_wait",
 ]
@@ -128,7 +130,12 @@ def changelog_sent(partition: int) -> Any:
 
 def rocksdb_databases(store: Any) -> list[Any]:
     """The open per-partition RocksDB databases of a table's store (none for memory://)."""
-    return list(getattr(store, "_dbs", {}).values())
+    return list(rocksdb_partitions(store).values())
+
+
+def rocksdb_partitions(store: Any) -> dict[int, Any]:
+    """Partition -> open RocksDB database of a table's store (empty for memory://)."""
+    return dict(getattr(store, "_dbs", {}))
 
 
 # 5. Table recovery --------------------------------------------------------------------

@@ -26,10 +26,11 @@ outputs and its state change durably written.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,14 +40,15 @@ from faust import current_event
 
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment
 from models.scorer import Recommendation, Scorer
-from streams._faust import as_current_event, manual_ack_events
+from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
+from streams.control import ErasureRequest, ProfileExpiry, decode_control
 from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
-from streams.messages import dead_letter_bytes, recommendation_dict
+from streams.messages import dead_letter_bytes, erasure_audit_bytes, recommendation_dict
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
-from streams.privacy import UserRefs
+from streams.privacy import ERASED_PREFIX, UserKeys, UserRefs
 from streams.profile import Profile, apply_event, find_hit, remember_latest, remember_list
 from streams.tables import ProfileTable
 
@@ -67,11 +69,19 @@ class ScoreRequest:
 
     event: EventT[Any]
     decoded: Event
+    user: str  # the user's key in state and outputs (the id, or its pseudonym)
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
     model_version: str = ""
     arm: str = CONTROL
     experiment: str = NO_EXPERIMENT
+
+
+def _last_activity(document: dict[str, Any]) -> float:
+    """A profile's latest event time, or an erasure marker's erasure time."""
+    if "erased_at" in document:
+        return float(document["erased_at"])
+    return float(document["last_seen"])
 
 
 class Pipeline:
@@ -109,9 +119,14 @@ class Pipeline:
         self._user_ref = UserRefs(
             config.privacy.pseudonymize_users, config.privacy.pseudonym_key.get_secret_value()
         )
+        self.users = UserKeys(
+            config.data_privacy.user_key.get_secret_value(),
+            config.privacy.pseudonym_key.get_secret_value(),
+        )
         self.acks = InOrderAcks()
+        # Events and erasure requests, co-partitioned by user id.
         self.input_topic = app.topic(
-            *self._input_types, key_serializer="raw", value_serializer="raw"
+            *self._input_types, names.user_erasure, key_serializer="raw", value_serializer="raw"
         )
         if output is None:
             output = OutputProducer(
@@ -157,8 +172,8 @@ class Pipeline:
         )
 
     def state_key(self, user_id: str) -> str:
-        """The key of a user's state (profile) in the table."""
-        return user_id
+        """The key of a user's state (profile) in the table: the id, or its pseudonym."""
+        return self.users.state(user_id)
 
     def set_scorer(self, scorer: Scorer) -> None:
         """Serve with ``scorer`` from the next batch on (hot reload)."""
@@ -211,6 +226,9 @@ class Pipeline:
     async def _handle(self, event: EventT[Any]) -> None:
         msg = event.message
         event_type = self._input_types.get(msg.topic)
+        if event_type is None and msg.topic == self.config.topics.user_erasure:
+            await self._control(event)
+            return
         if event_type is None:
             await self._dead_letter(
                 event, InvalidEvent(code=ReasonCode.UNKNOWN_TOPIC, reason=f"topic {msg.topic!r}")
@@ -224,7 +242,13 @@ class Pipeline:
         if isinstance(decoded, InvalidEvent):
             await self._dead_letter(event, decoded)
             return
-        user = decoded.user_id
+        user = self.users.state(decoded.user_id)
+        if self._erased_before(decoded):
+            # An event from before the user's erasure (a replay, a late record) must
+            # not bring the user back: acked, nothing written.
+            self.metrics.events_of_erased_users.inc()
+            self.acks.done(event)
+            return
         profile = Profile.from_json(self.profiles.get(user))
         if apply_event(profile, decoded, self.config.limits):
             self._updates.add()
@@ -245,9 +269,10 @@ class Pipeline:
             ScoreRequest(
                 event,
                 decoded,
+                user,
                 profile.history(),
                 profile.purchased_items(),
-                arm=CONTROL if experiment is None else experiment[0].arm(user),
+                arm=CONTROL if experiment is None else experiment[0].arm(decoded.user_id),
                 experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
             )
         )
@@ -301,7 +326,7 @@ class Pipeline:
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
             message = recommendation_dict(
-                user_id=ev.user_id,
+                user_id=req.user,
                 items=rec.items,
                 model_version=req.model_version,
                 arm=req.arm,
@@ -312,22 +337,25 @@ class Pipeline:
                 produced_ts=now,
             )
             value = orjson.dumps(message)
-            key = ev.user_id.encode()
-            self._remember(req, rec, message)
+            key = req.user.encode()
+            kept = self._remember(req, rec, message)
             self.output.produce(
                 self.config.topics.recommendations,
                 key,
                 value,
                 functools.partial(self._delivered, req.event),
             )
-            # The compacted latest-list topic: the event's ack waits for it too.
-            self.acks.expect(req.event)
-            self.output.produce(
-                self.config.topics.recommendations_latest,
-                key,
-                value,
-                functools.partial(self._delivered, req.event),
-            )
+            if kept:
+                # The compacted latest-list topic: the event's ack waits for it too.
+                # Not for a user erased while the list was scored (it would outlive
+                # the erasure's tombstone there).
+                self.acks.expect(req.event)
+                self.output.produce(
+                    self.config.topics.recommendations_latest,
+                    key,
+                    value,
+                    functools.partial(self._delivered, req.event),
+                )
             counter = self._recommended.get(rec.strategy)
             if counter is None:
                 counter = self._recommended[rec.strategy] = Tally(
@@ -342,7 +370,7 @@ class Pipeline:
         self._stage_produce.add(time.perf_counter() - started)
         self._flush_metrics()
 
-    def _remember(self, req: ScoreRequest, rec: Recommendation, message: dict[str, Any]) -> None:
+    def _remember(self, req: ScoreRequest, rec: Recommendation, message: dict[str, Any]) -> bool:
         """Remember the list in the user's profile: the latest list (for the lookup
         API) and, for later hits on it, the last ``RECSTREAM_FEEDBACK_LISTS``.
 
@@ -350,12 +378,19 @@ class Pipeline:
         made with the event as Faust's current event (the table's partition and the
         changelog writer's ack both come from it), and the profile is read again here
         because another event of the user may have updated it since.
+
+        Returns:
+            ``False`` when the profile is gone: the user was erased meanwhile (nothing
+            is written, so the erasure stands).
         """
         lists = self.config.feedback.lists
         ev = req.decoded
         try:
             with as_current_event(req.event):
-                profile = Profile.from_json(self.profiles.get(ev.user_id))
+                stored = self.profiles.get(req.user)
+                if stored is None:
+                    return False
+                profile = Profile.from_json(stored)
                 remember_latest(profile, message)
                 remember_list(
                     profile,
@@ -366,10 +401,149 @@ class Pipeline:
                     lists,
                     req.experiment,
                 )
-                self.profiles[ev.user_id] = profile.to_json()
+                self.profiles[req.user] = profile.to_json()
         except Exception:
             # The list itself is on its topics: a failed write must not cost it.
             log.exception("could not remember a recommendation list")
+        return True
+
+    # -- privacy: erasure and expiry ------------------------------------------------------
+
+    def _erased_before(self, event: Event) -> bool:
+        """Whether the event's user was erased at or after the event's time."""
+        marker = self.profiles.get(self.users.marker(event.user_id))
+        return marker is not None and event.ts <= float(orjson.loads(marker)["erased_at"])
+
+    async def _control(self, event: EventT[Any]) -> None:
+        msg = event.message
+        request = decode_control(msg.value, msg.key)
+        if isinstance(request, InvalidEvent):
+            await self._dead_letter(event, request)
+        elif isinstance(request, ErasureRequest):
+            self._erase(event, request)
+        else:
+            self._expire(event, request)
+
+    def _erase(self, event: EventT[Any], request: ErasureRequest) -> None:
+        """Forget a user, inside the request's stream iteration (its partition).
+
+        The profile is deleted (RocksDB and a changelog tombstone), a marker (audit
+        pseudonym -> erasure time, no id) keeps replayed older events out, the latest
+        list is tombstoned in ``recommendations-latest`` and the erasure is recorded in
+        the audit topic. The request is acked once all of it is delivered.
+        """
+        now = time.time()
+        user = self.users.state(request.user_id)
+        found = self.profiles.get(user) is not None
+        if found:
+            del self.profiles[user]
+        self.profiles[self.users.marker(request.user_id)] = orjson.dumps({"erased_at": now})
+        self.acks.expect(event)
+        self.output.produce(
+            self.config.topics.recommendations_latest,
+            user.encode(),
+            None,
+            functools.partial(self._delivered, event),
+        )
+        pseudonym = self.users.audit(request.user_id)
+        self.output.produce(
+            self.config.topics.erasure_audit,
+            pseudonym.encode(),
+            erasure_audit_bytes(
+                pseudonym=pseudonym,
+                erased_at=now,
+                requested_at=request.requested_at,
+                profile_found=found,
+            ),
+            functools.partial(self._delivered, event),
+        )
+        self.metrics.erasures.inc()
+        log.info("erased user %s (profile found: %s)", pseudonym, found)
+
+    def _expire(self, event: EventT[Any], expiry: ProfileExpiry) -> None:
+        """Delete an inactive profile (or an old erasure marker) the sweep found.
+
+        Checked again here: an event may have arrived since the sweep looked.
+        """
+        stored = self.profiles.get(expiry.expire)
+        if stored is not None and _last_activity(orjson.loads(stored)) < expiry.before:
+            del self.profiles[expiry.expire]
+            self.metrics.profiles_expired.inc()
+            if not expiry.expire.startswith(ERASED_PREFIX):
+                self.acks.expect(event)
+                self.output.produce(
+                    self.config.topics.recommendations_latest,
+                    expiry.expire.encode(),
+                    None,
+                    functools.partial(self._delivered, event),
+                )
+        self.acks.done(event)
+
+    def expired_keys(
+        self, entries: Iterable[tuple[str, bytes]], now: float
+    ) -> Iterator[tuple[str, float]]:
+        """``(key, cutoff)`` of the profiles and markers in ``entries`` that expired.
+
+        Profiles: no event (event time) for ``profile_ttl_days`` (0: never). Erasure
+        markers: older than ``erasure_marker_days``.
+        """
+        privacy = self.config.data_privacy
+        profile_cutoff = now - privacy.profile_ttl_days * 86400.0
+        marker_cutoff = now - privacy.erasure_marker_days * 86400.0
+        for key, value in entries:
+            marker = key.startswith(ERASED_PREFIX)
+            if not marker and privacy.profile_ttl_days <= 0:
+                continue
+            cutoff = marker_cutoff if marker else profile_cutoff
+            try:
+                if _last_activity(orjson.loads(value)) < cutoff:
+                    yield key, cutoff
+            except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
+                continue
+
+    async def sweep(self) -> int:
+        """Find expired profiles and markers in the partitions this worker owns.
+
+        Each one found becomes a :class:`ProfileExpiry` record on its partition of the
+        control topic, so the deletion happens in stream iteration (changelog
+        tombstone tied to that record's ack) and is checked again there. The scan
+        reads RocksDB in a thread; a memory store (tests) has nothing to scan.
+
+        Returns:
+            How many expiries were requested.
+        """
+        now = time.time()
+        topic = self.profiles.changelog_topic.get_topic_name()
+        active = {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+        dbs = {p: db for p, db in rocksdb_partitions(self.profiles.data).items() if p in active}
+        found = await asyncio.to_thread(self._scan, dbs, now)
+        for partition, key, cutoff in found:
+            self.request_expiry(partition, key, cutoff)
+        return len(found)
+
+    def _scan(self, dbs: dict[int, Any], now: float) -> list[tuple[int, str, float]]:
+        out: list[tuple[int, str, float]] = []
+        for partition, db in dbs.items():
+            entries = []
+            for raw_key, value in db.items():
+                if raw_key.startswith(b"__faust"):
+                    continue  # Faust's own bookkeeping (the changelog offset)
+                try:
+                    entries.append((str(orjson.loads(raw_key)), value))
+                except orjson.JSONDecodeError:
+                    continue
+            out.extend((partition, key, cutoff) for key, cutoff in self.expired_keys(entries, now))
+        return out
+
+    def request_expiry(self, partition: int, key: str, cutoff: float) -> None:
+        """Send a :class:`ProfileExpiry` for ``key`` to its partition of the control topic."""
+        self.output.produce(
+            self.config.topics.user_erasure,
+            key.encode(),
+            orjson.dumps({"schema_version": 1, "expire": key, "before": cutoff}),
+            lambda _offset: None,
+            partition=partition,
+        )
 
     def _count_list(self, model_version: str, arm: str, experiment: str) -> None:
         key = (model_version, arm, experiment)

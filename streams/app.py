@@ -170,6 +170,19 @@ def create_app(
 
         app.timer(config.model_reload_interval_s)(reload_model)
 
+    async def sweep_expired() -> None:
+        # Profiles of inactive users and old erasure markers (streams.privacy).
+        try:
+            requested = await app.pipeline.sweep()
+        except Exception:
+            log.exception("the TTL sweep failed; it runs again in %s s", sweep_interval)
+            return
+        if requested:
+            log.info("TTL sweep: %d expired profiles or markers to delete", requested)
+
+    sweep_interval = config.data_privacy.sweep_interval_s
+    app.timer(sweep_interval)(sweep_expired)
+
     if config.web.enabled:
         register_web(
             app,

@@ -4,6 +4,8 @@
   (validated locally, keyed by ``user_id``, routed to the right topic).
 * :class:`RecommendationReader`: services consuming recommendation lists, with
   de-duplication by ``trigger_event_id`` (lists can be re-sent after a worker crash).
+* :class:`ErasureClient`: services asking recstream to forget a user.
+* :class:`Pseudonyms`: in pseudonymous mode, the shop's user ids as recstream names them.
 
 Both use confluent-kafka (librdkafka). Pass the same connection settings you give
 any librdkafka client (``bootstrap.servers``, ``security.protocol``, SASL...).
@@ -12,20 +14,25 @@ any librdkafka client (``bootstrap.servers``, ``security.protocol``, SASL...).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from streams.control import erasure_request_bytes
 from streams.events import BrowseEvent, ClickEvent, Event, EventType, PurchaseEvent
 from streams.messages import RecommendationMessage
+from streams.privacy import pseudonym
 from streams.topics import TopicNames
 
 __all__ = [
     "AsyncEventProducer",
+    "ErasureClient",
     "EventProducer",
+    "Pseudonyms",
     "RecommendationReader",
     "event_from_dict",
     "event_payload",
@@ -240,3 +247,99 @@ class RecommendationReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Pseudonyms:
+    """The shop's side of pseudonymous mode: its user ids as recstream stores them.
+
+    With ``RECSTREAM_PRIVACY_USER_KEY`` set, recommendations, profiles and the lookup
+    API's answers name users by keyed hashes. The shop, which knows its user ids and
+    the key, computes the same hashes and maps them back.
+
+    Args:
+        key: the deployment's ``RECSTREAM_PRIVACY_USER_KEY``.
+    """
+
+    def __init__(self, key: str) -> None:
+        if not key:
+            raise ValueError("a pseudonym key is needed")
+        self._key = key
+
+    def of(self, user_id: str) -> str:
+        """The pseudonym recstream uses for ``user_id`` (``p:<32 hex>``)."""
+        return pseudonym(user_id, self._key)
+
+    def mapping(self, user_ids: Iterable[str]) -> dict[str, str]:
+        """Pseudonym -> user id for the given ids: a lookup table to map outputs back."""
+        return {self.of(u): u for u in user_ids}
+
+
+class ErasureClient:
+    """Ask the workers to forget a user, and optionally wait for the audit record.
+
+    Args:
+        config: librdkafka connection settings.
+        topics: the deployment's topic names (``user_erasure``, ``erasure_audit``).
+    """
+
+    def __init__(self, config: Mapping[str, Any], topics: TopicNames | None = None) -> None:
+        self.config = dict(config)
+        self.topics = topics or TopicNames()
+
+    def forget(
+        self, user_id: str, *, audit_pseudonym: str | None = None, wait_s: float = 0.0
+    ) -> dict[str, Any] | None:
+        """Send an erasure request for ``user_id`` (keyed by it: the user's partition).
+
+        Args:
+            user_id: the user to forget.
+            audit_pseudonym: the pseudonym the audit record will carry (see
+                ``streams.privacy.UserKeys.audit``); needed to wait.
+            wait_s: wait this long for the audit record (0: return once sent).
+
+        Returns:
+            The audit record, when waited for and seen in time; else ``None``.
+
+        Raises:
+            RuntimeError: the request could not be delivered.
+        """
+        consumer = None
+        if wait_s > 0 and audit_pseudonym is not None:
+            # Positioned at the end before the request is sent: the record it causes
+            # is after these offsets.
+            consumer = Consumer(
+                {**self.config, "group.id": "recstream-forget", "enable.auto.commit": False}
+            )
+            meta = consumer.list_topics(self.topics.erasure_audit, timeout=10)
+            parts = meta.topics[self.topics.erasure_audit].partitions
+            start = []
+            for p in parts:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topics.erasure_audit, p), timeout=10
+                )
+                start.append(TopicPartition(self.topics.erasure_audit, p, high))
+            consumer.assign(start)
+        try:
+            errors: list[str] = []
+            producer = Producer({**self.config, "acks": "all", "partitioner": "murmur2_random"})
+            producer.produce(
+                self.topics.user_erasure,
+                key=user_id.encode(),
+                value=erasure_request_bytes(user_id, time.time()),
+                on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
+            )
+            if producer.flush(30) or errors:
+                raise RuntimeError(f"the erasure request was not delivered: {errors}")
+            if consumer is None:
+                return None
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error() or msg.key() != (audit_pseudonym or "").encode():
+                    continue
+                record: dict[str, Any] = orjson.loads(msg.value() or b"{}")
+                return record
+            return None
+        finally:
+            if consumer is not None:
+                consumer.close()

@@ -26,6 +26,7 @@ __all__ = [
     "ChangelogProducer",
     "ConfigGroup",
     "ConsumerConfig",
+    "DataPrivacyConfig",
     "FeedbackConfig",
     "KafkaConfig",
     "PrivacyConfig",
@@ -210,6 +211,39 @@ class PrivacyConfig(ConfigGroup):
     )
 
 
+class DataPrivacyConfig(ConfigGroup):
+    """What state keeps about users, for how long, and under which name."""
+
+    env_prefix: ClassVar[str] = "privacy_"
+
+    user_key: SecretStr = Field(
+        SecretStr(""),
+        description="Pseudonymous mode: with a key, user ids are replaced by keyed hashes "
+        "(`p:<32 hex>`) before any state or output is written (RocksDB, changelog, output "
+        "topics); the shop maps its ids with the same key (`streams.client.Pseudonyms`). "
+        "Empty: user ids are stored as they are. Changing it orphans every profile.",
+    )
+    profile_ttl_days: float = Field(
+        90.0,
+        ge=0,
+        description="Profiles of users with no event (event time) for this many days are "
+        "deleted (changelog tombstones; 0 = kept until erased).",
+    )
+    erasure_marker_days: float = Field(
+        14.0,
+        gt=0,
+        description="How long an erased user's marker (a pseudonym and the erasure time) "
+        "is kept so that replayed older events cannot bring the user back; at least the "
+        "input topics' retention (`RECSTREAM_RETENTION_HOURS`).",
+    )
+    sweep_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often each worker looks for expired profiles and markers in the "
+        "partitions it owns.",
+    )
+
+
 class FeedbackConfig(ConfigGroup):
     """Online feedback: hits on recommended items (``recstream_recommendation_hits_total``)."""
 
@@ -258,6 +292,7 @@ class StreamConfig(ConfigGroup):
     web: WebConfig = Field(default_factory=WebConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    data_privacy: DataPrivacyConfig = Field(default_factory=DataPrivacyConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     store: str = Field(
         "rocksdb://",

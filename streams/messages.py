@@ -12,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "MAX_DEAD_LETTER_VALUE_BYTES",
     "DeadLetter",
+    "ErasureAudit",
     "RecommendedItem",
     "RecommendationMessage",
     "dead_letter_bytes",
+    "erasure_audit_bytes",
     "recommendation_bytes",
     "recommendation_dict",
 ]
@@ -89,6 +91,38 @@ def recommendation_dict(
         "event_ts": event_ts,
         "produced_ts": produced_ts,
     }
+
+
+class ErasureAudit(BaseModel):
+    """What the ``user-erasure-audit`` topic carries: one record per erasure done.
+
+    The key is the pseudonym. No user id: the pseudonym is a keyed hash (the
+    pseudonymous mode's key, else the logs' pseudonym key), so whoever holds the key
+    can check that a given user was erased, and nobody else can list the users.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: Literal[1] = 1
+    pseudonym: str = Field(description="Keyed hash of the user id, `p:<32 hex>`.")
+    erased_at: float = Field(description="When the worker erased the user, Unix seconds.")
+    requested_at: float | None = Field(description="When the erasure was asked, Unix seconds.")
+    profile_found: bool = Field(description="Whether a profile was there to delete.")
+
+
+def erasure_audit_bytes(
+    *, pseudonym: str, erased_at: float, requested_at: float | None, profile_found: bool
+) -> bytes:
+    """Serialise an :class:`ErasureAudit` record."""
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "pseudonym": pseudonym,
+            "erased_at": erased_at,
+            "requested_at": requested_at,
+            "profile_found": profile_found,
+        }
+    )
 
 
 class DeadLetter(BaseModel):

@@ -110,6 +110,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.erasures = Counter(
+            "recstream_erasures_total",
+            "Users erased on request (profile, latest list).",
+            registry=r,
+        )
+        self.profiles_expired = Counter(
+            "recstream_profiles_expired_total",
+            "Profiles of inactive users and old erasure markers deleted by the TTL sweep.",
+            registry=r,
+        )
+        self.events_of_erased_users = Counter(
+            "recstream_events_of_erased_users_total",
+            "Events dropped because their user was erased after the event's time.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "recstream_inference_batch_size",
             "Requests per inference call.",

@@ -1,9 +1,14 @@
-"""Keeping user ids out of logs.
+"""Keeping user ids out of logs, state and outputs.
 
 Metrics never carry user ids. Logs name a user only through a :class:`UserRefs`
 instance (called with the id), which by default returns a keyed hash, ``u:<12 hex>``:
 stable within a deployment (so one user's lines can be correlated) but not the id
 itself. With ``pseudonymize=False`` it returns the id unchanged.
+
+Pseudonymous mode (``RECSTREAM_PRIVACY_USER_KEY`` set): :class:`UserKeys` replaces
+every user id by :func:`pseudonym` before any state is written, so RocksDB, the
+changelog and the output topics hold ``p:<32 hex>`` instead; the shop computes the
+same pseudonyms of its own ids with the same key (:class:`streams.client.Pseudonyms`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["UserRefs"]
+__all__ = ["ERASED_PREFIX", "UserKeys", "UserRefs", "pseudonym"]
 
 
 class UserRefs:
@@ -35,3 +40,45 @@ class UserRefs:
         if not self.pseudonymize:
             return raw.decode(errors="replace")
         return "u:" + hmac.new(self._key, raw, hashlib.sha256).hexdigest()[:12]
+
+
+def pseudonym(user_id: str, key: str) -> str:
+    """The pseudonym of ``user_id`` under ``key``: ``p:`` + 32 hex of HMAC-SHA256.
+
+    128 bits: no two users of a shop share one. The same function maps a shop's own
+    user ids to what recstream stores (:class:`streams.client.Pseudonyms`).
+    """
+    digest = hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    return "p:" + digest[:32]
+
+
+#: Prefix of the erasure markers' keys in the profiles table.
+ERASED_PREFIX = "erased:"
+
+
+class UserKeys:
+    """What a user is called in state, outputs and the erasure audit.
+
+    Args:
+        state_key: the pseudonymisation key of state and outputs (empty: user ids are
+            stored as they are).
+        audit_key: the key of audit pseudonyms when ``state_key`` is empty (the logs'
+            pseudonym key).
+    """
+
+    def __init__(self, state_key: str, audit_key: str) -> None:
+        self.pseudonymous = bool(state_key)
+        self._state_key = state_key
+        self._audit_key = state_key or audit_key
+
+    def state(self, user_id: str) -> str:
+        """The key of the user's profile and outputs: the pseudonym, or the id itself."""
+        return pseudonym(user_id, self._state_key) if self.pseudonymous else user_id
+
+    def audit(self, user_id: str) -> str:
+        """The pseudonym recorded in the erasure audit (never the id)."""
+        return pseudonym(user_id, self._audit_key)
+
+    def marker(self, user_id: str) -> str:
+        """The table key remembering that the user was erased (no raw id in it)."""
+        return ERASED_PREFIX + self.audit(user_id)[2:]

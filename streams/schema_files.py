@@ -1,7 +1,7 @@
 """JSON Schema documents for every message recstream reads or writes.
 
-Generated from the pydantic models in :mod:`streams.events` and
-:mod:`streams.messages`; the committed copies under ``streams/schemas/`` are
+Generated from the pydantic models in :mod:`streams.events`, :mod:`streams.messages`
+and :mod:`streams.control`; the committed copies under ``streams/schemas/`` are
 checked against these by the test-suite, so they never drift.
 """
 
@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from streams.control import ErasureRequest
 from streams.events import BrowseEvent, ClickEvent, PurchaseEvent
-from streams.messages import DeadLetter, RecommendationMessage
+from streams.messages import DeadLetter, ErasureAudit, RecommendationMessage
 
 __all__ = ["SCHEMA_DIR", "json_schemas", "write_schemas"]
 
@@ -26,6 +27,8 @@ _MODELS: dict[str, type[BaseModel]] = {
     "purchase.v1": PurchaseEvent,
     "recommendation.v1": RecommendationMessage,
     "dead-letter.v1": DeadLetter,
+    "erasure-request.v1": ErasureRequest,
+    "erasure-audit.v1": ErasureAudit,
 }
 
 

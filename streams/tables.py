@@ -58,7 +58,11 @@ class ProfileTable(faust.Table[Any, Any]):
             return super().send_changelog(partition, key, value, key_serializer, value_serializer)
         topic = self.changelog_topic
         key_bytes, _ = topic.prepare_key(key, key_serializer or self.key_serializer)
-        value_bytes, _ = topic.prepare_value(value, value_serializer or self.value_serializer)
+        value_bytes = (
+            None  # a deleted key: the changelog tombstone
+            if value is None
+            else topic.prepare_value(value, value_serializer or self.value_serializer)[0]
+        )
         name = topic.get_topic_name()
         tp = TP(name, partition)
 

@@ -56,6 +56,16 @@ class TopicNames(BaseModel):
     dead_letter: str = Field(
         "events-dlq", min_length=1, description="Dead-letter topic for bad input."
     )
+    user_erasure: str = Field(
+        "user-erasure",
+        min_length=1,
+        description="Control topic: erasure requests (key = user; `recstream forget`).",
+    )
+    erasure_audit: str = Field(
+        "user-erasure-audit",
+        min_length=1,
+        description="Audit of erasures done (key = pseudonym; kept forever).",
+    )
 
     def inputs(self) -> dict[str, EventType]:
         """Input topic name -> the event type it carries."""
@@ -88,15 +98,25 @@ def required_topics(
 ) -> list[TopicSpec]:
     """Every topic a worker needs, with matching partition counts.
 
-    Input, output and dead-letter topics are time-retained; the table changelog and
+    Input, erasure request, output and dead-letter topics are time-retained, the
+    erasure audit is kept forever; the table changelog and
     ``recommendations-latest`` are compacted (the latest value per user, until a
     tombstone deletes it).
     """
     retained = {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
     specs = [
         TopicSpec(name, partitions, replication_factor, dict(retained))
-        for name in (*names.inputs(), names.recommendations, names.dead_letter)
+        for name in (*names.inputs(), names.user_erasure, names.recommendations, names.dead_letter)
     ]
+    # The audit of erasures holds pseudonyms and times only, and is kept forever.
+    specs.append(
+        TopicSpec(
+            names.erasure_audit,
+            partitions,
+            replication_factor,
+            {"cleanup.policy": "delete", "retention.ms": "-1"},
+        )
+    )
     specs.extend(
         TopicSpec(name, partitions, replication_factor, {"cleanup.policy": "compact"})
         for name in (changelog_topic(app_id), names.recommendations_latest)

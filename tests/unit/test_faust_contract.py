@@ -71,6 +71,8 @@ def test_4_rocksdb_store_keeps_one_database_per_partition_in_dbs() -> None:
 
     assert _faust.rocksdb_databases(FakeStore()) == ["db0", "db1"]
     assert _faust.rocksdb_databases(object()) == []
+    assert _faust.rocksdb_partitions(FakeStore()) == {0: "db0", 1: "db1"}
+    assert _faust.rocksdb_partitions(object()) == {}
 
 
 def test_5_table_manager_has_a_recovery_service_with_the_fields_readiness_reads() -> None:

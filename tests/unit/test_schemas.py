@@ -94,3 +94,23 @@ def test_schema_rejects_what_the_decoder_rejects() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
     assert isinstance(decode_event(EventType.PURCHASE, orjson.dumps(bad), now=NOW), InvalidEvent)
+
+
+def test_golden_control_and_audit_records_validate_and_round_trip() -> None:
+    from streams.control import ErasureRequest, decode_control, erasure_request_bytes
+    from streams.messages import ErasureAudit, erasure_audit_bytes
+
+    raw = (FIXTURES / "erasure-request.v1.json").read_bytes().strip()
+    jsonschema.validate(
+        orjson.loads(raw), json.loads((SCHEMA_DIR / "erasure-request.v1.json").read_text())
+    )
+    request = decode_control(raw, b"user-0042")
+    assert request == ErasureRequest(user_id="user-0042", requested_at=1795099990.5)
+    assert orjson.loads(erasure_request_bytes("user-0042", 1795099990.5)) == orjson.loads(raw)
+
+    audit = orjson.loads((FIXTURES / "erasure-audit.v1.json").read_bytes())
+    jsonschema.validate(audit, json.loads((SCHEMA_DIR / "erasure-audit.v1.json").read_text()))
+    model = ErasureAudit.model_validate(audit)
+    assert (
+        orjson.loads(erasure_audit_bytes(**model.model_dump(exclude={"schema_version"}))) == audit
+    )
