@@ -50,6 +50,7 @@ from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
 from streams.privacy import ERASED_PREFIX, UserKeys, UserRefs
 from streams.profile import Profile, apply_event, find_hit, remember_latest, remember_list
+from streams.rules import ItemRules, RulesConsumer, diversify
 from streams.tables import ProfileTable
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class Pipeline:
             config.privacy.pseudonym_key.get_secret_value(),
         )
         self.acks = InOrderAcks()
+        self.rules = ItemRules()
+        self._rules_task: asyncio.Future[None] | None = None
         # Events and erasure requests, co-partitioned by user id.
         self.input_topic = app.topic(
             *self._input_types, names.user_erasure, key_serializer="raw", value_serializer="raw"
@@ -291,14 +294,21 @@ class Pipeline:
                 req.arm = CONTROL if experiment is None else experiment[0].arm(req.decoded.user_id)
             groups.setdefault(req.arm, []).append(i)
         recs: list[Recommendation | None] = [None] * len(batch)
+        # The rules as read so far, for the whole batch: hidden items are masked by the
+        # model before its top-K (lists stay K long); categories cap the list after.
+        hidden = self.rules.hidden
+        top_k, cap = self.config.scoring.top_k, self.config.scoring.category_cap
+        categories = self.rules.categories if cap > 0 else {}
         for arm, indices in groups.items():
             arm_scorer = candidate if arm == CANDIDATE and candidate is not None else scorer
             started = time.perf_counter()
             results = arm_scorer.recommend(
                 [batch[i].history for i in indices],
-                [batch[i].exclude for i in indices],
-                self.config.scoring.top_k,
+                [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices],
+                top_k * 4 if categories else top_k,
             )
+            if categories:
+                results = [diversify(rec, categories, cap, top_k) for rec in results]
             elapsed = time.perf_counter() - started
             self.metrics.inference_seconds.observe(elapsed)
             self._stage_inference.inc(elapsed)
@@ -602,6 +612,52 @@ class Pipeline:
                 failed_at=time.time(),
             ),
             functools.partial(self._delivered, event),
+        )
+
+    def start_rules(self) -> None:
+        """Read the item rules in the background (every worker reads all of them)."""
+        consumer = RulesConsumer(
+            self.config.kafka.client_config(),
+            self.config.topics.item_rules,
+            self.rules,
+            self._dead_letter_rule,
+            self._rules_applied,
+        )
+        self._rules_task = asyncio.ensure_future(consumer.run())
+
+    def _rules_applied(self, applied: int) -> None:
+        self.metrics.item_rules_applied.inc(applied)
+        self.metrics.item_rules.labels("rules").set(len(self.rules))
+        self.metrics.item_rules.labels("hidden").set(len(self.rules.hidden))
+
+    def _dead_letter_rule(self, msg: Any, invalid: InvalidEvent) -> None:
+        """A record of the item-rules topic that is no rule: to the dead-letter topic."""
+        self.metrics.events_invalid.labels(invalid.code.value).inc()
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s: %s",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            invalid.code.value,
+            invalid.reason,
+        )
+        key, value = msg.key(), msg.value()
+        _kind, timestamp_ms = msg.timestamp()
+        self.output.produce(
+            self.config.topics.dead_letter,
+            key[:1024] if key else key,
+            dead_letter_bytes(
+                reason_code=invalid.code.value,
+                reason=invalid.reason,
+                topic=msg.topic() or "",
+                partition=msg.partition() or 0,
+                offset=msg.offset() or 0,
+                timestamp_ms=timestamp_ms if timestamp_ms > 0 else None,
+                key=key,
+                value=value,
+                failed_at=time.time(),
+            ),
+            lambda _offset: None,
         )
 
     def _delivered(self, event: EventT[Any], _offset: int) -> None:

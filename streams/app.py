@@ -180,6 +180,11 @@ def create_app(
         if requested:
             log.info("TTL sweep: %d expired profiles or markers to delete", requested)
 
+    async def read_item_rules() -> None:
+        app.pipeline.start_rules()
+
+    app.task(read_item_rules)
+
     sweep_interval = config.data_privacy.sweep_interval_s
     app.timer(sweep_interval)(sweep_expired)
 
@@ -191,6 +196,7 @@ def create_app(
             table=profiles,
             acks=app.pipeline.acks,
             max_unacked_age_s=config.web.max_unacked_age_s,
+            rules_loaded=lambda: app.pipeline.rules.loaded,
         )
         LookupApi(
             app,
@@ -199,7 +205,7 @@ def create_app(
             token=config.api.token.get_secret_value(),
             forward_timeout_s=config.api.forward_timeout_s,
             state_key=app.pipeline.state_key,
-            ready=lambda: is_ready(app),
+            ready=lambda: is_ready(app, lambda: app.pipeline.rules.loaded),
             metrics=metrics,
         ).register()
     return app

@@ -117,6 +117,13 @@ class ScoringConfig(ConfigGroup):
     max_wait_ms: float = Field(
         5.0, ge=0, description="Longest an event waits for its batch to fill."
     )
+    category_cap: int = Field(
+        0,
+        ge=0,
+        description="Most items of one category (from the item rules) in one list; 0 = no "
+        "cap. With a cap the model ranks 4 x top_k candidates; a list is shorter than "
+        "top_k only if those hold too few other categories.",
+    )
     inference_thread: bool = Field(
         True,
         description="Score batches in a thread, overlapping the stream (false: on the loop).",

@@ -110,6 +110,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.item_rules = Gauge(
+            "recstream_item_rules",
+            "Item rules read from the item-rules topic, and how many items they hide.",
+            ["kind"],
+            registry=r,
+        )
+        self.item_rules_applied = Counter(
+            "recstream_item_rules_applied_total",
+            "Item-rules records applied (a rule set or deleted).",
+            registry=r,
+        )
         self.erasures = Counter(
             "recstream_erasures_total",
             "Users erased on request (profile, latest list).",

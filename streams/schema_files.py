@@ -1,8 +1,8 @@
 """JSON Schema documents for every message recstream reads or writes.
 
-Generated from the pydantic models in :mod:`streams.events`, :mod:`streams.messages`
-and :mod:`streams.control`; the committed copies under ``streams/schemas/`` are
-checked against these by the test-suite, so they never drift.
+Generated from the pydantic models in :mod:`streams.events`, :mod:`streams.messages`,
+:mod:`streams.control` and :mod:`streams.rules`; the committed copies under
+``streams/schemas/`` are checked against these by the test-suite, so they never drift.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from streams.control import ErasureRequest
 from streams.events import BrowseEvent, ClickEvent, PurchaseEvent
 from streams.messages import DeadLetter, ErasureAudit, RecommendationMessage
+from streams.rules import ItemRule
 
 __all__ = ["SCHEMA_DIR", "json_schemas", "write_schemas"]
 
@@ -29,6 +30,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "dead-letter.v1": DeadLetter,
     "erasure-request.v1": ErasureRequest,
     "erasure-audit.v1": ErasureAudit,
+    "item-rule.v1": ItemRule,
 }
 
 

@@ -56,6 +56,12 @@ class TopicNames(BaseModel):
     dead_letter: str = Field(
         "events-dlq", min_length=1, description="Dead-letter topic for bad input."
     )
+    item_rules: str = Field(
+        "item-rules",
+        min_length=1,
+        description="Compacted input: availability, blocklist and category per item "
+        "(key = item id; every worker reads all of it).",
+    )
     user_erasure: str = Field(
         "user-erasure",
         min_length=1,
@@ -119,6 +125,6 @@ def required_topics(
     )
     specs.extend(
         TopicSpec(name, partitions, replication_factor, {"cleanup.policy": "compact"})
-        for name in (changelog_topic(app_id), names.recommendations_latest)
+        for name in (changelog_topic(app_id), names.recommendations_latest, names.item_rules)
     )
     return specs

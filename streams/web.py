@@ -5,6 +5,7 @@ The lookup API (``/users/...``) is in :mod:`streams.api`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -17,11 +18,13 @@ from streams.metrics import Metrics
 __all__ = ["is_ready", "liveness", "register_web"]
 
 
-def is_ready(app: faust.App) -> bool:
-    """Ready = partitions assigned, not rebalancing, and table recovery finished."""
+def is_ready(app: faust.App, rules_loaded: Callable[[], bool] = lambda: True) -> bool:
+    """Ready = partitions assigned, not rebalancing, table recovery finished, and the
+    item rules read (``rules_loaded``)."""
     recovery = table_recovery(app)
     return bool(
-        app.consumer.assignment()
+        rules_loaded()
+        and app.consumer.assignment()
         and not app.rebalancing
         and not recovery.in_recovery
         and recovery.completed.is_set()
@@ -57,6 +60,7 @@ def register_web(
     table: Any = None,
     acks: InOrderAcks | None = None,
     max_unacked_age_s: float = 300.0,
+    rules_loaded: Callable[[], bool] = lambda: True,
 ) -> None:
     """Add the health and metrics pages to the app's web server.
 
@@ -68,13 +72,14 @@ def register_web(
         acks: the pipeline's acks; the age of its oldest unacked event is exported,
             and ``/healthz`` fails once it exceeds ``max_unacked_age_s``.
         max_unacked_age_s: liveness bound on the oldest unacked event's age.
+        rules_loaded: whether the item rules were read (a readiness condition).
 
     These pages carry no user data and need no token; the lookup API
     (:mod:`streams.api`) does.
     """
 
     async def refresh_gauges() -> None:
-        metrics.ready.set(1 if is_ready(app) else 0)
+        metrics.ready.set(1 if is_ready(app, rules_loaded) else 0)
         recovery = table_recovery(app)
         if acks is not None:
             metrics.events_unacked.set(acks.pending)
@@ -115,7 +120,7 @@ def register_web(
 
     @app.page("/readyz")
     async def readyz(self: Any, request: Any) -> Any:
-        ready = is_ready(app)
+        ready = is_ready(app, rules_loaded)
         metrics.ready.set(1 if ready else 0)
         return self.json(
             {"ready": ready, "recovering": bool(app.in_recovery)},

@@ -114,3 +114,13 @@ def test_golden_control_and_audit_records_validate_and_round_trip() -> None:
     assert (
         orjson.loads(erasure_audit_bytes(**model.model_dump(exclude={"schema_version"}))) == audit
     )
+
+
+def test_golden_item_rule_validates_and_decodes() -> None:
+    from streams.rules import ItemRule, decode_rule
+
+    raw = (FIXTURES / "item-rule.v1.json").read_bytes().strip()
+    schema = json.loads((SCHEMA_DIR / "item-rule.v1.json").read_text())
+    jsonschema.validate(orjson.loads(raw), schema)
+    assert decode_rule(b"sku-00001", raw) == ItemRule(category="lipstick")
+    jsonschema.validate({"blocked": True}, schema)  # every field has a default

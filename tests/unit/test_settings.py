@@ -58,10 +58,12 @@ def test_topic_specs_are_co_partitioned_and_changelog_is_compacted() -> None:
         "events-dlq",
         "user-erasure",
         "user-erasure-audit",
+        "item-rules",
         "shop-profiles-changelog",
     }
     assert names["shop-profiles-changelog"].config["cleanup.policy"] == "compact"
     assert names["recommendations-latest"].config == {"cleanup.policy": "compact"}
+    assert names["item-rules"].config == {"cleanup.policy": "compact"}
     # Erasure requests expire like events; the audit of erasures is kept forever.
     assert names["user-erasure"].config == names["clicks"].config
     assert names["user-erasure-audit"].config == {"cleanup.policy": "delete", "retention.ms": "-1"}

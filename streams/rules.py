@@ -1,0 +1,231 @@
+"""Business rules on items: availability, a blocklist and categories for a diversity cap.
+
+The merchandiser's rules arrive on the compacted ``item-rules`` topic: key = item id,
+value :class:`ItemRule` (``{"available": false}``, ``{"blocked": true}``,
+``{"category": "lipstick"}``...), a tombstone (no value) deletes the item's rule.
+
+Rules are keyed by item, events by user, so the two cannot be co-partitioned: every
+worker needs every rule. Each worker therefore reads the whole topic itself (a
+broadcast consumer: every partition assigned from offset 0, no consumer group, nothing
+committed) into an in-memory :class:`ItemRules`, and is not ready (``/readyz``) before
+it has read up to the end offsets it found at start. A rule takes effect from the next
+scored batch after it is read: unavailable and blocked items join each request's
+``exclude`` set, which the model masks before its top-K, so a list stays K long.
+
+A record that is not a valid rule goes to the dead-letter topic with its reason; the
+worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.scorer import Recommendation
+from streams.events import InvalidEvent, ReasonCode
+
+__all__ = ["ItemRule", "ItemRules", "RulesConsumer", "decode_rule", "diversify"]
+
+log = logging.getLogger("recstream.rules")
+
+#: Rules are small; anything bigger is not one.
+MAX_RULE_BYTES = 4096
+
+
+class ItemRule(BaseModel):
+    """The value of an ``item-rules`` record (key = item id)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = 1
+    available: bool = Field(True, description="False: out of stock, never recommended.")
+    blocked: bool = Field(False, description="True: banned by the merchandiser, never recommended.")
+    category: str | None = Field(
+        None, max_length=256, description="Category, for the per-list diversity cap."
+    )
+
+    @property
+    def hidden(self) -> bool:
+        """Whether the item may not appear in any list."""
+        return self.blocked or not self.available
+
+
+def decode_rule(key: bytes | None, value: bytes | None) -> ItemRule | None | InvalidEvent:
+    """Validate an ``item-rules`` record: the rule, ``None`` (a tombstone), or why not."""
+    if not key:
+        return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason="a rule needs an item id key")
+    if value is None:
+        return None
+    if len(value) > MAX_RULE_BYTES:
+        return InvalidEvent(code=ReasonCode.TOO_LARGE, reason=f"rule is {len(value)} bytes")
+    try:
+        key.decode("utf-8")
+        doc = orjson.loads(value)
+    except (UnicodeDecodeError, orjson.JSONDecodeError):
+        return InvalidEvent(code=ReasonCode.INVALID_JSON, reason="rule is not UTF-8 JSON")
+    if not isinstance(doc, dict):
+        return InvalidEvent(code=ReasonCode.NOT_AN_OBJECT, reason="rule is no JSON object")
+    try:
+        return ItemRule.model_validate(doc, strict=True)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "value" for e in exc.errors())
+        return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=f"invalid fields: {fields}")
+
+
+class ItemRules:
+    """The current rules of every item, as read so far.
+
+    ``hidden`` and ``categories`` are replaced (never mutated) on change, so the
+    inference thread can read them without a lock.
+    """
+
+    def __init__(self) -> None:
+        self._rules: dict[str, ItemRule] = {}
+        self.hidden: frozenset[str] = frozenset()
+        self.categories: dict[str, str] = {}
+        #: True once every partition was read up to its end offset at start.
+        self.loaded = False
+
+    def apply(self, item: str, rule: ItemRule | None) -> None:
+        """Set (or, with ``None``, delete) an item's rule."""
+        old = self._rules.pop(item, None)
+        if rule is not None:
+            self._rules[item] = rule
+        if (old is not None and old.hidden) != (rule is not None and rule.hidden):
+            self.hidden = frozenset(i for i, r in self._rules.items() if r.hidden)
+        old_category = old.category if old is not None else None
+        new_category = rule.category if rule is not None else None
+        if old_category != new_category:
+            categories = dict(self.categories)
+            if new_category is None:
+                categories.pop(item, None)
+            else:
+                categories[item] = new_category
+            self.categories = categories
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+
+def diversify(rec: Recommendation, categories: dict[str, str], cap: int, k: int) -> Recommendation:
+    """Keep at most ``cap`` items of one category, best first, up to ``k`` items.
+
+    Items without a category are not capped. The list is shorter than ``k`` only when
+    the candidates do not hold enough items of other categories.
+    """
+    taken: dict[str, int] = {}
+    items = []
+    for item, score in rec.items:
+        category = categories.get(item)
+        if category is not None:
+            if taken.get(category, 0) >= cap:
+                continue
+            taken[category] = taken.get(category, 0) + 1
+        items.append((item, score))
+        if len(items) == k:
+            break
+    return Recommendation(items=items, strategy=rec.strategy)
+
+
+class RulesConsumer:
+    """Reads the whole ``item-rules`` topic into :class:`ItemRules`, then follows it.
+
+    Args:
+        client_config: librdkafka connection settings.
+        topic: the rules topic.
+        rules: where the rules go.
+        dead_letter: ``(message, invalid)`` for a record that is no valid rule.
+        on_applied: called with the number of records applied per poll (metrics).
+    """
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        topic: str,
+        rules: ItemRules,
+        dead_letter: Callable[[Message, InvalidEvent], None],
+        on_applied: Callable[[int], None] = lambda _n: None,
+    ) -> None:
+        self.topic = topic
+        self.rules = rules
+        self._dead_letter = dead_letter
+        self._on_applied = on_applied
+        self._consumer = Consumer(
+            {
+                **client_config,
+                "group.id": f"recstream-rules-{uuid.uuid4().hex[:8]}",  # never joins
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self._ends: dict[int, int] = {}
+
+    def _assign(self) -> None:
+        meta = self._consumer.list_topics(self.topic, timeout=30)
+        partitions = sorted(meta.topics[self.topic].partitions)
+        for p in partitions:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=30
+            )
+            if high > 0:
+                self._ends[p] = high
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.rules.loaded = not self._ends
+
+    def _poll(self) -> list[Message]:
+        return list(self._consumer.consume(500, 0.2))
+
+    def handle(self, messages: Sequence[Message]) -> int:
+        """Apply a batch of records; returns how many rules changed."""
+        applied = 0
+        for msg in messages:
+            if msg.error():
+                continue
+            decoded = decode_rule(msg.key(), msg.value())
+            if isinstance(decoded, InvalidEvent):
+                self._dead_letter(msg, decoded)
+            else:
+                self.rules.apply((msg.key() or b"").decode(), decoded)
+                applied += 1
+            partition, offset = msg.partition(), msg.offset()
+            if (
+                partition is not None
+                and offset is not None
+                and self._ends.get(partition, 0) <= offset + 1
+            ):
+                self._ends.pop(partition, None)
+        if not self.rules.loaded and not self._ends:
+            self.rules.loaded = True
+            log.info(
+                "item rules loaded: %d rules, %d items hidden",
+                len(self.rules),
+                len(self.rules.hidden),
+            )
+        return applied
+
+    async def run(self) -> None:
+        """Consume until cancelled (polls in a thread; rules change on the loop)."""
+        assigned = False
+        while True:
+            try:
+                if not assigned:
+                    await asyncio.to_thread(self._assign)
+                    assigned = True
+                messages = await asyncio.to_thread(self._poll)
+                if messages:
+                    self._on_applied(self.handle(messages))
+            except Exception:  # never let the rules stop the worker
+                log.exception("reading the item rules failed; retrying in 5 s")
+                await asyncio.sleep(5)
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()
