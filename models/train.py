@@ -254,6 +254,27 @@ def train_model(
         best_state: dict[str, torch.Tensor] | None = None
         bad_evals = 0
 
+        def assemble() -> TrainedModel:
+            """The run so far (the checkpoint of an epoch, or the result at the end)."""
+            return _assemble(
+                model,
+                vocab,
+                popularity,
+                config,
+                epochs,
+                t0,
+                data,
+                timelines,
+                windows,
+                fingerprint,
+                best_epoch,
+                stop_reason,
+                recent,
+                attr_names,
+                lineage,
+                device=device,
+            )
+
         def validate() -> dict[str, float]:
             assert valid is not None  # only called with validation cases
             report = evaluate_ranker(ranker, valid, vocab.index, ks=(10,))
@@ -294,24 +315,7 @@ def train_model(
                 best_epoch = epoch
                 stop = trainer.should_stop(stats)
             if checkpoint_dir is not None:
-                partial = _assemble(
-                    model,
-                    vocab,
-                    popularity,
-                    config,
-                    epochs,
-                    t0,
-                    data,
-                    timelines,
-                    windows,
-                    fingerprint,
-                    best_epoch,
-                    stop_reason,
-                    recent,
-                    attr_names,
-                    lineage,
-                    device=device,
-                )
+                partial = assemble()
                 save_checkpoint(partial, Path(checkpoint_dir) / "last.pt")
                 if best_epoch == epoch:
                     save_checkpoint(partial, Path(checkpoint_dir) / "best.pt")
@@ -330,24 +334,7 @@ def train_model(
             torch.set_num_threads(previous_threads)
 
     model = model.to("cpu").eval()
-    return _assemble(
-        model,
-        vocab,
-        popularity,
-        config,
-        epochs,
-        t0,
-        data,
-        timelines,
-        windows,
-        fingerprint,
-        best_epoch,
-        stop_reason,
-        recent,
-        attr_names,
-        lineage,
-        device=device,
-    )
+    return assemble()
 
 
 def _snapshot(model: Recommender) -> dict[str, torch.Tensor]:
