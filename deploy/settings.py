@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -94,6 +94,18 @@ class Settings(BaseSettings):
         options = {k: v for k, v in values.items() if k.startswith("_")}
         flat = {k: v for k, v in values.items() if not k.startswith("_")}
         super().__init__(**options, **_nest(flat))
+
+    @model_validator(mode="after")
+    def _erasure_markers_outlive_the_inputs(self) -> Settings:
+        # An erased user's marker keeps replayed older events out; once it is gone, an
+        # event still in an input topic could bring the user back.
+        marker_hours = self.stream.data_privacy.erasure_marker_days * 24
+        if marker_hours < self.retention_hours:
+            raise ValueError(
+                f"RECSTREAM_PRIVACY_ERASURE_MARKER_DAYS ({marker_hours / 24:g} days) must be at "
+                f"least the input retention RECSTREAM_RETENTION_HOURS ({self.retention_hours} h)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

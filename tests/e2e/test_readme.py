@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from deploy.lab.scratch import FAST_GROUP_SETTINGS, WorkerProcess
+from deploy.lab.scratch import FAST_GROUP_SETTINGS, WorkerProcess, settings_env
 
 pytestmark = pytest.mark.e2e
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def readme_examples() -> dict[str, str]:
-    pattern = re.compile(r"<!-- readme-test: (\w+) -->\s*```python\n(.*?)```", re.S)
+def readme_examples(language: str = "python") -> dict[str, str]:
+    pattern = re.compile(rf"<!-- readme-test: (\w+) -->\s*```{language}\n(.*?)```", re.S)
     return {name: code for name, code in pattern.findall(README.read_text())}
 
 
 def test_readme_has_the_examples() -> None:
-    assert set(readme_examples()) == {"producer", "consumer", "asyncio"}
+    assert set(readme_examples()) == {"producer", "consumer", "asyncio", "rules"}
+    assert set(readme_examples("bash")) == {"lookup", "forget"}
 
 
 def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -> None:
@@ -74,5 +77,47 @@ def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -
         )
         assert asyncio_run.returncode == 0, asyncio_run.stderr.decode()
         assert asyncio_run.stdout.decode().startswith("dave ")
+
+        # The lookup API, with the README's curl lines against this worker.
+        shell = readme_examples("bash")
+        port = str(worker.settings.stream.web.port)
+        env["RECSTREAM_API_TOKEN"] = worker.settings.stream.api.token.get_secret_value()
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+
+        def bash(name: str) -> list[str]:
+            script = shell[name].replace("localhost:6066", f"127.0.0.1:{port}")
+            done = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", script],
+                env={**env, **settings_env(kafka_bootstrap_servers=cli_broker, partitions=2)},
+                capture_output=True,
+                timeout=90,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr.decode()[-2000:]
+            return done.stdout.decode().splitlines()
+
+        rec, profile, denied = bash("lookup")
+        assert json.loads(rec)["user_id"] == "carol" and json.loads(rec)["items"]
+        assert json.loads(profile)["profile"]["purchased"][0][0] == "sku-00005"
+        assert denied == '{"error":"unauthorized"} 401'
+
+        # Item rules: both read (one deleted again), the worker still serving.
+        rules = subprocess.run(
+            [sys.executable, "-c", examples["rules"]],
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert rules.returncode == 0, rules.stderr.decode()
+        deadline = time.monotonic() + 30
+        while "recstream_item_rules_applied_total 3.0" not in worker.metrics_text():
+            assert time.monotonic() < deadline, "the README's rules were not read"
+            time.sleep(0.2)
+        assert 'recstream_item_rules{kind="hidden"} 1.0' in worker.metrics_text()
+
+        *audit, gone = bash("forget")
+        assert json.loads(audit[-1])["profile_found"] is True
+        assert gone == '{"error":"not_found"} 404'
     finally:
         worker.stop()

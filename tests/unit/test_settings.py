@@ -158,3 +158,10 @@ def test_unknown_recstream_variables_are_named_with_close_matches() -> None:
     }
     [unknown] = Settings.unknown_env(env)
     assert unknown.startswith("RECSTREAM_MAX_BACH (did you mean RECSTREAM_MAX_BATCH")
+
+
+def test_erasure_markers_must_outlive_the_input_retention() -> None:
+    assert Settings(retention_hours=14 * 24).stream.data_privacy.erasure_marker_days == 14
+    with pytest.raises(ValueError, match="ERASURE_MARKER_DAYS"):
+        Settings(retention_hours=15 * 24)
+    Settings(retention_hours=30 * 24, privacy_erasure_marker_days=30)
