@@ -159,6 +159,8 @@ class LookupApi:
             return view.json({"error": "not_ready"}, status=503), "not_ready"
         raw = self.profiles.get(self._state_key(user_id))
         document = orjson.loads(raw) if raw else None
+        if document is not None and "erased_at" in document:
+            document = None  # an erasure marker (key ``erased:...``) is no profile
         if what == "profile":
             if document is None:
                 return view.json({"error": "not_found"}, status=404), "not_found"

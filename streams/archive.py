@@ -55,6 +55,7 @@ from prometheus_client import Counter as PromCounter
 
 from streams.config import StreamConfig
 from streams.events import BrowseEvent, Event, EventType, InvalidEvent, PurchaseEvent, decode_event
+from streams.privacy import UserKeys
 
 __all__ = [
     "COMPRESSION",
@@ -187,12 +188,17 @@ def remove_expired(root: Path, retention_days: int, now: float | None = None) ->
     return removed
 
 
-def event_row(event: Event, topic: str, partition: int, offset: int) -> dict[str, Any]:
-    """One archive row (:data:`SCHEMA`) of an accepted event."""
+def event_row(
+    event: Event, topic: str, partition: int, offset: int, user_id: str | None = None
+) -> dict[str, Any]:
+    """One archive row (:data:`SCHEMA`) of an accepted event.
+
+    ``user_id`` replaces the event's (the pseudonym, in pseudonymous mode).
+    """
     purchase = event if isinstance(event, PurchaseEvent) else None
     return {
         "event_id": event.event_id,
-        "user_id": event.user_id,
+        "user_id": event.user_id if user_id is None else user_id,
         "item_id": event.item_id,
         "event_type": event.event_type.value,
         "ts": event.ts,
@@ -320,6 +326,8 @@ class ArchiveWriter:
         max_buffered: rows buffered over all open parts at most; past it the largest
             part is written at once (bounds memory when catching up on many partitions).
         metrics: counters to feed (optional).
+        user_key: maps each user id to the id the archive stores (pseudonymous mode:
+            its pseudonym); ``None`` keeps the id.
     """
 
     def __init__(
@@ -331,9 +339,11 @@ class ArchiveWriter:
         flush_interval_s: float,
         max_buffered: int = 200_000,
         metrics: ArchiverMetrics | None = None,
+        user_key: Callable[[str], str] | None = None,
     ) -> None:
         self.root = root
         self.inputs = dict(inputs)
+        self._user_key = user_key
         self.flush_records = flush_records
         self.flush_interval_s = flush_interval_s
         self.max_buffered = max_buffered
@@ -408,7 +418,8 @@ class ArchiveWriter:
         if not part.rows:
             part.day = day
             part.opened = time.monotonic()
-        part.rows.append(event_row(decoded, topic, partition, offset))
+        user = None if self._user_key is None else self._user_key(decoded.user_id)
+        part.rows.append(event_row(decoded, topic, partition, offset, user))
         self.buffered += 1
         part.position = offset + 1
         if len(part.rows) >= self.flush_records:
@@ -499,6 +510,14 @@ class Archiver:
             flush_interval_s=flush_interval_s,
             max_buffered=max_buffered,
             metrics=metrics,
+            # Pseudonymous mode reaches the archive too: the training log then holds
+            # the same pseudonyms as the profiles.
+            user_key=UserKeys(
+                stream.data_privacy.user_key.get_secret_value(),
+                stream.privacy.pseudonym_key.get_secret_value(),
+            ).state
+            if stream.data_privacy.user_key.get_secret_value()
+            else None,
         )
         self.group_id = f"{stream.app_id}-archiver"
         self._consumer: Consumer | None = None

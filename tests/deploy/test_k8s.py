@@ -414,3 +414,17 @@ def test_real_kustomize_agrees(overlay):
         )
 
     assert normal(real) == normal(resources)
+
+
+def test_workers_and_archiver_share_the_pseudonymous_mode_key(overlay):
+    _, resources = overlay
+    archiver = next(
+        c
+        for r in resources
+        if r["kind"] == "Deployment" and "archive" in r["metadata"]["name"]
+        for c in containers(r)
+    )
+    for container in (worker(resources), archiver):
+        env = {v["name"]: v for v in container["env"]}
+        ref = env["RECSTREAM_PRIVACY_USER_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "recstream-pseudonym-key", "key": "user-key"}

@@ -153,6 +153,9 @@ def test_forget_erases_a_user_for_good_across_restore_and_replay(
     restored = deployment.start_worker()
     assert restored.lookup(f"/users/{gone}/profile") == (404, {"error": "not_found"})
     assert restored.lookup(f"/users/{gone}/recommendations")[0] == 404
+    # The erasure marker (restored too: it keeps replays out) is no profile to look up.
+    marker = UserKeys("", "recstream").marker(gone)
+    assert restored.lookup(f"/users/{marker}/profile") == (404, {"error": "not_found"})
     assert restored.lookup(f"/users/{kept}/profile") == (200, kept_before)
     assert metric(restored, "recstream_erasures_total") == 0  # nothing erased twice
     assert restored.proc is not None and restored.proc.poll() is None

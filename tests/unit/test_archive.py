@@ -185,3 +185,15 @@ def test_buffered_rows_are_bounded_over_all_partitions(tmp_path: Path) -> None:
     w.flush_all()
     assert w.buffered == 0 and w.stats.archived == 11
     assert len(rows(tmp_path)) == 11
+
+
+def test_pseudonymous_mode_archives_pseudonyms_not_user_ids(tmp_path: Path) -> None:
+    from streams.privacy import UserKeys
+
+    keys = UserKeys("shop-key", "log-key")
+    w = writer(tmp_path, user_key=keys.state)
+    w.add("clicks-x", 0, 0, b"alice", click(1, user="alice"))
+    w.flush_all()
+    [row] = rows(tmp_path)
+    assert row["user_id"] == keys.state("alice") != "alice"
+    assert not any(b"alice" in p.read_bytes() for p in tmp_path.rglob("*.parquet"))
