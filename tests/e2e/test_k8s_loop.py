@@ -46,6 +46,10 @@ OVERLAY = ROOT / "k8s" / "overlays" / "cpu"
 DAY = 86_400.0
 
 
+#: aiokafka's log line for the mock cluster's spurious SyncGroup error.
+MOCK_SYNC_GROUP_ERROR = "Unexpected error from SyncGroup: [Error 42] InvalidRequestError"
+
+
 def shop_events(now: float) -> list[Event]:
     """A synthetic shop's events, shifted to end an hour ago (several UTC days)."""
     shop = generate_shop(n_items=120, n_users=160, sessions_per_user=(3, 5), seed=11)
@@ -154,13 +158,13 @@ def test_the_shipped_loop_runs_from_the_manifests(tmp_path: Path) -> None:
 
         # 3. Workers and the archiver, as the StatefulSet and the Deployment run them.
         urls = []
+        starts = []
         for w in workers:
             port = free_port()
             urls.append(f"http://127.0.0.1:{port}")
-            w.start(
-                tmp_path / "logs" / f"worker-{w.replica}.log",
-                overrides={**local, "RECSTREAM_WEB_PORT": str(port)},
-            )
+            log = tmp_path / "logs" / f"worker-{w.replica}.log"
+            starts.append((w, log, {**local, "RECSTREAM_WEB_PORT": str(port)}))
+            w.start(log, overrides=starts[-1][2])
         archiver.start(
             tmp_path / "logs" / "archiver.log",
             overrides={**local, "RECSTREAM_ARCHIVE_METRICS_PORT": str(free_port())},
@@ -169,6 +173,16 @@ def test_the_shipped_loop_runs_from_the_manifests(tmp_path: Path) -> None:
         # a few times before it settles (each worker is ready only between rebalances),
         # so wait for a serving worker; every event must be answered below anyway.
         wait(lambda: any(ready(u) for u in urls), 180, "a worker ready", workers)
+        # The embedded broker (librdkafka's mock cluster) sometimes answers a joining
+        # member's SyncGroup with INVALID_REQUEST when the leader synced first; aiokafka
+        # treats it as fatal and that worker never consumes. Not what this test is
+        # about (a real broker keeps the assignment for the late member): restart it.
+        time.sleep(5)
+        for w, log, overrides in starts:
+            if MOCK_SYNC_GROUP_ERROR in log.read_text(errors="replace"):
+                w.stop()
+                w.start(log.with_suffix(".restart.log"), overrides=overrides)
+                wait(lambda: any(ready(u) for u in urls), 180, "a worker ready", workers)
 
         # 4. Events in; a recommendation for each; the archive holds them all.
         client = settings.client_config()
