@@ -144,6 +144,13 @@ def train(
             "(sasrec: the causal transformer)."
         ),
     ] = "sasrec",
+    repeat_head: Annotated[
+        bool,
+        typer.Option(
+            help="Train the repeat-aware head: a learned bias on the scores of items already "
+            "in the history (decides when to show an item again; see models/repeat.py)."
+        ),
+    ] = True,
     negatives: Annotated[
         int, typer.Option(help="0 = full softmax CE; N = sampled softmax with N negatives.")
     ] = 0,
@@ -271,6 +278,7 @@ def train(
         cfg = parent.config
         inherited: dict[str, object] = {
             "arch": cfg.arch,
+            "repeat_head": cfg.repeat_head,
             "max_len": cfg.max_len,
             "dim": cfg.dim,
             "layers": cfg.n_layers,
@@ -280,6 +288,7 @@ def train(
         }
         given: dict[str, object] = {
             "arch": arch,
+            "repeat_head": repeat_head,
             "max_len": max_len,
             "dim": dim,
             "layers": layers,
@@ -296,7 +305,7 @@ def train(
             raise typer.BadParameter(
                 "a warm start keeps the parent's architecture: " + ", ".join(clashes)
             )
-        arch = cfg.arch
+        arch, repeat_head = cfg.arch, cfg.repeat_head
         max_len, dim, layers, heads = cfg.max_len, cfg.dim, cfg.n_layers, cfg.n_heads
         similarity, temperature = cfg.similarity, cfg.temperature
         console.print(
@@ -341,6 +350,7 @@ def train(
     )
     config = TrainConfig(
         arch=arch,
+        repeat_head=repeat_head,
         max_len=max_len,
         dim=dim,
         n_layers=layers,
@@ -750,10 +760,13 @@ def _command() -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``evaluate``, ``export`` and ``models`` to the ``recstream`` app."""
+    """Add ``train``, ``evaluate``, ``export``, ``tune`` and ``models`` to the ``recstream`` app."""
     app.command()(train)
     app.command()(evaluate)
     app.command()(export)
+    from deploy.tune_cli import tune
+
+    app.command()(tune)
     app.add_typer(models_app, name="models")
     from deploy.experiment_cli import experiment_app
 

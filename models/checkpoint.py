@@ -77,7 +77,8 @@ def load_checkpoint(path: Path) -> TrainedModel:
         path = path / "best.pt"
     payload = torch.load(path, map_location="cpu", weights_only=True)
     # Checkpoints written before cosine scoring existed (and became the default) are dot.
-    config = TrainConfig(**{"similarity": "dot", **payload["config"]})
+    # ... and those written before the repeat-aware head existed have none.
+    config = TrainConfig(**{"similarity": "dot", "repeat_head": False, **payload["config"]})
     arch = payload["arch"]
     vocab = ItemVocab(tuple(payload["vocab"]))
     n = len(vocab)

@@ -62,6 +62,10 @@ class TrainConfig:
         arch: Sequence-encoder architecture, a name registered in `models.architectures`
             (default: "sasrec", the causal transformer; checkpoints written before the
             setting existed are "sasrec").
+        repeat_head: Train the repeat-aware head (`models.repeat`): a learned bias on the
+            logits of items already in the history, so the model decides when to show
+            an item again (default on: it wins on both benchmark datasets, see
+            docs/BENCHMARKS.md; checkpoints written before the setting existed have none).
     """
 
     max_len: int = 50
@@ -89,6 +93,7 @@ class TrainConfig:
     similarity: str = "cosine"
     temperature: float = 0.07
     arch: str = DEFAULT_ARCH
+    repeat_head: bool = True
 
     def __post_init__(self) -> None:
         if self.max_len < 2:

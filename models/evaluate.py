@@ -119,12 +119,11 @@ def rank_with_model(
         enc = encode_histories(
             histories[start : start + batch_size], trained.vocab.index, trained.config.max_len
         )
-        hidden = model.encode_last(
+        scores = model.last_scores(
             torch.from_numpy(enc.item_seq),
             torch.from_numpy(enc.type_seq),
             torch.from_numpy(enc.channel_seq),
         )
-        scores = model.item_logits(hidden)
         scores[:, 0] = MASKED_SCORE
         top = torch.topk(scores, min(k, trained.vocab.n_items), dim=1).indices.numpy()
         for row, known in enumerate(enc.has_known):
@@ -174,7 +173,6 @@ class ModuleRanker:
             torch.from_numpy(a).to(device)
             for a in (batch.item_seq, batch.type_seq, batch.channel_seq)
         ]
-        hidden = self.module.encode_last(*tensors)
-        scores = self.module.item_logits(hidden).float().cpu().numpy()
+        scores = self.module.last_scores(*tensors).float().cpu().numpy()
         self.module.train(was_training)
         return scores

@@ -165,6 +165,7 @@ def export_onnx(
         similarity=cfg.similarity,
         temperature=cfg.temperature if cfg.similarity == "cosine" else 1.0,
         arch=cfg.arch,
+        repeat_head=cfg.repeat_head,
     )
     meta.validate()
 
@@ -265,11 +266,13 @@ def convert_variant(src: Path, dst: Path, variant: Precision) -> Path:
 
         model = onnx.load(str(src))
         # Keep the ops that carry the -1e9 mask / do the final ranking in fp32: the mask
-        # constant overflows fp16 and TopK on -inf ties is not worth the risk.
+        # constant overflows fp16 and TopK on -inf ties is not worth the risk. The
+        # ScatterElements ops (exclusions; the repeat head's add) stay fp32 too:
+        # onnxruntime's CPU provider has no fp16 kernel for a scatter with reduction.
         half = convert_float_to_float16(
             model,
             keep_io_types=True,
-            op_block_list=["TopK"],
+            op_block_list=["TopK", "ScatterElements"],
         )
         _toposort(half.graph)  # the converter appends its Cast nodes at the end
         onnx.save(half, str(dst))

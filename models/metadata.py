@@ -128,6 +128,8 @@ class ModelMetadata:
         arch: The sequence encoder's architecture (`models.architectures`; files
             written before the field existed are `DEFAULT_ARCH`). Informational: the
             graph's inputs and outputs are the same for every architecture.
+        repeat_head: Whether the graph scores history items with the repeat-aware head
+            (`models.repeat`); the worker's ``model`` history policy needs it.
     """
 
     model_version: str
@@ -153,6 +155,7 @@ class ModelMetadata:
     similarity: str = "dot"
     temperature: float = 1.0
     arch: str = DEFAULT_ARCH
+    repeat_head: bool = False
 
     @property
     def n_items(self) -> int:

@@ -22,6 +22,7 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import MASKED_SCORE, SIMILARITIES
+from models.repeat import RepeatHead
 
 __all__ = ["Recommender", "ServingRecommender"]
 
@@ -52,6 +53,8 @@ class Recommender(nn.Module, ABC):
             what lets items without interactions be scored (see `models.content`).
         similarity: Output scoring, one of `SIMILARITIES`.
         temperature: With ``similarity="cosine"``: logits are cosine / temperature.
+        repeat_head: Add the repeat-aware head (`models.repeat.RepeatHead`): a learned
+            bias on the logits of the items already in the history.
     """
 
     #: Registry name, set by `models.architectures.register_architecture`.
@@ -73,6 +76,7 @@ class Recommender(nn.Module, ABC):
         item_content: Tensor | None = None,
         similarity: str = "cosine",
         temperature: float = 0.07,
+        repeat_head: bool = False,
     ) -> None:
         super().__init__()
         if n_items < 1 or max_len < 1:
@@ -113,6 +117,8 @@ class Recommender(nn.Module, ABC):
             self.register_buffer("item_content", item_content.float())
         else:
             self.item_content = None
+        # Registered last: a seed initialises every other parameter as without the head.
+        self.repeat_head = RepeatHead(dim, max_len) if repeat_head else None
         self._init_weights()
 
     @abstractmethod
@@ -221,6 +227,31 @@ class Recommender(nn.Module, ABC):
         """
         return self.score_queries(hidden) @ self.score_keys(self.item_table()).t()
 
+    def last_scores(
+        self,
+        item_seq: Tensor,
+        type_seq: Tensor,
+        channel_seq: Tensor,
+        item_table: Tensor | None = None,
+        keys: Tensor | None = None,
+    ) -> Tensor:
+        """Next-item logits [B, n_items + 1] after the last position, as served:
+        the similarity scores plus, with the repeat head, the history items' biases.
+
+        Args:
+            item_seq: int64 [B, L] left-padded history (also `type_seq`, `channel_seq`).
+            item_table: Precomputed `item_table()`.
+            keys: Precomputed ``score_keys(item_table()).t()`` [D, n_items + 1].
+        """
+        table = self.item_table() if item_table is None else item_table
+        hidden = self.encode_last(item_seq, type_seq, channel_seq, table)
+        if keys is None:
+            keys = self.score_keys(table).t()
+        scores = self.score_queries(hidden) @ keys
+        if self.repeat_head is not None:
+            scores = self.repeat_head.add_to_last(scores, item_seq, hidden)
+        return scores
+
     def forward(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
         """Training forward: next-item logits at every position, [B, L, n_items + 1]."""
         return self.item_logits(self.encode(item_seq, type_seq, channel_seq))
@@ -259,6 +290,17 @@ class Recommender(nn.Module, ABC):
         mask = targets != 0
         y = targets[mask]
         h, keys = self.score_queries(hidden[mask]), self.score_keys(table)  # [N, D], [V, D]
+        if self.repeat_head is not None:
+            return self.repeat_head.loss(
+                item_seq,
+                hidden,
+                h,
+                keys,
+                targets,
+                n_items=self.n_items,
+                n_negatives=n_negatives,
+                generator=generator,
+            )
         if n_negatives <= 0:
             return F.cross_entropy(h @ keys.t(), y)
         negatives = torch.randint(1, self.n_items + 1, (n_negatives,), generator=generator)
@@ -317,8 +359,12 @@ class ServingRecommender(nn.Module):
         Returns:
             (scores float32 [B, K], items int64 [B, K]), best first.
         """
-        hidden = self.model.encode_last(item_seq, type_seq, channel_seq, self.input_table)
-        scores = self.model.score_queries(hidden) @ self.output_keys + self.pad_bias
+        scores = (
+            self.model.last_scores(
+                item_seq, type_seq, channel_seq, self.input_table, self.output_keys
+            )
+            + self.pad_bias
+        )
         # zeros_like keeps the exclude shape symbolic in the traced graph.
         masked = torch.zeros_like(exclude, dtype=scores.dtype) + MASKED_SCORE
         scores = scores.scatter(1, exclude, masked)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,7 @@ def train_model(
     checkpoint_dir: Path | None = None,
     progress: bool = False,
     init_from: TrainedModel | None = None,
+    on_epoch: Callable[[EpochStats], bool] | None = None,
 ) -> TrainedModel:
     """Train a `Recommender` on next-item prediction.
 
@@ -203,6 +204,9 @@ def train_model(
             rate the parent had reached to continue its schedule). With `valid`, the
             parent's own weights are scored first and an epoch must beat them to be
             kept (best epoch 0 = the parent's weights are returned).
+        on_epoch: Called after every epoch (and its validation) with its stats; returning
+            True stops training there ("stopped" in `TrainingStats.stop_reason`), e.g.
+            a hyper-parameter search pruning a trial (`models.tune`).
 
     Returns:
         The trained model (CPU, eval mode) with vocabulary, popularity and stats.
@@ -321,6 +325,9 @@ def train_model(
                     save_checkpoint(partial, Path(checkpoint_dir) / "best.pt")
             if stop and epoch < config.epochs:
                 stop_reason = "patience"
+                break
+            if on_epoch is not None and on_epoch(stats):
+                stop_reason = "stopped"
                 break
             elapsed_min = (time.perf_counter() - t0) / 60
             if config.max_minutes is not None and elapsed_min >= config.max_minutes:

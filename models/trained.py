@@ -45,7 +45,7 @@ class TrainingStats:
         n_targets: Next-item targets per epoch.
         stopped_early: Whether patience or the time budget ended training before `epochs`.
         best_epoch: Epoch whose weights were kept (the last one without validation).
-        stop_reason: "max_epochs", "patience" or "time_budget".
+        stop_reason: "max_epochs", "patience", "time_budget" or "stopped" (by `on_epoch`).
         init_from: For a warm start (`train_model(init_from=...)`): the parent's data
             fingerprint, best epoch and how many item rows were carried over / new.
         device: The torch device the run trained on ("cpu", "cuda", ...; runs recorded

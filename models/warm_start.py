@@ -23,7 +23,16 @@ _ROW_MAPPED = ("item_embedding.weight", "attribute_embedding.weight")
 #: Buffers that describe the current data's catalog; always rebuilt, never carried over.
 _CATALOG_BUFFERS = ("item_attributes", "item_content")
 #: Architecture settings a warm start must share with its parent.
-_ARCH_FIELDS = ("arch", "max_len", "dim", "n_layers", "n_heads", "similarity", "temperature")
+_ARCH_FIELDS = (
+    "arch",
+    "repeat_head",
+    "max_len",
+    "dim",
+    "n_layers",
+    "n_heads",
+    "similarity",
+    "temperature",
+)
 
 
 def warm_start(

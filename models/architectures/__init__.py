@@ -126,4 +126,5 @@ def build_network(
         item_content=item_content,
         similarity=config.similarity,
         temperature=config.temperature,
+        repeat_head=config.repeat_head,
     )

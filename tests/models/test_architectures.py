@@ -33,16 +33,42 @@ ARCHS = architecture_names()
 N_ITEMS = 120
 
 
-def _config(arch: str) -> TrainConfig:
-    return TrainConfig(arch=arch, max_len=12, dim=16, n_layers=2, n_heads=2, max_k=20, seed=7)
+def _config(arch: str, repeat_head: bool = True) -> TrainConfig:
+    return TrainConfig(
+        arch=arch,
+        repeat_head=repeat_head,
+        max_len=12,
+        dim=16,
+        n_layers=2,
+        n_heads=2,
+        max_k=20,
+        seed=7,
+    )
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+def _randomise_repeat_head(module: Recommender) -> None:
+    """An untrained head adds ~0: give it weights that move scores and the top-K."""
+    head = module.repeat_head
+    assert head is not None
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        head.recency.copy_(torch.randn(head.recency.shape, generator=generator) * 5)
+        head.count_weight.fill_(2.0)
+        head.gate.weight.copy_(torch.randn(head.gate.weight.shape, generator=generator))
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(arch, head) for arch in ARCHS for head in (True, False)],
+    ids=lambda p: f"{p[0]}-{'repeat' if p[1] else 'plain'}",
+)
 def exported(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrainedModel, Path]:
-    arch: str = request.param
-    trained = untrained_model(N_ITEMS, _config(arch))
+    arch, repeat_head = request.param
+    trained = untrained_model(N_ITEMS, _config(arch, repeat_head))
+    if repeat_head:
+        _randomise_repeat_head(trained.module)
     out = export_onnx(trained, tmp_path_factory.mktemp(arch) / "model", model_version=arch)
     return trained, out
 
@@ -52,8 +78,10 @@ def _batch(batch: int, max_len: int, seed: int) -> dict[str, np.ndarray]:
     lengths = rng.integers(1, max_len + 1, size=batch)
     lengths[0] = max_len  # always one full row
     pad = np.arange(max_len)[None, :] < (max_len - lengths)[:, None]
+    items = rng.integers(1, N_ITEMS + 1, (batch, max_len))
+    items[::2] = rng.integers(1, 6, (len(items[::2]), max_len))  # rows full of repeats
     return {
-        "item_seq": np.where(pad, 0, rng.integers(1, N_ITEMS + 1, (batch, max_len))),
+        "item_seq": np.where(pad, 0, items),
         "type_seq": np.where(pad, 0, rng.integers(1, 4, (batch, max_len))),
         "channel_seq": np.where(pad, 0, rng.integers(1, 4, (batch, max_len))),
         "exclude": rng.integers(0, N_ITEMS + 1, (batch, 3)),  # 0 = padding entries
@@ -99,6 +127,7 @@ def test_onnx_matches_torch(exported: tuple[TrainedModel, Path], batch: int) -> 
     trained, model_dir = exported
     metadata = ModelMetadata.load(model_dir)
     assert metadata.arch == trained.config.arch
+    assert metadata.repeat_head == trained.config.repeat_head
     session, _ = create_session(model_dir / MODEL_FILENAME, "cpu", 1)
     feeds = _batch(batch, metadata.max_len, seed=batch)
     wrapper = ServingRecommender(trained.module.eval(), max_k=metadata.max_k).eval()

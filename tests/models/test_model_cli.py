@@ -51,7 +51,7 @@ def event_log(tiny_shop: SyntheticShop, tmp_path_factory: pytest.TempPathFactory
 
 def test_help_lists_commands(app: typer.Typer) -> None:
     runner = CliRunner()
-    for command in ("train", "evaluate", "export", "models"):
+    for command in ("train", "evaluate", "export", "tune", "models"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, result.output
         assert "Usage" in result.output
@@ -202,3 +202,40 @@ def test_train_device_cuda_fails_clearly_without_cuda(
     assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(app, [*args, "--device", "tpu"])
     assert result.exit_code == 2 and "auto,cpu,cudaorcuda:N" in _flat(result.output)
+
+
+def test_tune_searches_on_validation_and_writes_the_best_config(
+    app: typer.Typer, event_log: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tune"
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(event_log),
+            "--format",
+            "events",
+            "--out",
+            str(out),
+            "--budget-minutes",
+            "3",
+            "--trials",
+            "2",
+            "--epochs",
+            "2",
+            "--max-len",
+            "20",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "testcasesarenotused" in _flat(result.output)
+    best = json.loads((out / "best_config.json").read_text())
+    assert best["n_trials"] == 2 and best["config"]["max_len"] == 20
+    assert 0.0 < best["best_value"] <= 1.0
+    assert best["command"].startswith("recstream ")
+    assert (out / "search.png").stat().st_size > 1000
+    assert len((out / "trials.csv").read_text().splitlines()) == 3

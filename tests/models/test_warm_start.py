@@ -46,6 +46,7 @@ def _fresh(
         n_heads=cfg.n_heads,
         item_attributes=torch.ones(len(vocab_items) + 1, 2, dtype=torch.long),
         n_attributes=n_attributes,
+        repeat_head=cfg.repeat_head,
     )
 
 
