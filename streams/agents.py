@@ -268,17 +268,29 @@ class Pipeline:
         self.profiles[user] = profile.to_json()
         self._stage_profile.add(time.perf_counter() - t1)
         experiment = self.experiment
+        history = profile.history()
         await self.batcher.submit(
             ScoreRequest(
                 event,
                 decoded,
                 user,
-                profile.history(),
-                profile.purchased_items(),
+                history,
+                self._excluded(profile, history),
                 arm=CONTROL if experiment is None else experiment[0].arm(decoded.user_id),
                 experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
             )
         )
+
+    def _excluded(
+        self, profile: Profile, history: Sequence[tuple[str, str, str]]
+    ) -> frozenset[str]:
+        """The user's own items a list must not hold (`ScoringConfig.history_policy`)."""
+        policy = self.config.scoring.history_policy
+        if policy == "model":
+            return frozenset()
+        if policy == "exclude-history":
+            return profile.purchased_items() | {item for item, _, _ in history}
+        return profile.purchased_items()
 
     def _score(self, batch: Sequence[ScoreRequest]) -> Sequence[Recommendation]:
         # One model per arm for the whole batch, even if a reload swaps them meanwhile.

@@ -42,6 +42,7 @@ __all__ = [
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 ChangelogProducer = Literal["librdkafka", "faust"]
+HistoryPolicy = Literal["exclude-purchased", "exclude-history", "model"]
 
 #: Marks a field that is not a setting (no environment variable): test and
 #: benchmark hooks such as the table store URL.
@@ -123,6 +124,14 @@ class ScoringConfig(ConfigGroup):
         description="Most items of one category (from the item rules) in one list; 0 = no "
         "cap. With a cap the model ranks 4 x top_k candidates; a list is shorter than "
         "top_k only if those hold too few other categories.",
+    )
+    history_policy: HistoryPolicy = Field(
+        "exclude-purchased",
+        description="Which of the user's own items a list may hold. `exclude-purchased` "
+        "(default): never what they bought; items they viewed are scored by the model (whose "
+        "repeat-aware head learned when shoppers go back to an item). `exclude-history`: "
+        "nothing from the recent history either. `model`: no exclusions; the model decides, "
+        "bought items included (shops of consumables). Item rules apply in every case.",
     )
     inference_thread: bool = Field(
         True,

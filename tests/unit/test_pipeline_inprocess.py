@@ -47,6 +47,7 @@ class FakeScorer:
         self.model_version = model_version
         self.fail: BaseException | None = None
         self.batches: list[int] = []
+        self.excluded: list[set[str]] = []
 
     def recommend(
         self,
@@ -55,6 +56,7 @@ class FakeScorer:
         k: int,
     ) -> list[Recommendation]:
         self.batches.append(len(histories))
+        self.excluded.extend(set(e) for e in exclude)
         if self.fail is not None:
             raise self.fail
         return [
@@ -166,11 +168,14 @@ class Harness:
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    policy = getattr(request, "param", "exclude-purchased")  # indirect parametrisation
     config = StreamConfig(
         app_id=f"inproc-{uuid.uuid4().hex[:8]}",
         store="memory://",
-        scoring=ScoringConfig(max_batch=8, max_wait_ms=30.0, inference_thread=True),
+        scoring=ScoringConfig(
+            max_batch=8, max_wait_ms=30.0, inference_thread=True, history_policy=policy
+        ),
         web=WebConfig(enabled=False),
     )
     scorer = FakeScorer()
@@ -473,3 +478,38 @@ def test_liveness_without_acks_or_with_nothing_pending_is_ok() -> None:
     acks = InOrderAcks(clock=clock)
     clock.now += 1e6
     assert liveness(acks, 1.0)[0]
+
+
+@pytest.mark.parametrize(
+    ("harness", "excluded"),
+    [
+        ("exclude-purchased", {"sku-2"}),
+        ("exclude-history", {"sku-1", "sku-2", "sku-3"}),
+        ("model", set()),
+    ],
+    indirect=["harness"],
+)
+def test_history_policy_decides_which_own_items_are_excluded(
+    harness: Harness, excluded: set[str]
+) -> None:
+    h = harness
+    purchase = orjson.dumps(
+        {
+            "event_id": "p1",
+            "user_id": "u1",
+            "item_id": "sku-2",
+            "ts": NOW - 4,
+            "type": "purchase",
+            "order_id": "o1",
+            "price": 9.5,
+        }
+    )
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1", item="sku-1"), offset=1)
+        await send(agent, "purchases", purchase, offset=2)
+        await send(agent, "clicks", click("e3", item="sku-3"), offset=3)
+        await until(lambda: len(h.scorer.excluded) == 3)
+
+    h.run(body)
+    assert h.scorer.excluded[-1] == excluded
