@@ -434,6 +434,14 @@ def evaluate(
         bool, typer.Option(help="Mask history items before ranking (not the published setup).")
     ] = False,
     baselines: Annotated[bool, typer.Option(help="Also evaluate the baselines.")] = True,
+    category_cap: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Also rank with at most N items per category in the top 20 (repeatable), "
+            "as the worker's RECSTREAM_CATEGORY_CAP does; an item's category is its first "
+            "--attributes entry."
+        ),
+    ] = None,
     onnx_model: Annotated[
         list[Path] | None,
         typer.Option("--onnx", help="Also rank with these exported model dirs / .onnx files."),
@@ -472,11 +480,25 @@ def evaluate(
         max_cases=max_cases,
         seed=seed,
     )
-    extra = []
+    extra: list[Any] = []
     if onnx_model:
         from models.ranking import OnnxRanker
 
         extra = [OnnxRanker(p) for p in onnx_model]
+    if category_cap:
+        from models.diversity import CategoryCapRanker
+        from models.evaluate import ModuleRanker
+
+        if not split.item_attributes:
+            raise typer.BadParameter("--category-cap needs --attributes (the categories)")
+        categories = {
+            column: str(attrs[0])
+            for item, attrs in split.item_attributes.items()
+            if attrs and (column := trained.vocab.index.get(item)) is not None
+        }
+        extra += [
+            CategoryCapRanker(ModuleRanker(trained.module), categories, cap) for cap in category_cap
+        ]
     cases = split.test if on == "test" else split.valid
     run = evaluate_all(
         trained,

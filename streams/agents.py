@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust import current_event
 
+from models.diversity import CANDIDATE_POOL
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment
 from models.scorer import Recommendation, Scorer
 from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
@@ -317,7 +318,7 @@ class Pipeline:
             results = arm_scorer.recommend(
                 [batch[i].history for i in indices],
                 [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices],
-                top_k * 4 if categories else top_k,
+                top_k * CANDIDATE_POOL if categories else top_k,
             )
             if categories:
                 results = [diversify(rec, categories, cap, top_k) for rec in results]

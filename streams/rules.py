@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.diversity import cap_per_category
 from models.scorer import Recommendation
 from streams.events import InvalidEvent, ReasonCode
 
@@ -115,22 +116,13 @@ class ItemRules:
 
 
 def diversify(rec: Recommendation, categories: dict[str, str], cap: int, k: int) -> Recommendation:
-    """Keep at most ``cap`` items of one category, best first, up to ``k`` items.
+    """Keep at most ``cap`` items of one category, best first, up to ``k`` items
+    (`models.diversity.cap_per_category`, the rule the offline evaluation measures).
 
     Items without a category are not capped. The list is shorter than ``k`` only when
     the candidates do not hold enough items of other categories.
     """
-    taken: dict[str, int] = {}
-    items = []
-    for item, score in rec.items:
-        category = categories.get(item)
-        if category is not None:
-            if taken.get(category, 0) >= cap:
-                continue
-            taken[category] = taken.get(category, 0) + 1
-        items.append((item, score))
-        if len(items) == k:
-            break
+    items = cap_per_category(rec.items, lambda entry: categories.get(entry[0]), cap, k)
     return Recommendation(items=items, strategy=rec.strategy)
 
 

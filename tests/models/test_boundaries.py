@@ -25,6 +25,7 @@ TORCH_FREE = {
     "metrics",
     "session",
     "grouping",
+    "diversity",
 }
 TORCH_LIKE = {"torch", "onnx", "onnxscript", "transformers"}
 
