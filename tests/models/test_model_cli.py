@@ -58,7 +58,7 @@ def test_help_lists_commands(app: typer.Typer) -> None:
 
 
 def test_train_evaluate_export_on_event_log(
-    app: typer.Typer, event_log: Path, tmp_path: Path
+    app: typer.Typer, event_log: Path, tmp_path: Path, tiny_shop: SyntheticShop
 ) -> None:
     runner = CliRunner()
     run_dir, store = tmp_path / "run", tmp_path / "store"
@@ -145,6 +145,29 @@ def test_train_evaluate_export_on_event_log(
     assert "onnx-fp32" in result.output
     assert (tmp_path / "eval" / "metrics.png").stat().st_size > 1000
     assert (tmp_path / "eval" / "report.json").exists()
+
+    # The per-category cap's cost, measured the worker's way (categories as attributes).
+    attributes = tmp_path / "attributes.json"
+    attributes.write_text(json.dumps({i.item_id: [i.category] for i in tiny_shop.catalog}))
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run_dir),
+            str(event_log),
+            "--format",
+            "events",
+            "--no-baselines",
+            "--attributes",
+            str(attributes),
+            "--category-cap",
+            "1",
+            "--category-cap",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cap 1/category" in result.output and "cap 3/category" in result.output
 
     result = runner.invoke(
         app, ["export", str(run_dir), "--store", str(store), "--variant", "int8"]
