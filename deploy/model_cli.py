@@ -18,6 +18,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from models.export import Precision
     from models.quality import DatasetFormat, EvaluationRun
+    from models.splits import SplitData
 
 __all__ = ["register"]
 
@@ -68,6 +69,31 @@ def _typed(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
     # By name: typer ships its own copy of click, whose enum is not click's.
     return source is not None and source.name == "COMMANDLINE"
+
+
+def _load_data_split(
+    fmt: str,
+    data: Path,
+    test: Path | None,
+    attributes: Path | None,
+    max_train_sessions: int | None,
+    valid_fraction: float,
+    max_cases: int,
+    seed: int,
+) -> SplitData:
+    """The split the data options of `train`, `evaluate` and `tune` describe."""
+    from models.quality import load_split
+
+    return load_split(
+        _fmt(fmt),
+        data,
+        test_path=test,
+        attributes_path=attributes,
+        max_train_sessions=max_train_sessions,
+        valid_fraction=valid_fraction,
+        max_cases=max_cases,
+        seed=seed,
+    )
 
 
 def _fmt(value: str) -> DatasetFormat:
@@ -246,7 +272,7 @@ def train(
     from models.checkpoint import load_checkpoint
     from models.config import TrainConfig, resolve_device
     from models.metadata import SIMILARITIES
-    from models.quality import evaluate_all, load_split, write_report
+    from models.quality import evaluate_all, write_report
     from models.train import train_model
 
     if similarity not in SIMILARITIES:
@@ -334,15 +360,8 @@ def train(
             split.item_attributes = read_item_attributes(attributes)
     else:
         assert data is not None
-        split = load_split(
-            _fmt(fmt),
-            data,
-            test_path=test,
-            attributes_path=attributes,
-            max_train_sessions=max_train_sessions,
-            valid_fraction=valid_fraction,
-            max_cases=max_cases,
-            seed=seed,
+        split = _load_data_split(
+            fmt, data, test, attributes, max_train_sessions, valid_fraction, max_cases, seed
         )
     console.print(
         f"[bold]{split.protocol}[/]: {len(split.train)} training interactions, "
@@ -466,19 +485,12 @@ def evaluate(
     are fitted on the same training part.
     """
     from models.checkpoint import load_checkpoint
-    from models.quality import evaluate_all, load_split
+    from models.quality import evaluate_all
 
     ckpt = _checkpoint_path(checkpoint)
     trained = load_checkpoint(ckpt)
-    split = load_split(
-        _fmt(fmt),
-        data,
-        test_path=test,
-        attributes_path=attributes,
-        max_train_sessions=max_train_sessions,
-        valid_fraction=valid_fraction,
-        max_cases=max_cases,
-        seed=seed,
+    split = _load_data_split(
+        fmt, data, test, attributes, max_train_sessions, valid_fraction, max_cases, seed
     )
     extra: list[Any] = []
     if onnx_model:

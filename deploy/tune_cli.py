@@ -17,7 +17,7 @@ from deploy.model_cli import (
     TestOpt,
     ValidFractionOpt,
     _command,
-    _fmt,
+    _load_data_split,
 )
 
 console = Console()
@@ -66,19 +66,11 @@ def tune(
     train``'s options), ``OUT/trials.csv`` and ``OUT/search.png``.
     """
     from models.config import TrainConfig
-    from models.quality import load_split
     from models.tune import SEARCH_SPACE, write_results
     from models.tune import tune as run_search
 
-    split = load_split(
-        _fmt(fmt),
-        data,
-        test_path=test,
-        attributes_path=attributes,
-        max_train_sessions=max_train_sessions,
-        valid_fraction=valid_fraction,
-        max_cases=max_cases,
-        seed=seed,
+    split = _load_data_split(
+        fmt, data, test, attributes, max_train_sessions, valid_fraction, max_cases, seed
     )
     try:
         base = TrainConfig(
