@@ -3,7 +3,8 @@
 Any encoder directory works (``AutoTokenizer`` + ``AutoModel``, e.g. a sentence-transformers
 model saved with ``save_pretrained``); it is loaded with ``local_files_only=True`` so
 nothing is downloaded at run time. Texts are embedded by attention-mask mean pooling and
-L2-normalised.
+L2-normalised (`models.pooling.mean_pool_normalise`, the definition the torch-free
+`models.text_encoder.OnnxTextEncoder` has in its graph).
 
 Cold start: a model trained with ``item_content`` (see `models.train.train_model`) has
 a learned projection from content vectors into its item space. `add_cold_items`
@@ -24,6 +25,7 @@ import numpy.typing as npt
 import torch
 
 from models.architectures import build_network
+from models.pooling import mean_pool_normalise
 from models.trained import TrainedModel
 from models.vocab import ItemVocab
 
@@ -72,9 +74,7 @@ class TextEncoder:
                 return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state  # [B, T, H]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            pooled = mean_pool_normalise(hidden, batch["attention_mask"])
             out.append(pooled.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)

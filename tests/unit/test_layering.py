@@ -103,6 +103,9 @@ def test_worker_import_does_not_load_the_lab() -> None:
 
 
 def test_worker_import_does_not_load_torch() -> None:
-    code = "import sys, deploy.worker, streams.app; print('torch' in sys.modules)"
+    code = (
+        "import sys, deploy.worker, streams.app, models.text_encoder, models.bundles; "
+        "print('torch' in sys.modules or 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
