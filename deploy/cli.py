@@ -270,9 +270,11 @@ def schemas(
 
 from deploy.lab.cli import register as _register_lab_commands  # noqa: E402
 from deploy.model_cli import register as _register_model_commands  # noqa: E402
+from deploy.text_cli import register as _register_text_commands  # noqa: E402
 
 _register_model_commands(app)
 _register_lab_commands(app)
+_register_text_commands(app)
 
 
 def main() -> None:
