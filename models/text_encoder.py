@@ -34,12 +34,16 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from models.session import Provider, create_session
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from tokenizers import Encoding, Tokenizer
 
 __all__ = [
     "ENCODER_FILENAME",
@@ -175,9 +179,9 @@ class OnnxTextEncoder:
         self,
         directory: Path,
         meta: TextEncoderMetadata,
-        session: Any,
+        session: ort.InferenceSession,
         provider: str,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         batch_size: int,
     ) -> None:
         """Use `load`; this wires already-created parts together."""
@@ -257,7 +261,7 @@ class OnnxTextEncoder:
             out[rows] = self._run([encodings[i] for i in rows])
         return out
 
-    def _run(self, encodings: Sequence[Any]) -> FloatArray:
+    def _run(self, encodings: Sequence[Encoding]) -> FloatArray:
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(encodings), width), self.meta.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)
