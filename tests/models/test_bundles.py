@@ -240,3 +240,19 @@ def test_cli_needs_exactly_one_source(app: typer.Typer, tmp_path: Path) -> None:
     for args in ([], ["--synthetic", "--data", str(tmp_path)]):
         result = CliRunner().invoke(app, ["evaluate-bundles", *args])
         assert result.exit_code != 0 and "exactly one" in result.output
+
+
+def test_cli_on_an_event_log(app: typer.Typer, tmp_path: Path) -> None:
+    """Purchases of an event log (clicks ignored); the drifting world, 2024 onwards."""
+    start = 1_704_067_200.0  # 2024-01-01
+    data = tmp_path / "events.jsonl"
+    with open(data, "w") as fh:
+        for n, p in enumerate(_drifting_world()):
+            for kind in ("click", "purchase"):
+                record = {"event_id": f"{kind}{n}", "user_id": p.user_id, "item_id": p.item_id}
+                record |= {"ts": start + p.ts, "type": kind, "channel": "web"}
+                fh.write(json.dumps(record) + "\n")
+    args = ["evaluate-bundles", "--data", str(data), "--half-life-s", str(DAY)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "200 purchases, 20 cases" in " ".join(result.output.split())
