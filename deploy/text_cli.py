@@ -78,8 +78,12 @@ def bench(
     ] = None,
     seconds: Annotated[float, typer.Option(help="Time per measurement.", min=0.1)] = 3.0,
     provider: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    description: Annotated[
+        bool,
+        typer.Option(help="Titles plus a 26-word description and the category (~42 tokens)."),
+    ] = False,
 ) -> None:
-    """Encode throughput (texts/s) on synthetic-shop item titles."""
+    """Encode throughput (texts/s) on synthetic-shop item titles (~7 tokens)."""
     from models.session import Provider
     from models.synthetic import generate_shop
     from models.text_encoder import OnnxTextEncoder, encode_throughput, item_text
@@ -87,7 +91,16 @@ def bench(
     providers: dict[str, Provider] = {"cpu": "cpu", "cuda": "cuda", "auto": "auto"}
     if provider not in providers:
         raise typer.BadParameter("provider must be cpu, cuda or auto", param_hint="--provider")
-    texts = [item_text(i.title) for i in generate_shop(n_items=512, n_users=1).catalog]
+    blurb = (
+        "A {} product from our shop, carefully made, easy to use and built to last for "
+        "many years of everyday use at home or on the road."
+    )
+    texts = [
+        item_text(i.title, blurb.format(i.category.lower()), {"category": i.category})
+        if description
+        else item_text(i.title)
+        for i in generate_shop(n_items=512, n_users=1).catalog
+    ]
     table = Table(title=f"text encoder throughput ({directory})")
     for name in ("threads", "batch", "texts/s", "ms/call"):
         table.add_column(name, justify="right")
