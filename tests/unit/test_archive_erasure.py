@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import orjson
@@ -186,18 +185,54 @@ def test_other_control_records_are_taken_without_an_erasure(tmp_path: Path) -> N
     assert not (tmp_path / MARKERS_FILE).exists()
 
 
-def test_lost_partitions_drop_their_requests_and_revoked_ones_do_them(tmp_path: Path) -> None:
+def test_a_revocation_writes_markers_at_once_and_leaves_the_files_uncommitted(
+    tmp_path: Path,
+) -> None:
+    """A revocation must be quick: the requests taken reach the markers and the open
+    parts, not the files; so their offsets stay uncommitted (lost ones are dropped)."""
     w = writer(tmp_path)
     w.assign([("clicks-x", 0), (ERASURE, 0), (ERASURE, 1)])
     w.add("clicks-x", 0, 0, b"alice", click("a", "alice"))
     w.add("clicks-x", 0, 1, b"bob", click("b", "bob"))
     w.flush_all()
+    w.add("clicks-x", 0, 2, b"alice", click("open", "alice"))
     w.add(ERASURE, 0, 0, b"alice", erasure_request_bytes("alice", ERASED_AT))
     w.add(ERASURE, 1, 0, b"bob", erasure_request_bytes("bob", ERASED_AT))
-    w.revoke([(ERASURE, 1)], flush=False)  # another member owns it now and redoes it
-    w.revoke([(ERASURE, 0)], flush=True)
-    assert (ERASURE, 1) not in w.to_commit() and w.to_commit()[(ERASURE, 0)] == 1
+    w.revoke([(ERASURE, 1)], flush=False)  # another member owns it now and does it
+    w.revoke([("clicks-x", 0), (ERASURE, 0)], flush=True)
+    assert (ERASURE, 0) not in w.to_commit() and (ERASURE, 1) not in w.to_commit()
+    assert sorted(str(r["event_id"]) for r in rows(tmp_path)) == ["a", "b"]  # not "open"
+    assert writer(tmp_path).markers.erased_at(UserKeys("", "recstream").audit("alice"))
+    assert not writer(tmp_path).markers.erased_at(UserKeys("", "recstream").audit("bob"))
+    assert w.erase_pending() == 1  # the job goes on until the partitions are forgotten
+    assert w.to_commit()[(ERASURE, 0)] == 1
     assert [r["user_id"] for r in rows(tmp_path)] == ["bob"]
+
+
+def test_part_files_are_erased_in_slices_and_committed_after_the_last(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    w.assign([(ERASURE, 0)])
+    for offset in range(40):  # 40 parts of a day each, half of them alice's
+        user = "alice" if offset % 2 else "bob"
+        ts = DAY1 + offset * 86_400
+        w.add("clicks-x", 0, offset, user.encode(), click(f"e{offset}", user, ts))
+    w.flush_all()
+    w.add(ERASURE, 0, 0, b"alice", erasure_request_bytes("alice", ERASED_AT))
+    later = DAY1 + 50 * 86_400
+    slices = 0
+    while not w.erase_pending(now=later, budget_s=0.0):
+        slices += 1
+        if slices == 3:  # meanwhile: archiving goes on, a second request waits its turn
+            assert not w.add("clicks-x", 0, 40, b"alice", click("late", "alice", DAY1))
+            assert w.add("clicks-x", 0, 41, b"carol", click("carol", "carol", DAY1))
+            w.add(ERASURE, 0, 1, b"carol", erasure_request_bytes("carol", later))
+        assert (ERASURE, 0) not in w.to_commit()
+    assert slices == 40  # budget 0: one file per turn (then one that finds no more)
+    assert w.to_commit()[(ERASURE, 0)] == 1  # carol's request is in the next job
+    assert w.erase_pending(now=later) == 1
+    assert w.to_commit()[(ERASURE, 0)] == 2
+    w.flush_all()
+    assert {r["user_id"] for r in rows(tmp_path)} == {"bob"}
 
 
 def test_markers_expire_after_their_window(tmp_path: Path) -> None:
@@ -247,14 +282,18 @@ def test_a_reader_sees_the_old_file_or_the_new_one_never_a_mix(tmp_path: Path) -
     assert new.num_rows == 2_500 and set(new.column("user_id").to_pylist()) == {"bob"}
 
 
-def test_a_stale_temporary_file_of_a_rewrite_is_cleaned_on_assignment(tmp_path: Path) -> None:
+def test_a_stale_temporary_file_of_a_rewrite_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A rewrite's temporary file is not a new part's: an assignment leaves it (the
+    rewrite may still be running); the next erasure job removes a crash's leftover."""
     w = writer(tmp_path)
     w.add("clicks-x", 0, 0, b"alice", click("a", "alice"))
     w.flush_all()
     [path] = tmp_path.glob("day=*/part-*.parquet")
-    stale = path.parent / f".{path.name}.tmp"
+    stale = path.parent / f".{path.name}.erase.tmp"
     stale.write_bytes(b"half a rewrite")  # killed mid-rewrite: the part itself is whole
     again = writer(tmp_path)
     again.assign([("clicks-x", 0)])
+    assert stale.exists() and archived_offsets(tmp_path) == {("clicks-x", 0): 0}
+    assert erase_from_parts(tmp_path, {"nobody": ERASED_AT}).rewritten == ()
     assert not stale.exists()
-    assert os.path.getsize(path) > 0 and pq.read_table(path).num_rows == 1
+    assert pq.read_table(path).num_rows == 1
