@@ -330,8 +330,8 @@ class PartEraser:
 
     It works in slices (:meth:`run` with a budget), so that the archiver's loop keeps
     polling and archiving while a large archive is scanned. Files written after it
-    started need no look: the erased users' rows were dropped before they were
-    buffered. Folders deleted meanwhile (retention) are passed over.
+    started hold no row it removes (those rows were dropped before they were
+    buffered); folders deleted meanwhile (retention) are passed over.
 
     Args:
         root: the archive root.
