@@ -20,6 +20,7 @@ from deploy.lab.brokers import Broker
 from deploy.lab.scratch import FAST_GROUP_SETTINGS, ScratchDeployment, free_port, lab_settings
 from streams.archive import SCHEMA, day_of
 from streams.client import EventProducer
+from streams.control import erasure_request_bytes
 from streams.events import EventType
 
 from .conftest import PARTITIONS
@@ -221,18 +222,18 @@ def test_archive_survives_sigkill_without_loss_or_duplicates(
 
 
 def archiver_settings(scratch: ScratchDeployment, root: Path, **changes: Any) -> Any:
-    return lab_settings(
-        kafka_bootstrap_servers=scratch.bootstrap_servers,
-        app_id=scratch.app_id,
+    base: dict[str, Any] = {
+        "kafka_bootstrap_servers": scratch.bootstrap_servers,
+        "app_id": scratch.app_id,
         **scratch.topic_settings(),
-        archive_dir=root,
-        archive_flush_records=25,
-        archive_flush_interval_s=0.3,
-        fetch_max_wait_ms=50,
-        log_level="INFO",
+        "archive_dir": root,
+        "archive_flush_records": 25,
+        "archive_flush_interval_s": 0.3,
+        "fetch_max_wait_ms": 50,
+        "log_level": "INFO",
         **FAST_GROUP_SETTINGS,
-        **changes,
-    )
+    }
+    return lab_settings(**{**base, **changes})
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -372,3 +373,51 @@ def files_and_rows(root: Path) -> dict[str, tuple[int, list[dict[str, Any]]]]:
         str(p.relative_to(root)): (p.stat().st_ino, pq.read_table(p).to_pylist())
         for p in sorted(root.glob("day=*/part-*.parquet"))
     }
+
+
+def test_an_archiver_killed_mid_erasure_does_it_again_after_the_restart(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """SIGKILL while the part files are being rewritten (one event per part, so the job
+    takes a while): the request's offset is not committed, and the restarted archiver
+    (same group) does the erasure again and completes it."""
+    scratch = ScratchDeployment.create(broker, "archive-erasure-kill", PARTITIONS)
+    root = tmp_path / "archive"
+    settings = archiver_settings(scratch, root, archive_flush_records=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
+    env.update(settings.to_env())
+    env["PYTHONUNBUFFERED"] = "1"
+    now = time.time()
+    producer = EventProducer(scratch.client_config, scratch.topics)
+    for i in range(600):
+        user = "alice" if i % 2 else "bob"
+        producer.send_raw(scratch.topics.clicks, user, click_of(user, f"e{i}", now - 3_600 + i))
+    assert producer.flush() == 0
+    proc = ArchiverProcess(env, tmp_path / "archiver.log")
+    proc.start()
+    wait_for(lambda: len(list(root.glob("day=*/part-*.parquet"))) == 600, 60, "parts", proc)
+    bob = sorted((r for r in archived(root) if r["user_id"] == "bob"), key=str)
+
+    topic = scratch.topics.user_erasure
+    producer.send_raw(topic, "alice", erasure_request_bytes("alice", time.time()))
+    assert producer.flush() == 0
+    wait_for(lambda: "erasing 1 user(s)" in proc.log_path.read_text(), 30, "the erasure", proc)
+    assert proc.signal(signal.SIGKILL) == -signal.SIGKILL
+    group = f"{scratch.app_id}-archiver"
+    parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    ends = high_watermarks(scratch.client_config, parts)
+    [(key, end)] = [(k, v) for k, v in ends.items() if v > 0]
+    tp = TopicPartition(*key)
+    assert committed(scratch.client_config, group, [tp])[key] < end  # killed before the commit
+    assert [r for r in archived(root) if r["user_id"] == "alice"]  # ...and mid-job
+
+    proc = ArchiverProcess(env, tmp_path / "archiver-2.log")
+    proc.start()
+    wait_for(lambda: committed(scratch.client_config, group, [tp])[key] == end, 60, "redo", proc)
+    assert proc.signal(signal.SIGTERM) == 0
+    rows = archived(root)
+    assert not [r for r in rows if r["user_id"] == "alice"]
+    assert sorted((r for r in rows if r["user_id"] == "bob"), key=str) == bob
+    assert len(list(root.glob("day=*/part-*.parquet"))) == 600  # names (offsets) kept
+    assert not list(root.glob("day=*/.*.tmp"))
+    assert "erased 1 user(s) from the archive" in proc.log_path.read_text()
