@@ -14,7 +14,11 @@ Columns: ``event_id, user_id, item_id, event_type, channel, topic`` (string), ``
 The model needs only user, item, type, ts and channel; the rest is for other readers.
 
 The archive is written at least once (a redelivered event is archived twice), so
-`read_archive` de-duplicates by ``event_id``. `archive_split` holds out the newest
+`read_archive` de-duplicates by ``event_id``. An erasure rewrites the part files that
+hold the user (same name, the rows removed; a part may be left empty) and renames each
+over the old one atomically: a reader running meanwhile reads each file either whole
+as it was or whole as it is now, and a run that read a file before the erasure still
+holds the user's rows in memory until it ends. `archive_split` holds out the newest
 day folders: the model trains (and early-stops) on the earlier days only and is
 evaluated on the held-out days, as the retraining gate requires.
 

@@ -24,11 +24,22 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
 
 
-def settings_for(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: str, shell: dict[str, str]) -> str:
+    """What compose puts in the container for ``${VAR}`` and ``${VAR:-default}``."""
+    return _VARIABLE.sub(lambda m: shell.get(m["name"]) or m["default"] or "", value)
+
+
+def settings_for(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, shell: dict[str, str] | None = None
+) -> Settings:
+    """The settings a container of ``env`` gets, started from a shell with ``shell``."""
     for key in [k for k in os.environ if k.startswith("RECSTREAM_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
-        monkeypatch.setenv(key, str(value))
+        monkeypatch.setenv(key, interpolate(str(value), shell or {}))
     return Settings(_env_file=None)  # type: ignore[call-arg]
 
 
@@ -60,6 +71,19 @@ def test_ports_match_the_web_port(compose, monkeypatch):
     ]
     assert targets == [f"worker:{settings.stream.web.port}"]
     assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
+
+
+def test_the_worker_gets_a_lookup_api_token_with_a_documented_default(compose, monkeypatch):
+    """Without a token the lookup API answers 503; compose sets a dev default that the
+    shell's RECSTREAM_API_TOKEN overrides, and docker/README.md names it."""
+    env = compose["services"]["worker"]["environment"]
+    token = settings_for(env, monkeypatch).stream.api.token.get_secret_value()
+    assert token == "dev-token-change-me"
+    assert token in (DOCKER / "README.md").read_text()
+    mine = settings_for(env, monkeypatch, {"RECSTREAM_API_TOKEN": "s3cret"})
+    assert mine.stream.api.token.get_secret_value() == "s3cret"
+    for service in ("topics", "replay"):  # the token goes only where it is checked
+        assert "RECSTREAM_API_TOKEN" not in compose["services"][service]["environment"]
 
 
 def test_kafka_listener_matches_bootstrap_servers(compose, monkeypatch):

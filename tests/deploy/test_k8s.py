@@ -416,7 +416,9 @@ def test_real_kustomize_agrees(overlay):
     assert normal(real) == normal(resources)
 
 
-def test_workers_and_archiver_share_the_pseudonymous_mode_key(overlay):
+def test_workers_and_archiver_share_the_pseudonym_keys(overlay):
+    """Both keys: the archive holds the workers' pseudonyms, and the archiver maps an
+    erasure request's id to the same pseudonym (and names it as the audit does)."""
     _, resources = overlay
     archiver = next(
         c
@@ -428,3 +430,5 @@ def test_workers_and_archiver_share_the_pseudonymous_mode_key(overlay):
         env = {v["name"]: v for v in container["env"]}
         ref = env["RECSTREAM_PRIVACY_USER_KEY"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "recstream-pseudonym-key", "key": "user-key"}
+        ref = env["RECSTREAM_LOG_PSEUDONYM_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "recstream-pseudonym-key", "key": "key"}

@@ -189,3 +189,16 @@ def test_archive_split_skips_the_day_still_filling_and_later_days(tmp_path: Path
     # complete, too little to hold a day out.
     with pytest.raises(ValueError, match="at least one more day"):
         archive_split(tmp_path, holdout_days=1, max_cases=None, now=D2 + 60)
+
+
+def test_the_reader_after_an_erasure_reads_no_row_of_the_user(tmp_path: Path) -> None:
+    """The archiver erases by rewriting parts; one left without rows stays as an empty
+    file, which the reader reads like any other."""
+    from streams.archive import erase_from_parts
+
+    rows = [event("a", "u1", "i1", D1 + 10), event("b", "u2", "i2", D1 + 20)]
+    write_archive(tmp_path, [*rows, event("c", "u1", "i3", D2 + 5)])
+    erase_from_parts(tmp_path, {"u1": D3})
+    assert pq.read_table(tmp_path / "day=2026-11-29" / "part-00000.parquet").num_rows == 0
+    assert archive_days(tmp_path) == ["2026-11-28", "2026-11-29"]
+    assert [(it.user_id, it.item_id) for it in read_archive(tmp_path)] == [("u2", "i2")]

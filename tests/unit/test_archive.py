@@ -191,7 +191,7 @@ def test_pseudonymous_mode_archives_pseudonyms_not_user_ids(tmp_path: Path) -> N
     from streams.privacy import UserKeys
 
     keys = UserKeys("shop-key", "log-key")
-    w = writer(tmp_path, user_key=keys.state)
+    w = writer(tmp_path, users=keys)
     w.add("clicks-x", 0, 0, b"alice", click(1, user="alice"))
     w.flush_all()
     [row] = rows(tmp_path)
