@@ -77,6 +77,29 @@ class ScoreRequest:
     model_version: str = ""
     arm: str = CONTROL
     experiment: str = NO_EXPERIMENT
+    # item -> (reason code, item it names), from the scorer's explanation.
+    reasons: dict[str, tuple[str, str | None]] | None = None
+
+
+#: A popular list's items are there for one reason.
+_POPULAR: tuple[str, None] = ("popular", None)
+
+
+def _explanations(rec: Recommendation) -> dict[str, tuple[str, str | None]] | None:
+    """item -> (code, item_id) of the scorer's reasons (``Recommendation.reasons``).
+
+    Taken before the category cap re-ranks the list, so each item keeps its own
+    reason whatever the cap drops. ``None`` when the scorer gives no reasons (a model
+    exported before explanations existed).
+    """
+    reasons = getattr(rec, "reasons", None)
+    if not reasons:
+        return None
+    return {
+        item: (str(reason.code), reason.item_id)
+        for (item, _score), reason in zip(rec.items, reasons, strict=False)
+        if reason is not None
+    }
 
 
 def _last_activity(document: dict[str, Any]) -> float:
@@ -320,6 +343,8 @@ class Pipeline:
                 [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices],
                 top_k * CANDIDATE_POOL if categories else top_k,
             )
+            for i, rec in zip(indices, results, strict=True):
+                batch[i].reasons = _explanations(rec)
             if categories:
                 results = [diversify(rec, categories, cap, top_k) for rec in results]
             elapsed = time.perf_counter() - started
@@ -351,6 +376,7 @@ class Pipeline:
             message = recommendation_dict(
                 user_id=req.user,
                 items=rec.items,
+                reasons=self._reasons(req, rec),
                 model_version=req.model_version,
                 arm=req.arm,
                 strategy=rec.strategy,
@@ -392,6 +418,16 @@ class Pipeline:
                 self.metrics.event_to_recommendation_seconds.observe(max(0.0, now - record_ts))
         self._stage_produce.add(time.perf_counter() - started)
         self._flush_metrics()
+
+    @staticmethod
+    def _reasons(
+        req: ScoreRequest, rec: Recommendation
+    ) -> list[tuple[str, str | None] | None] | None:
+        """The ``reason`` of each item of the message, aligned with ``rec.items``."""
+        explained = req.reasons
+        if explained is None:
+            return [_POPULAR] * len(rec.items) if rec.strategy == "popular" else None
+        return [explained.get(item) for item, _score in rec.items]
 
     def _remember(self, req: ScoreRequest, rec: Recommendation, message: dict[str, Any]) -> bool:
         """Remember the list in the user's profile: the latest list (for the lookup

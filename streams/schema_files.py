@@ -3,6 +3,8 @@
 Generated from the pydantic models in :mod:`streams.events`, :mod:`streams.messages`,
 :mod:`streams.control` and :mod:`streams.rules`; the committed copies under
 ``streams/schemas/`` are checked against these by the test-suite, so they never drift.
+Superseded versions (``recommendation.v1.json``) stay committed as they were, for
+consumers that still validate against them; only current versions are generated.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "click.v1": ClickEvent,
     "browse.v1": BrowseEvent,
     "purchase.v1": PurchaseEvent,
-    "recommendation.v1": RecommendationMessage,
+    "recommendation.v2": RecommendationMessage,
     "dead-letter.v1": DeadLetter,
     "erasure-request.v1": ErasureRequest,
     "erasure-audit.v1": ErasureAudit,
