@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -15,8 +16,15 @@ from models.scorer import OnnxScorer, Provider, Scorer
 from models.store import CURRENT_FILENAME, ModelStore
 from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
+from streams.intent import TextEncoder
 
-__all__ = ["StoreModelSource", "build_app", "run_worker", "warmup_batch_sizes"]
+__all__ = [
+    "StoreModelSource",
+    "build_app",
+    "load_text_encoder",
+    "run_worker",
+    "warmup_batch_sizes",
+]
 
 log = logging.getLogger("recstream.worker")
 
@@ -69,6 +77,24 @@ def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
     while sizes[-1] * 8 < max_batch:
         sizes.append(sizes[-1] * 8)
     return tuple(sorted({*sizes, max_batch}))
+
+
+def load_text_encoder(settings: Settings) -> TextEncoder | None:
+    """The worker's text encoder (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` if unset.
+
+    ``models.text_encoder`` is imported only when one is configured: it needs the
+    ``tokenizers`` package (the ``text`` extra).
+    """
+    if settings.text_encoder_dir is None:
+        return None
+    module = importlib.import_module("models.text_encoder")
+    encoder: TextEncoder = module.OnnxTextEncoder.load(
+        settings.text_encoder_dir,
+        provider=settings.provider,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    log.info("text encoder loaded from %s (dim %d)", settings.text_encoder_dir, encoder.dim)
+    return encoder
 
 
 def build_app(settings: Settings) -> RecstreamApp:
@@ -124,6 +150,7 @@ def build_app(settings: Settings) -> RecstreamApp:
         model_source=source,
         loaded_version=version,
         experiment=experiment,
+        text_encoder=load_text_encoder(settings),
     )
 
 

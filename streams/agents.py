@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from faust import current_event
 
@@ -45,12 +46,29 @@ from streams._faust import as_current_event, manual_ack_events, rocksdb_partitio
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.control import ErasureRequest, ProfileExpiry, decode_control
-from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
+from streams.events import (
+    Event,
+    EventType,
+    InvalidEvent,
+    ReasonCode,
+    SearchEvent,
+    decode_event,
+    decode_search,
+)
+from streams.intent import TextEncoder, decayed_weight, make_intent, pack, unpack
 from streams.messages import dead_letter_bytes, erasure_audit_bytes, recommendation_dict
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
 from streams.privacy import ERASED_PREFIX, UserKeys, UserRefs
-from streams.profile import Profile, apply_event, find_hit, remember_latest, remember_list
+from streams.profile import (
+    Profile,
+    apply_event,
+    apply_search,
+    find_hit,
+    remember_intent,
+    remember_latest,
+    remember_list,
+)
 from streams.rules import ItemRules, RulesConsumer, diversify
 from streams.tables import ProfileTable
 
@@ -70,7 +88,7 @@ class ScoreRequest:
     """One event waiting for its recommendation."""
 
     event: EventT[Any]
-    decoded: Event
+    decoded: Event | SearchEvent
     user: str  # the user's key in state and outputs (the id, or its pseudonym)
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
@@ -79,6 +97,12 @@ class ScoreRequest:
     experiment: str = NO_EXPERIMENT
     # item -> (reason code, item it names), from the scorer's explanation.
     reasons: dict[str, tuple[str, str | None]] | None = None
+    # The search intent sent to the scorer (a models.scorer.Intent), if any.
+    intent: Any = None
+    # A search's query, embedded in the inference thread (then dropped; never stored),
+    # and its vector once embedded (remembered in the profile after scoring).
+    query: str | None = None
+    query_vector: np.ndarray | None = None
 
 
 #: A popular list's items are there for one reason.
@@ -121,6 +145,8 @@ class Pipeline:
         output: where recommendations, dead letters and changelog records are
             written; a librdkafka :class:`~streams.output.OutputProducer` on
             ``config.kafka`` by default (tests pass an in-memory sink).
+        text_encoder: embeds search queries (and catalog text) in the inference
+            thread; ``None``: searches are accepted and counted, carry no intent.
     """
 
     def __init__(
@@ -131,6 +157,7 @@ class Pipeline:
         profiles: TableT[Any, Any],
         metrics: Metrics,
         output: OutputSink | None = None,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -151,9 +178,14 @@ class Pipeline:
         self.acks = InOrderAcks()
         self.rules = ItemRules()
         self._rules_task: asyncio.Future[None] | None = None
-        # Events and erasure requests, co-partitioned by user id.
+        self.text_encoder = text_encoder
+        # Events, searches and erasure requests, co-partitioned by user id.
         self.input_topic = app.topic(
-            *self._input_types, names.user_erasure, key_serializer="raw", value_serializer="raw"
+            *self._input_types,
+            names.searches,
+            names.user_erasure,
+            key_serializer="raw",
+            value_serializer="raw",
         )
         if output is None:
             output = OutputProducer(
@@ -177,6 +209,7 @@ class Pipeline:
         # Per-event counts go to tallies (plain floats), published once per batch.
         stage = self.metrics.stage_seconds
         self._consumed = {t: Tally(self.metrics.events_consumed.labels(t.value)) for t in EventType}
+        self._searches = Tally(self.metrics.events_consumed.labels("search"))
         self._recommended: dict[str, Tally] = {}
         self._lists: dict[tuple[str, str, str], Tally] = {}
         self._hits: dict[tuple[str, str, str, str], Tally] = {}
@@ -187,6 +220,7 @@ class Pipeline:
         self._stage_produce = Tally(stage.labels("produce"))
         self._tallies = [
             *self._consumed.values(),
+            self._searches,
             self._updates,
             self._duplicates,
             self._stage_decode,
@@ -256,6 +290,9 @@ class Pipeline:
         if event_type is None and msg.topic == self.config.topics.user_erasure:
             await self._control(event)
             return
+        if event_type is None and msg.topic == self.config.topics.searches:
+            await self._search(event)
+            return
         if event_type is None:
             await self._dead_letter(
                 event, InvalidEvent(code=ReasonCode.UNKNOWN_TOPIC, reason=f"topic {msg.topic!r}")
@@ -291,6 +328,44 @@ class Pipeline:
         # profile re-sends it, so the changelog (the durable copy) converges.
         self.profiles[user] = profile.to_json()
         self._stage_profile.add(time.perf_counter() - t1)
+        await self._submit(event, decoded, user, profile, intent=self._intent(profile, decoded.ts))
+
+    async def _search(self, event: EventT[Any]) -> None:
+        """A search: fold its id and time into the profile, then score like an event.
+
+        The query is embedded with the batch (``_score``), and the vector kept in the
+        profile once the list is out (``_remember``).
+        """
+        msg = event.message
+        self._searches.add()
+        decoded = decode_search(msg.value, msg.key)
+        if isinstance(decoded, InvalidEvent):
+            await self._dead_letter(event, decoded)
+            return
+        if self._erased_before(decoded):
+            self.metrics.events_of_erased_users.inc()
+            self.acks.done(event)
+            return
+        user = self.users.state(decoded.user_id)
+        profile = Profile.from_json(self.profiles.get(user))
+        if apply_search(profile, decoded, self.config.limits):
+            self._updates.add()
+        else:
+            self._duplicates.add()
+        self.profiles[user] = profile.to_json()  # written even for a replay (see _handle)
+        query = decoded.query if self.text_encoder is not None else None
+        await self._submit(event, decoded, user, profile, query=query)
+
+    async def _submit(
+        self,
+        event: EventT[Any],
+        decoded: Event | SearchEvent,
+        user: str,
+        profile: Profile,
+        *,
+        intent: Any = None,
+        query: str | None = None,
+    ) -> None:
         experiment = self.experiment
         history = profile.history()
         await self.batcher.submit(
@@ -302,8 +377,38 @@ class Pipeline:
                 self._excluded(profile, history),
                 arm=CONTROL if experiment is None else experiment[0].arm(decoded.user_id),
                 experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
+                intent=intent,
+                query=query,
             )
         )
+
+    def _intent(self, profile: Profile, ts: float) -> Any:
+        """The profile's latest search as an intent decayed to ``ts``, or ``None``."""
+        stored = profile.intent
+        if stored is None:
+            return None
+        search = self.config.search
+        weight = decayed_weight(ts - float(stored[0]), search.half_life_s)
+        if weight < search.min_weight:
+            return None
+        return make_intent(unpack(stored[1]), weight)
+
+    def _embed_queries(self, batch: Sequence[ScoreRequest]) -> None:
+        """Embed the batch's search queries in one encoder call (inference thread)."""
+        encoder = self.text_encoder
+        pending = [req for req in batch if req.query is not None]
+        if encoder is None or not pending:
+            return
+        try:
+            vectors = encoder.encode([req.query or "" for req in pending])
+        except Exception:
+            # The lists still go out, without the intent; the events are not lost.
+            log.exception("embedding %d search queries failed", len(pending))
+            return
+        for req, vector in zip(pending, vectors, strict=True):
+            req.query = None  # the text is not kept beyond this point
+            req.query_vector = vector
+            req.intent = make_intent(vector, 1.0)
 
     def _excluded(
         self, profile: Profile, history: Sequence[tuple[str, str, str]]
@@ -329,6 +434,7 @@ class Pipeline:
                 req.experiment = experiment_id
                 req.arm = CONTROL if experiment is None else experiment[0].arm(req.decoded.user_id)
             groups.setdefault(req.arm, []).append(i)
+        self._embed_queries(batch)
         recs: list[Recommendation | None] = [None] * len(batch)
         # The rules as read so far, for the whole batch: hidden items are masked by the
         # model before its top-K (lists stay K long); categories cap the list after.
@@ -338,11 +444,18 @@ class Pipeline:
         for arm, indices in groups.items():
             arm_scorer = candidate if arm == CANDIDATE and candidate is not None else scorer
             started = time.perf_counter()
-            results = arm_scorer.recommend(
-                [batch[i].history for i in indices],
-                [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices],
-                top_k * CANDIDATE_POOL if categories else top_k,
-            )
+            histories = [batch[i].history for i in indices]
+            excludes = [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices]
+            k = top_k * CANDIDATE_POOL if categories else top_k
+            intents = [batch[i].intent for i in indices]
+            if any(intent is not None for intent in intents):
+                # The keyword only when there is an intent: scorers without search
+                # support (older models, fakes) are called as before.
+                results = arm_scorer.recommend(  # type: ignore[call-arg]  # DESIGN-17 Scorer
+                    histories, excludes, k, intents=intents
+                )
+            else:
+                results = arm_scorer.recommend(histories, excludes, k)
             for i, rec in zip(indices, results, strict=True):
                 batch[i].reasons = _explanations(rec)
             if categories:
@@ -381,7 +494,7 @@ class Pipeline:
                 arm=req.arm,
                 strategy=rec.strategy,
                 trigger_event_id=ev.event_id,
-                trigger_event_type=ev.event_type.value,
+                trigger_event_type=ev.type,
                 event_ts=ev.ts,
                 produced_ts=now,
             )
@@ -451,6 +564,8 @@ class Pipeline:
                     return False
                 profile = Profile.from_json(stored)
                 remember_latest(profile, message)
+                if req.query_vector is not None:
+                    remember_intent(profile, ev.ts, pack(req.query_vector))
                 remember_list(
                     profile,
                     ev.ts,
@@ -468,7 +583,7 @@ class Pipeline:
 
     # -- privacy: erasure and expiry ------------------------------------------------------
 
-    def _erased_before(self, event: Event) -> bool:
+    def _erased_before(self, event: Event | SearchEvent) -> bool:
         """Whether the event's user was erased at or after the event's time."""
         marker = self.profiles.get(self.users.marker(event.user_id))
         return marker is not None and event.ts <= float(orjson.loads(marker)["erased_at"])

@@ -19,6 +19,7 @@ from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
 from streams.api import LookupApi
 from streams.config import KafkaConfig, StreamConfig
+from streams.intent import TextEncoder
 from streams.metrics import Metrics
 from streams.output import OutputSink
 from streams.reload import ModelReloader, ModelSource
@@ -66,6 +67,7 @@ def create_app(
     loaded_version: str | None = None,
     experiment: tuple[Experiment, Scorer] | None = None,
     output: OutputSink | None = None,
+    text_encoder: TextEncoder | None = None,
 ) -> RecstreamApp:
     """Build the worker application.
 
@@ -81,6 +83,8 @@ def create_app(
         output: where recommendations, dead letters and changelog records go; a
             librdkafka :class:`~streams.output.OutputProducer` by default (tests pass
             an in-memory sink).
+        text_encoder: embeds search queries and catalog text (``None``: searches
+            carry no intent and the catalog's text is not embedded).
 
     Returns:
         The Faust app with the ``score_user_events`` agent registered.
@@ -151,7 +155,9 @@ def create_app(
     # Faust names the changelog itself; topic provisioning relies on that name.
     assert profiles.changelog_topic.get_topic_name() == changelog_topic(config.app_id)
     metrics = metrics or Metrics()
-    app.pipeline = Pipeline(app, config, scorer, profiles, metrics, output=output)
+    app.pipeline = Pipeline(
+        app, config, scorer, profiles, metrics, output=output, text_encoder=text_encoder
+    )
     app.pipeline.register()
     if experiment is not None:
         app.pipeline.set_experiment(*experiment)

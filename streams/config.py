@@ -33,6 +33,7 @@ __all__ = [
     "RocksDBConfig",
     "SaslMechanism",
     "ScoringConfig",
+    "SearchConfig",
     "SecurityProtocol",
     "StreamConfig",
     "WebConfig",
@@ -280,6 +281,24 @@ class FeedbackConfig(ConfigGroup):
     )
 
 
+class SearchConfig(ConfigGroup):
+    """Search intent (needs `RECSTREAM_TEXT_ENCODER_DIR`; see ``streams.intent``)."""
+
+    env_prefix: ClassVar[str] = "search_"
+
+    half_life_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Half-life of a search's weight on later lists, seconds of event time.",
+    )
+    min_weight: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A search's intent is no longer used once its decayed weight is below this.",
+    )
+
+
 class StreamConfig(ConfigGroup):
     """Everything the stream layer needs (see each group for the meanings)."""
 
@@ -310,6 +329,7 @@ class StreamConfig(ConfigGroup):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     data_privacy: DataPrivacyConfig = Field(default_factory=DataPrivacyConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     store: str = Field(
         "rocksdb://",
         description="Faust table store URL (tests: memory://).",

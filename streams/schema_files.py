@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from streams.control import ErasureRequest
-from streams.events import BrowseEvent, ClickEvent, PurchaseEvent
+from streams.events import BrowseEvent, ClickEvent, PurchaseEvent, SearchEvent
 from streams.messages import DeadLetter, ErasureAudit, RecommendationMessage
 from streams.rules import ItemRule
 
@@ -28,6 +28,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "click.v1": ClickEvent,
     "browse.v1": BrowseEvent,
     "purchase.v1": PurchaseEvent,
+    "search.v1": SearchEvent,
     "recommendation.v2": RecommendationMessage,
     "dead-letter.v1": DeadLetter,
     "erasure-request.v1": ErasureRequest,

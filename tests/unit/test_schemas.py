@@ -209,3 +209,14 @@ def test_golden_item_rule_validates_and_decodes() -> None:
     jsonschema.validate(orjson.loads(raw), schema)
     assert decode_rule(b"sku-00001", raw) == ItemRule(category="lipstick")
     jsonschema.validate({"blocked": True}, schema)  # every field has a default
+
+
+def test_golden_search_validates_against_schema_and_decoder() -> None:
+    from streams.events import SearchEvent, decode_search
+
+    raw = (FIXTURES / "search.v1.json").read_bytes().strip()
+    jsonschema.validate(orjson.loads(raw), _schema("search.v1"))
+    event = decode_search(raw, b"user-0042", now=NOW)
+    assert isinstance(event, SearchEvent) and event.query == "matte red lipstick"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**orjson.loads(raw), "query": ""}, _schema("search.v1"))
