@@ -16,12 +16,13 @@ from models.scorer import OnnxScorer, Provider, Scorer
 from models.store import CURRENT_FILENAME, ModelStore
 from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
+from streams.catalog import TextSupport
 from streams.intent import TextEncoder
 
 __all__ = [
     "StoreModelSource",
     "build_app",
-    "load_text_encoder",
+    "load_text_support",
     "run_worker",
     "warmup_batch_sizes",
 ]
@@ -79,22 +80,28 @@ def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted({*sizes, max_batch}))
 
 
-def load_text_encoder(settings: Settings) -> TextEncoder | None:
-    """The worker's text encoder (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` if unset.
+def load_text_support(settings: Settings) -> TextSupport | None:
+    """The worker's text side (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` if unset.
 
-    ``models.text_encoder`` is imported only when one is configured: it needs the
-    ``tokenizers`` package (the ``text`` extra).
+    The encoder is loaded once; the catalog's text index starts empty and fills as the
+    ``items`` topic is read. ``models.text_encoder`` is imported only when an encoder
+    is configured: it needs the ``tokenizers`` package (the ``text`` extra).
     """
     if settings.text_encoder_dir is None:
         return None
-    module = importlib.import_module("models.text_encoder")
-    encoder: TextEncoder = module.OnnxTextEncoder.load(
+    text_encoder = importlib.import_module("models.text_encoder")
+    catalog = importlib.import_module("models.catalog")
+    encoder: TextEncoder = text_encoder.OnnxTextEncoder.load(
         settings.text_encoder_dir,
         provider=settings.provider,
         intra_op_threads=settings.intra_op_threads,
     )
     log.info("text encoder loaded from %s (dim %d)", settings.text_encoder_dir, encoder.dim)
-    return encoder
+    return TextSupport(
+        encoder=encoder,
+        index=catalog.ItemTextIndex(encoder.dim),
+        item_text=text_encoder.item_text,
+    )
 
 
 def build_app(settings: Settings) -> RecstreamApp:
@@ -150,7 +157,7 @@ def build_app(settings: Settings) -> RecstreamApp:
         model_source=source,
         loaded_version=version,
         experiment=experiment,
-        text_encoder=load_text_encoder(settings),
+        text=load_text_support(settings),
     )
 
 

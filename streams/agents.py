@@ -30,7 +30,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from models.scorer import Recommendation, Scorer
 from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
+from streams.catalog import Catalog, CatalogConsumer, TextSupport
 from streams.control import ErasureRequest, ProfileExpiry, decode_control
 from streams.events import (
     Event,
@@ -145,8 +146,10 @@ class Pipeline:
         output: where recommendations, dead letters and changelog records are
             written; a librdkafka :class:`~streams.output.OutputProducer` on
             ``config.kafka`` by default (tests pass an in-memory sink).
-        text_encoder: embeds search queries (and catalog text) in the inference
-            thread; ``None``: searches are accepted and counted, carry no intent.
+        text: the text encoder (search queries and catalog text, embedded in the
+            inference thread) and the catalog's text index attached to every scorer;
+            ``None``: searches are accepted and counted but carry no intent, and the
+            catalog's text is not embedded.
     """
 
     def __init__(
@@ -157,7 +160,7 @@ class Pipeline:
         profiles: TableT[Any, Any],
         metrics: Metrics,
         output: OutputSink | None = None,
-        text_encoder: TextEncoder | None = None,
+        text: TextSupport | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -178,7 +181,11 @@ class Pipeline:
         self.acks = InOrderAcks()
         self.rules = ItemRules()
         self._rules_task: asyncio.Future[None] | None = None
-        self.text_encoder = text_encoder
+        self.text = text
+        self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
+        self.catalog = Catalog()
+        self._catalog_task: asyncio.Future[None] | None = None
+        self._attach_catalog(scorer)
         # Events, searches and erasure requests, co-partitioned by user id.
         self.input_topic = app.topic(
             *self._input_types,
@@ -236,8 +243,19 @@ class Pipeline:
         """The key of a user's state (profile) in the table: the id, or its pseudonym."""
         return self.users.state(user_id)
 
+    def _attach_catalog(self, scorer: Scorer) -> None:
+        """Give ``scorer`` the catalog's text index (cold items, search intents).
+
+        Scorers without catalog support (models exported before it, fakes) are
+        served as they are.
+        """
+        attach = getattr(scorer, "attach_catalog", None)
+        if attach is not None and self.text is not None:
+            attach(self.text.index)
+
     def set_scorer(self, scorer: Scorer) -> None:
         """Serve with ``scorer`` from the next batch on (hot reload)."""
+        self._attach_catalog(scorer)
         self.scorer = scorer
         self.metrics.model_info.info(
             {"model_version": scorer.model_version, "provider": scorer.provider}
@@ -249,6 +267,8 @@ class Pipeline:
         Users are assigned an arm as their events arrive; a batch in flight finishes
         with the scorers it started with.
         """
+        if candidate is not None:
+            self._attach_catalog(candidate)
         self.experiment = (
             (experiment, candidate) if experiment is not None and candidate is not None else None
         )
@@ -789,13 +809,44 @@ class Pipeline:
         )
         self._rules_task = asyncio.ensure_future(consumer.run())
 
+    def start_catalog(self) -> None:
+        """Read the catalog in the background (every worker reads all of it)."""
+        consumer = CatalogConsumer(
+            self.config.kafka.client_config(),
+            self.config.topics.items,
+            self.catalog,
+            self.rules,
+            self._dead_letter_rule,
+            self.text,
+            self._in_inference_thread,
+            self._catalog_applied,
+        )
+        self._catalog_task = asyncio.ensure_future(consumer.run())
+
+    def _in_inference_thread(self, work: Callable[[], np.ndarray]) -> Awaitable[np.ndarray]:
+        # Catalog text is embedded in the scoring thread, between batches: the event
+        # loop goes on and the encoder is only ever called from one thread.
+        return asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _catalog_applied(self, applied: int) -> None:
+        self.metrics.item_rules_applied.inc(applied)
+        self.metrics.item_rules.labels("catalog").set(len(self.catalog))
+        self.metrics.item_rules.labels("hidden").set(len(self.rules.hidden))
+        if self.text is not None:
+            self.metrics.item_rules.labels("embedded").set(len(self.text.index))
+
+    @property
+    def side_topics_loaded(self) -> bool:
+        """Whether the item rules and the catalog were read to their start's end."""
+        return self.rules.loaded and self.catalog.loaded
+
     def _rules_applied(self, applied: int) -> None:
         self.metrics.item_rules_applied.inc(applied)
         self.metrics.item_rules.labels("rules").set(len(self.rules))
         self.metrics.item_rules.labels("hidden").set(len(self.rules.hidden))
 
     def _dead_letter_rule(self, msg: Any, invalid: InvalidEvent) -> None:
-        """A record of the item-rules topic that is no rule: to the dead-letter topic."""
+        """A bad record of a broadcast topic (item rules, catalog): to the dead-letter topic."""
         self.metrics.events_invalid.labels(invalid.code.value).inc()
         log.warning(
             "dead-lettered %s[%s]@%s: %s: %s",

@@ -18,8 +18,8 @@ from models.scorer import Scorer
 from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
 from streams.api import LookupApi
+from streams.catalog import TextSupport
 from streams.config import KafkaConfig, StreamConfig
-from streams.intent import TextEncoder
 from streams.metrics import Metrics
 from streams.output import OutputSink
 from streams.reload import ModelReloader, ModelSource
@@ -67,7 +67,7 @@ def create_app(
     loaded_version: str | None = None,
     experiment: tuple[Experiment, Scorer] | None = None,
     output: OutputSink | None = None,
-    text_encoder: TextEncoder | None = None,
+    text: TextSupport | None = None,
 ) -> RecstreamApp:
     """Build the worker application.
 
@@ -83,7 +83,7 @@ def create_app(
         output: where recommendations, dead letters and changelog records go; a
             librdkafka :class:`~streams.output.OutputProducer` by default (tests pass
             an in-memory sink).
-        text_encoder: embeds search queries and catalog text (``None``: searches
+        text: the text encoder and the catalog's text index (``None``: searches
             carry no intent and the catalog's text is not embedded).
 
     Returns:
@@ -155,9 +155,7 @@ def create_app(
     # Faust names the changelog itself; topic provisioning relies on that name.
     assert profiles.changelog_topic.get_topic_name() == changelog_topic(config.app_id)
     metrics = metrics or Metrics()
-    app.pipeline = Pipeline(
-        app, config, scorer, profiles, metrics, output=output, text_encoder=text_encoder
-    )
+    app.pipeline = Pipeline(app, config, scorer, profiles, metrics, output=output, text=text)
     app.pipeline.register()
     if experiment is not None:
         app.pipeline.set_experiment(*experiment)
@@ -188,6 +186,7 @@ def create_app(
 
     async def read_item_rules() -> None:
         app.pipeline.start_rules()
+        app.pipeline.start_catalog()
 
     app.task(read_item_rules)
 
@@ -202,7 +201,7 @@ def create_app(
             table=profiles,
             acks=app.pipeline.acks,
             max_unacked_age_s=config.web.max_unacked_age_s,
-            rules_loaded=lambda: app.pipeline.rules.loaded,
+            rules_loaded=lambda: app.pipeline.side_topics_loaded,
         )
         LookupApi(
             app,
@@ -211,7 +210,7 @@ def create_app(
             token=config.api.token.get_secret_value(),
             forward_timeout_s=config.api.forward_timeout_s,
             state_key=app.pipeline.state_key,
-            ready=lambda: is_ready(app, lambda: app.pipeline.rules.loaded),
+            ready=lambda: is_ready(app, lambda: app.pipeline.side_topics_loaded),
             metrics=metrics,
         ).register()
     return app

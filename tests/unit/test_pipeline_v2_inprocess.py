@@ -20,6 +20,7 @@ import pytest
 from models.scorer import HistoryItem
 from tests.unit import test_pipeline_inprocess as base
 from tests.unit.test_pipeline_inprocess import NOW, Harness, click, send, until
+from tests.unit.text_standins import FakeEncoder
 
 harness = base.harness  # the fixture
 
@@ -74,24 +75,6 @@ class ExplainingScorer:
                 )
             )
         return out
-
-
-class FakeEncoder:
-    """Embeds a text as a unit vector of its letter counts (a..z): deterministic."""
-
-    dim = 26
-
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls.append(list(texts))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for ch in text.lower():
-                if "a" <= ch <= "z":
-                    out[row, ord(ch) - 97] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 def search(event_id: str, query: str = "red lipstick", ts: float = NOW - 905) -> bytes:

@@ -220,3 +220,14 @@ def test_golden_search_validates_against_schema_and_decoder() -> None:
     assert isinstance(event, SearchEvent) and event.query == "matte red lipstick"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**orjson.loads(raw), "query": ""}, _schema("search.v1"))
+
+
+def test_golden_catalog_item_validates_and_decodes() -> None:
+    from streams.catalog import CatalogItem, decode_item
+
+    raw = (FIXTURES / "item.v1.json").read_bytes().strip()
+    jsonschema.validate(orjson.loads(raw), _schema("item.v1"))
+    decoded = decode_item(b"sku-00017", raw)
+    assert isinstance(decoded, CatalogItem) and decoded.category == "lipstick"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"price": 1.0}, _schema("item.v1"))  # a title is required
