@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -16,12 +17,14 @@ from models.scorer import OnnxScorer, Provider, Scorer
 from models.store import CURRENT_FILENAME, ModelStore
 from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
+from streams.bundles import CoPurchaseModel
 from streams.catalog import TextSupport
 from streams.intent import TextEncoder
 
 __all__ = [
     "StoreModelSource",
     "build_app",
+    "load_co_purchase_model",
     "load_text_support",
     "run_worker",
     "warmup_batch_sizes",
@@ -104,6 +107,22 @@ def load_text_support(settings: Settings) -> TextSupport | None:
     )
 
 
+def load_co_purchase_model(settings: Settings) -> CoPurchaseModel | None:
+    """The model side of bundles (``models.bundles``), unless bundles are off."""
+    bundles = settings.stream.bundles
+    if not bundles.enabled:
+        return None
+    try:
+        module = importlib.import_module("models.bundles")
+    except ModuleNotFoundError:
+        log.warning("models.bundles is not installed: purchases are not paired into bundles")
+        return None
+    counts = functools.partial(
+        module.CoPurchaseCounts, half_life_s=bundles.half_life_s, max_partners=bundles.max_partners
+    )
+    return CoPurchaseModel(counts=counts, latest_pairs=module.latest_pairs)
+
+
 def build_app(settings: Settings) -> RecstreamApp:
     """Load the model and build the Faust app (no connection is made yet)."""
     source: StoreModelSource | None = None
@@ -158,6 +177,7 @@ def build_app(settings: Settings) -> RecstreamApp:
         loaded_version=version,
         experiment=experiment,
         text=load_text_support(settings),
+        co_purchases=load_co_purchase_model(settings),
     )
 
 

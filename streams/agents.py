@@ -45,12 +45,22 @@ from models.scorer import Recommendation, Scorer
 from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
+from streams.bundles import (
+    Bundles,
+    BundlesConsumer,
+    CoPurchaseModel,
+    bundle_bytes,
+    co_purchase_records,
+    decode_co_purchase,
+    fold_co_purchase,
+)
 from streams.catalog import Catalog, CatalogConsumer, TextSupport
 from streams.control import ErasureRequest, ProfileExpiry, decode_control
 from streams.events import (
     Event,
     EventType,
     InvalidEvent,
+    PurchaseEvent,
     ReasonCode,
     SearchEvent,
     decode_event,
@@ -93,6 +103,7 @@ class ScoreRequest:
     user: str  # the user's key in state and outputs (the id, or its pseudonym)
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
+    purchased: frozenset[str] = frozenset()
     model_version: str = ""
     arm: str = CONTROL
     experiment: str = NO_EXPERIMENT
@@ -150,6 +161,10 @@ class Pipeline:
             inference thread) and the catalog's text index attached to every scorer;
             ``None``: searches are accepted and counted but carry no intent, and the
             catalog's text is not embedded.
+        co_purchases: the model side of bundles (``models.bundles``); ``None`` (or
+            ``RECSTREAM_BUNDLE_ENABLED=false``): purchases are not paired or counted
+            (bundles on the ``bundles`` topic are still added to lists).
+        bundle_counts: the per-item co-purchase counts table (with ``co_purchases``).
     """
 
     def __init__(
@@ -161,6 +176,8 @@ class Pipeline:
         metrics: Metrics,
         output: OutputSink | None = None,
         text: TextSupport | None = None,
+        co_purchases: CoPurchaseModel | None = None,
+        bundle_counts: TableT[Any, Any] | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -185,6 +202,16 @@ class Pipeline:
         self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
         self.catalog = Catalog()
         self._catalog_task: asyncio.Future[None] | None = None
+        self.bundles = Bundles()
+        self._bundles_task: asyncio.Future[None] | None = None
+        enabled = config.bundles.enabled and bundle_counts is not None
+        self.co_purchases = co_purchases if enabled else None
+        self.bundle_counts = bundle_counts
+        # Co-purchase records, keyed (and so partitioned) by anchor item like the
+        # counts table's changelog.
+        self.co_purchase_topic = app.topic(
+            names.co_purchases, key_serializer="raw", value_serializer="raw"
+        )
         self._attach_catalog(scorer)
         # Events, searches and erasure requests, co-partitioned by user id.
         self.input_topic = app.topic(
@@ -211,8 +238,10 @@ class Pipeline:
             executor=self._executor,
             inline=not config.scoring.inference_thread,
         )
-        if isinstance(profiles, ProfileTable) and config.scoring.changelog_producer == "librdkafka":
-            profiles.changelog_writer = self._write_changelog
+        if config.scoring.changelog_producer == "librdkafka":
+            for table in (profiles, bundle_counts):
+                if isinstance(table, ProfileTable):
+                    table.changelog_writer = self._write_changelog
         # Per-event counts go to tallies (plain floats), published once per batch.
         stage = self.metrics.stage_seconds
         self._consumed = {t: Tally(self.metrics.events_consumed.labels(t.value)) for t in EventType}
@@ -274,8 +303,12 @@ class Pipeline:
         )
 
     def register(self) -> None:
-        """Register the ``score_user_events`` agent on the app."""
+        """Register the ``score_user_events`` (and ``count_co_purchases``) agents on the app."""
         self.app.agent(self.input_topic, name="score_user_events")(self.score_user_events)
+        if self.co_purchases is not None:
+            self.app.agent(self.co_purchase_topic, name="count_co_purchases")(
+                self.count_co_purchases
+            )
 
     async def score_user_events(self, stream: StreamT[Any]) -> None:
         """Agent body: consume all three input topics, one event at a time."""
@@ -347,6 +380,8 @@ class Pipeline:
         # an update whose changelog record never left the producer; rewriting the
         # profile re-sends it, so the changelog (the durable copy) converges.
         self.profiles[user] = profile.to_json()
+        if isinstance(decoded, PurchaseEvent) and self.co_purchases is not None:
+            self._emit_co_purchases(event, profile, decoded, self.co_purchases)
         self._stage_profile.add(time.perf_counter() - t1)
         await self._submit(event, decoded, user, profile, intent=self._intent(profile, decoded.ts))
 
@@ -388,13 +423,15 @@ class Pipeline:
     ) -> None:
         experiment = self.experiment
         history = profile.history()
+        purchased = profile.purchased_items()
         await self.batcher.submit(
             ScoreRequest(
                 event,
                 decoded,
                 user,
                 history,
-                self._excluded(profile, history),
+                self._excluded(purchased, history),
+                purchased,
                 arm=CONTROL if experiment is None else experiment[0].arm(decoded.user_id),
                 experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
                 intent=intent,
@@ -431,15 +468,40 @@ class Pipeline:
             req.intent = make_intent(vector, 1.0)
 
     def _excluded(
-        self, profile: Profile, history: Sequence[tuple[str, str, str]]
+        self, purchased: frozenset[str], history: Sequence[tuple[str, str, str]]
     ) -> frozenset[str]:
         """The user's own items a list must not hold (`ScoringConfig.history_policy`)."""
         policy = self.config.scoring.history_policy
         if policy == "model":
             return frozenset()
         if policy == "exclude-history":
-            return profile.purchased_items() | {item for item, _, _ in history}
-        return profile.purchased_items()
+            return purchased | {item for item, _, _ in history}
+        return purchased
+
+    def _emit_co_purchases(
+        self, event: EventT[Any], profile: Profile, purchase: PurchaseEvent, model: CoPurchaseModel
+    ) -> None:
+        """Pair a purchase with the user's earlier ones; one record per anchor item.
+
+        Also for a replayed purchase (its pairs may never have been delivered before a
+        crash): the pairs are recomputed from the purchases up to its own time, and the
+        counts agent counts each purchase once per anchor (by ``event_id``).
+        """
+        earlier: list[tuple[str, str | None, float]] = [
+            (str(p[0]), str(p[2]) if len(p) > 2 else None, float(p[1]))
+            for p in profile.purchased
+            if p[0] != purchase.item_id and float(p[1]) <= purchase.ts
+        ]
+        if not earlier:
+            return
+        newest = (purchase.item_id, purchase.order_id, purchase.ts)
+        pairs = model.latest_pairs([*earlier, newest], window_s=self.config.bundles.window_s)
+        topic = self.config.topics.co_purchases
+        for anchor, value in co_purchase_records(pairs, purchase.event_id).items():
+            self.acks.expect(event)
+            self.output.produce(
+                topic, anchor.encode(), value, functools.partial(self._delivered, event)
+            )
 
     def _score(self, batch: Sequence[ScoreRequest]) -> Sequence[Recommendation]:
         # One model per arm for the whole batch, even if a reload swaps them meanwhile.
@@ -504,12 +566,18 @@ class Pipeline:
             return
         started = time.perf_counter()
         now = time.time()
+        hidden, size = self.rules.hidden, self.config.bundles.size
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
+            bundle = None
+            if not isinstance(ev, SearchEvent) and len(self.bundles):
+                partners = self.bundles.for_item(ev.item_id, req.purchased, hidden, size)
+                bundle = (ev.item_id, partners) if partners else None
             message = recommendation_dict(
                 user_id=req.user,
                 items=rec.items,
-                reasons=self._reasons(req, rec),
+                reasons=self._reasons(req, rec, bundle),
+                bundle=bundle,
                 model_version=req.model_version,
                 arm=req.arm,
                 strategy=rec.strategy,
@@ -554,13 +622,32 @@ class Pipeline:
 
     @staticmethod
     def _reasons(
-        req: ScoreRequest, rec: Recommendation
+        req: ScoreRequest,
+        rec: Recommendation,
+        bundle: tuple[str, Sequence[tuple[str, float]]] | None,
     ) -> list[tuple[str, str | None] | None] | None:
-        """The ``reason`` of each item of the message, aligned with ``rec.items``."""
+        """The ``reason`` of each item of the message, aligned with ``rec.items``.
+
+        An item of the trigger item's bundle is there because it is bought with it
+        (``bought_together``, naming the trigger); the others keep the scorer's reason.
+        """
         explained = req.reasons
-        if explained is None:
-            return [_POPULAR] * len(rec.items) if rec.strategy == "popular" else None
-        return [explained.get(item) for item, _score in rec.items]
+        reasons: list[tuple[str, str | None] | None] | None
+        if explained is not None:
+            reasons = [explained.get(item) for item, _score in rec.items]
+        elif rec.strategy == "popular":
+            reasons = [_POPULAR] * len(rec.items)
+        else:
+            reasons = None
+        if bundle is not None:
+            anchor, partners = bundle
+            together = {item for item, _score in partners}
+            if reasons is None:
+                reasons = [None] * len(rec.items)
+            for n, (item, _score) in enumerate(rec.items):
+                if item in together:
+                    reasons[n] = ("bought_together", anchor)
+        return reasons
 
     def _remember(self, req: ScoreRequest, rec: Recommendation, message: dict[str, Any]) -> bool:
         """Remember the list in the user's profile: the latest list (for the lookup
@@ -808,6 +895,61 @@ class Pipeline:
             self._rules_applied,
         )
         self._rules_task = asyncio.ensure_future(consumer.run())
+
+    async def count_co_purchases(self, stream: StreamT[Any]) -> None:
+        """Agent body: fold co-purchase records into the per-item counts, publish bundles.
+
+        Acked like the scoring agent's events: once the table's changelog record and
+        the bundle record are delivered.
+        """
+        self.output.start()
+        async for event in manual_ack_events(stream):
+            await self.output.wait_for_room()
+            self.acks.track(event)
+            try:
+                self._count(event)
+            except Exception as exc:  # never let one record stop the worker
+                log.exception("unexpected error on a co-purchase record")
+                await self._dead_letter(
+                    event, InvalidEvent(code=ReasonCode.PROCESSING_ERROR, reason=repr(exc)[:500])
+                )
+
+    def _count(self, event: EventT[Any]) -> None:
+        model, table = self.co_purchases, self.bundle_counts
+        assert model is not None and table is not None  # registered only with both
+        msg = event.message
+        record = decode_co_purchase(msg.key, msg.value)
+        if isinstance(record, InvalidEvent):
+            self._send_dead_letter(event, record)
+            self.metrics.events_invalid.labels(record.code.value).inc()
+            return
+        anchor = record.anchor_item_id
+        bundles = self.config.bundles
+        counts = model.counts()
+        stored, counted = fold_co_purchase(table.get(anchor), record, counts, bundles.dedup_window)
+        if not counted:
+            self._duplicates.add()
+            if stored is not None:
+                counts.from_dict(anchor, orjson.loads(stored))
+        # Written (and published) for a replay too, so changelog and topic converge.
+        table[anchor] = stored
+        top = counts.top(anchor, bundles.size * CANDIDATE_POOL, now=record.ts)
+        self.output.produce(
+            self.config.topics.bundles,
+            anchor.encode(),
+            bundle_bytes(anchor, top, record.ts),
+            functools.partial(self._delivered, event),
+        )
+
+    def start_bundles(self) -> None:
+        """Read the bundles in the background (every worker reads all of them)."""
+        consumer = BundlesConsumer(
+            self.config.kafka.client_config(),
+            self.config.topics.bundles,
+            self.bundles,
+            self._dead_letter_rule,
+        )
+        self._bundles_task = asyncio.ensure_future(consumer.run())
 
     def start_catalog(self) -> None:
         """Read the catalog in the background (every worker reads all of it)."""
