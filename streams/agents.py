@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -119,6 +120,14 @@ class ScoreRequest:
 
 #: A popular list's items are there for one reason.
 _POPULAR: tuple[str, None] = ("popular", None)
+
+
+def _takes_intents(scorer: Scorer) -> bool:
+    """Whether ``scorer.recommend`` takes search intents (``intents=``)."""
+    try:
+        return "intents" in inspect.signature(scorer.recommend).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _explanations(rec: Recommendation) -> dict[str, tuple[str, str | None]] | None:
@@ -530,7 +539,7 @@ class Pipeline:
             excludes = [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices]
             k = top_k * CANDIDATE_POOL if categories else top_k
             intents = [batch[i].intent for i in indices]
-            if any(intent is not None for intent in intents):
+            if _takes_intents(arm_scorer) and any(i is not None for i in intents):
                 # The keyword only when there is an intent: scorers without search
                 # support (older models, fakes) are called as before.
                 results = arm_scorer.recommend(  # type: ignore[call-arg]  # DESIGN-17 Scorer
@@ -948,6 +957,7 @@ class Pipeline:
             self.config.topics.bundles,
             self.bundles,
             self._dead_letter_rule,
+            lambda: self.metrics.item_rules.labels("bundles").set(len(self.bundles)),
         )
         self._bundles_task = asyncio.ensure_future(consumer.run())
 

@@ -232,7 +232,7 @@ def create_app(
         register_web(
             app,
             metrics,
-            tuple(config.topics.inputs()),
+            config.topics.consumed(),
             table=profiles,
             acks=app.pipeline.acks,
             max_unacked_age_s=config.web.max_unacked_age_s,

@@ -273,10 +273,12 @@ class BundlesConsumer(BroadcastReader):
         topic: str,
         bundles: Bundles,
         dead_letter: Callable[[Message, InvalidEvent], None],
+        on_applied: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(client_config, topic)
         self.bundles = bundles
         self._dead_letter = dead_letter
+        self._on_applied = on_applied
 
     async def handle_batch(self, messages: Sequence[Message]) -> None:
         """Apply a batch of bundle records."""
@@ -289,6 +291,7 @@ class BundlesConsumer(BroadcastReader):
             else:
                 self.bundles.apply((msg.key() or b"").decode(), decoded)
             self._passed(msg)
+        self._on_applied()
         if not self.bundles.loaded and self.at_end:
             self.bundles.loaded = True
             log.info("bundles loaded: %d items", len(self.bundles))

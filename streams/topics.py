@@ -114,6 +114,11 @@ class TopicNames(BaseModel):
             self.purchases: EventType.PURCHASE,
         }
 
+    def consumed(self) -> tuple[str, ...]:
+        """Topics the worker group consumes whose lag means work waiting: the
+        interaction inputs, searches and co-purchases (the autoscaler's triggers)."""
+        return (*self.inputs(), self.searches, self.co_purchases)
+
     def for_type(self, event_type: EventType) -> str:
         """The input topic for an event type."""
         return {v: k for k, v in self.inputs().items()}[event_type]
