@@ -542,9 +542,8 @@ class Pipeline:
             if _takes_intents(arm_scorer) and any(i is not None for i in intents):
                 # The keyword only when there is an intent: scorers without search
                 # support (older models, fakes) are called as before.
-                results = arm_scorer.recommend(  # type: ignore[call-arg]  # DESIGN-17 Scorer
-                    histories, excludes, k, intents=intents
-                )
+                with_intents: Any = arm_scorer.recommend  # Scorer.recommend(..., intents=)
+                results = with_intents(histories, excludes, k, intents=intents)
             else:
                 results = arm_scorer.recommend(histories, excludes, k)
             for i, rec in zip(indices, results, strict=True):
