@@ -242,3 +242,41 @@ def test_a_bad_search_is_dead_lettered_with_its_reason(harness: Harness) -> None
     assert letter["reason_code"] == "schema_violation" and letter["topic"] == "searches"
     assert letter["reason"].startswith("query:")
     assert h.recommendations == []
+
+
+def test_each_item_keeps_its_own_reason_through_the_category_cap(harness: Harness) -> None:
+    from streams.rules import ItemRule
+
+    h = harness
+    h.pipeline.config = h.config.model_copy(
+        update={"scoring": h.config.scoring.model_copy(update={"category_cap": 1, "top_k": 2})}
+    )
+
+    class MixedReasons(ExplainingScorer):
+        def recommend(self, histories: Any, exclude: Any, k: int, **kw: Any) -> Any:
+            recs = super().recommend(histories, exclude, k, **kw)
+            return [
+                ExplainedRecommendation(
+                    items=r.items,
+                    strategy=r.strategy,
+                    reasons=[FakeReason("similar_to_viewed", f"h{n}") for n in range(len(r.items))],
+                )
+                for r in recs
+            ]
+
+    h.pipeline.set_scorer(MixedReasons())  # type: ignore[arg-type]
+    for item in ("sku-100", "sku-101"):
+        h.pipeline.rules.apply(item, ItemRule(category="same"))
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1"), offset=1)
+        await until(lambda: len(h.recommendations) == 1)
+
+    h.run(body)
+    # sku-101 is capped out; sku-102 moves up and keeps the reason it was ranked with.
+    assert [
+        (i["item_id"], i["reason"]["item_id"]) for i in h.recommendations[0].json()["items"]
+    ] == [
+        ("sku-100", "h0"),
+        ("sku-102", "h2"),
+    ]
