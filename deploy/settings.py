@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="Model directory (`model.onnx` + `metadata.json`) or a model store root "
         "(its `CURRENT` version is served and hot-reloaded when `CURRENT` changes).",
     )
+    text_encoder_dir: Path | None = Field(
+        None,
+        description="An exported text encoder (`recstream text-encoder ...`: `encoder.onnx`, "
+        "`tokenizer.json`, `text_encoder.json`), loaded once per worker: search queries "
+        "become intents and catalog text is embedded for the model. Unset: searches are "
+        "accepted and counted but carry no intent; catalog text is not embedded.",
+    )
     provider: Provider = Field(
         "auto",
         description="onnxruntime provider: `auto` (CUDA if it really works, else CPU), "

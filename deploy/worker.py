@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import logging
 import os
 import sys
@@ -15,8 +17,18 @@ from models.scorer import OnnxScorer, Provider, Scorer
 from models.store import CURRENT_FILENAME, ModelStore
 from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
+from streams.bundles import CoPurchaseModel
+from streams.catalog import TextSupport
+from streams.intent import TextEncoder
 
-__all__ = ["StoreModelSource", "build_app", "run_worker", "warmup_batch_sizes"]
+__all__ = [
+    "StoreModelSource",
+    "build_app",
+    "load_co_purchase_model",
+    "load_text_support",
+    "run_worker",
+    "warmup_batch_sizes",
+]
 
 log = logging.getLogger("recstream.worker")
 
@@ -69,6 +81,46 @@ def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
     while sizes[-1] * 8 < max_batch:
         sizes.append(sizes[-1] * 8)
     return tuple(sorted({*sizes, max_batch}))
+
+
+def load_text_support(settings: Settings) -> TextSupport | None:
+    """The worker's text side (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` if unset.
+
+    The encoder is loaded once; the catalog's text index starts empty and fills as the
+    ``items`` topic is read. ``models.text_encoder`` is imported only when an encoder
+    is configured: it needs the ``tokenizers`` package (the ``text`` extra).
+    """
+    if settings.text_encoder_dir is None:
+        return None
+    text_encoder = importlib.import_module("models.text_encoder")
+    catalog = importlib.import_module("models.catalog")
+    encoder: TextEncoder = text_encoder.OnnxTextEncoder.load(
+        settings.text_encoder_dir,
+        provider=settings.provider,
+        intra_op_threads=settings.intra_op_threads,
+    )
+    log.info("text encoder loaded from %s (dim %d)", settings.text_encoder_dir, encoder.dim)
+    return TextSupport(
+        encoder=encoder,
+        index=catalog.ItemTextIndex(encoder.dim),
+        item_text=text_encoder.item_text,
+    )
+
+
+def load_co_purchase_model(settings: Settings) -> CoPurchaseModel | None:
+    """The model side of bundles (``models.bundles``), unless bundles are off."""
+    bundles = settings.stream.bundles
+    if not bundles.enabled:
+        return None
+    try:
+        module = importlib.import_module("models.bundles")
+    except ModuleNotFoundError:
+        log.warning("models.bundles is not installed: purchases are not paired into bundles")
+        return None
+    counts = functools.partial(
+        module.CoPurchaseCounts, half_life_s=bundles.half_life_s, max_partners=bundles.max_partners
+    )
+    return CoPurchaseModel(counts=counts, latest_pairs=module.latest_pairs)
 
 
 def build_app(settings: Settings) -> RecstreamApp:
@@ -124,6 +176,8 @@ def build_app(settings: Settings) -> RecstreamApp:
         model_source=source,
         loaded_version=version,
         experiment=experiment,
+        text=load_text_support(settings),
+        co_purchases=load_co_purchase_model(settings),
     )
 
 

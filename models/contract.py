@@ -12,6 +12,9 @@ hold an event the live worker would dead-letter:
   naive time are rejected); booleans and every other type are rejected.
 * :func:`timestamp_range_error` / :func:`check_timestamp`: the plausibility range,
   ``[2000-01-01T00:00:00Z, now + 1 day]``, which catches milliseconds and zeros.
+* :data:`SEARCH_TYPE`: the type of a search event. A search is no interaction (it
+  has no item), so it is no :class:`EventType` and no model vocabulary entry: the
+  worker keeps only its embedded intent, and the event-log readers skip it.
 
 ``streams.events`` (the worker's decoder) and ``models.datasets`` (the event-log
 reader) both use these; their error messages are the reason texts of the worker's
@@ -28,6 +31,7 @@ from enum import StrEnum
 __all__ = [
     "MAX_FUTURE_SKEW_S",
     "MIN_TS",
+    "SEARCH_TYPE",
     "Channel",
     "EventType",
     "check_timestamp",
@@ -39,6 +43,9 @@ __all__ = [
 MIN_TS = 946_684_800.0
 #: Accepted clock skew into the future, in seconds.
 MAX_FUTURE_SKEW_S = 24 * 3600.0
+
+#: ``type`` of a search event (its own topic; never part of a training history).
+SEARCH_TYPE = "search"
 
 _NOT_A_TIMESTAMP = "ts must be a number or an RFC 3339 string"
 

@@ -8,7 +8,9 @@ Three formats:
   ``user_id,item_id,event_type,ts`` (``channel`` optional, ``type`` accepted too).
   ``ts`` is checked by the live worker's rules (``models.contract.check_timestamp``):
   a record the worker would dead-letter for its timestamp is an invalid record here;
-  a CSV ``ts`` cell that is a JSON number literal counts as that number;
+  a CSV ``ts`` cell that is a JSON number literal counts as that number; search
+  records (``type`` ``search``, the worker's fourth input) are no interactions and
+  are skipped;
 * **one sequence per line**: ``user item1 item2 ...`` in chronological order (the
   S3-Rec Amazon Beauty file), plus its optional ``{item: [attribute, ...]}`` JSON;
 * **sessions**: one session of item ids per line for training, and
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.contract import check_timestamp
+from models.contract import SEARCH_TYPE, check_timestamp
 from models.interactions import CHANNELS, EVENT_TYPES, Interaction
 
 __all__ = [
@@ -154,6 +156,8 @@ def read_event_log(
         try:
             if isinstance(record, DataFormatError):
                 raise record
+            if (record.get("event_type") or record.get("type")) == SEARCH_TYPE:
+                continue  # a search is no interaction (models.contract.SEARCH_TYPE)
             out.append(_interaction_from_record(record, where, current))
         except DataFormatError as exc:
             if not skip_invalid:

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from faust import current_event
 
@@ -44,13 +46,41 @@ from models.scorer import Recommendation, Scorer
 from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
+from streams.bundles import (
+    Bundles,
+    BundlesConsumer,
+    CoPurchaseModel,
+    bundle_bytes,
+    co_purchase_records,
+    decode_co_purchase,
+    fold_co_purchase,
+)
+from streams.catalog import Catalog, CatalogConsumer, TextSupport
 from streams.control import ErasureRequest, ProfileExpiry, decode_control
-from streams.events import Event, EventType, InvalidEvent, ReasonCode, decode_event
+from streams.events import (
+    Event,
+    EventType,
+    InvalidEvent,
+    PurchaseEvent,
+    ReasonCode,
+    SearchEvent,
+    decode_event,
+    decode_search,
+)
+from streams.intent import TextEncoder, decayed_weight, make_intent, pack, unpack
 from streams.messages import dead_letter_bytes, erasure_audit_bytes, recommendation_dict
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
 from streams.privacy import ERASED_PREFIX, UserKeys, UserRefs
-from streams.profile import Profile, apply_event, find_hit, remember_latest, remember_list
+from streams.profile import (
+    Profile,
+    apply_event,
+    apply_search,
+    find_hit,
+    remember_intent,
+    remember_latest,
+    remember_list,
+)
 from streams.rules import ItemRules, RulesConsumer, diversify
 from streams.tables import ProfileTable
 
@@ -70,13 +100,51 @@ class ScoreRequest:
     """One event waiting for its recommendation."""
 
     event: EventT[Any]
-    decoded: Event
+    decoded: Event | SearchEvent
     user: str  # the user's key in state and outputs (the id, or its pseudonym)
     history: list[tuple[str, str, str]]
     exclude: frozenset[str]
+    purchased: frozenset[str] = frozenset()
     model_version: str = ""
     arm: str = CONTROL
     experiment: str = NO_EXPERIMENT
+    # item -> (reason code, item it names), from the scorer's explanation.
+    reasons: dict[str, tuple[str, str | None]] | None = None
+    # The search intent sent to the scorer (a models.scorer.Intent), if any.
+    intent: Any = None
+    # A search's query, embedded in the inference thread (then dropped; never stored),
+    # and its vector once embedded (remembered in the profile after scoring).
+    query: str | None = None
+    query_vector: np.ndarray | None = None
+
+
+#: A popular list's items are there for one reason.
+_POPULAR: tuple[str, None] = ("popular", None)
+
+
+def _takes_intents(scorer: Scorer) -> bool:
+    """Whether ``scorer.recommend`` takes search intents (``intents=``)."""
+    try:
+        return "intents" in inspect.signature(scorer.recommend).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _explanations(rec: Recommendation) -> dict[str, tuple[str, str | None]] | None:
+    """item -> (code, item_id) of the scorer's reasons (``Recommendation.reasons``).
+
+    Taken before the category cap re-ranks the list, so each item keeps its own
+    reason whatever the cap drops. ``None`` when the scorer gives no reasons (a model
+    exported before explanations existed).
+    """
+    reasons = getattr(rec, "reasons", None)
+    if not reasons:
+        return None
+    return {
+        item: (str(reason.code), reason.item_id)
+        for (item, _score), reason in zip(rec.items, reasons, strict=False)
+        if reason is not None
+    }
 
 
 def _last_activity(document: dict[str, Any]) -> float:
@@ -98,6 +166,14 @@ class Pipeline:
         output: where recommendations, dead letters and changelog records are
             written; a librdkafka :class:`~streams.output.OutputProducer` on
             ``config.kafka`` by default (tests pass an in-memory sink).
+        text: the text encoder (search queries and catalog text, embedded in the
+            inference thread) and the catalog's text index attached to every scorer;
+            ``None``: searches are accepted and counted but carry no intent, and the
+            catalog's text is not embedded.
+        co_purchases: the model side of bundles (``models.bundles``); ``None`` (or
+            ``RECSTREAM_BUNDLE_ENABLED=false``): purchases are not paired or counted
+            (bundles on the ``bundles`` topic are still added to lists).
+        bundle_counts: the per-item co-purchase counts table (with ``co_purchases``).
     """
 
     def __init__(
@@ -108,6 +184,9 @@ class Pipeline:
         profiles: TableT[Any, Any],
         metrics: Metrics,
         output: OutputSink | None = None,
+        text: TextSupport | None = None,
+        co_purchases: CoPurchaseModel | None = None,
+        bundle_counts: TableT[Any, Any] | None = None,
     ) -> None:
         self.app = app
         self.config = config
@@ -128,9 +207,28 @@ class Pipeline:
         self.acks = InOrderAcks()
         self.rules = ItemRules()
         self._rules_task: asyncio.Future[None] | None = None
-        # Events and erasure requests, co-partitioned by user id.
+        self.text = text
+        self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
+        self.catalog = Catalog()
+        self._catalog_task: asyncio.Future[None] | None = None
+        self.bundles = Bundles()
+        self._bundles_task: asyncio.Future[None] | None = None
+        enabled = config.bundles.enabled and bundle_counts is not None
+        self.co_purchases = co_purchases if enabled else None
+        self.bundle_counts = bundle_counts
+        # Co-purchase records, keyed (and so partitioned) by anchor item like the
+        # counts table's changelog.
+        self.co_purchase_topic = app.topic(
+            names.co_purchases, key_serializer="raw", value_serializer="raw"
+        )
+        self._attach_catalog(scorer)
+        # Events, searches and erasure requests, co-partitioned by user id.
         self.input_topic = app.topic(
-            *self._input_types, names.user_erasure, key_serializer="raw", value_serializer="raw"
+            *self._input_types,
+            names.searches,
+            names.user_erasure,
+            key_serializer="raw",
+            value_serializer="raw",
         )
         if output is None:
             output = OutputProducer(
@@ -149,11 +247,14 @@ class Pipeline:
             executor=self._executor,
             inline=not config.scoring.inference_thread,
         )
-        if isinstance(profiles, ProfileTable) and config.scoring.changelog_producer == "librdkafka":
-            profiles.changelog_writer = self._write_changelog
+        if config.scoring.changelog_producer == "librdkafka":
+            for table in (profiles, bundle_counts):
+                if isinstance(table, ProfileTable):
+                    table.changelog_writer = self._write_changelog
         # Per-event counts go to tallies (plain floats), published once per batch.
         stage = self.metrics.stage_seconds
         self._consumed = {t: Tally(self.metrics.events_consumed.labels(t.value)) for t in EventType}
+        self._searches = Tally(self.metrics.events_consumed.labels("search"))
         self._recommended: dict[str, Tally] = {}
         self._lists: dict[tuple[str, str, str], Tally] = {}
         self._hits: dict[tuple[str, str, str, str], Tally] = {}
@@ -164,6 +265,7 @@ class Pipeline:
         self._stage_produce = Tally(stage.labels("produce"))
         self._tallies = [
             *self._consumed.values(),
+            self._searches,
             self._updates,
             self._duplicates,
             self._stage_decode,
@@ -179,8 +281,19 @@ class Pipeline:
         """The key of a user's state (profile) in the table: the id, or its pseudonym."""
         return self.users.state(user_id)
 
+    def _attach_catalog(self, scorer: Scorer) -> None:
+        """Give ``scorer`` the catalog's text index (cold items, search intents).
+
+        Scorers without catalog support (models exported before it, fakes) are
+        served as they are.
+        """
+        attach = getattr(scorer, "attach_catalog", None)
+        if attach is not None and self.text is not None:
+            attach(self.text.index)
+
     def set_scorer(self, scorer: Scorer) -> None:
         """Serve with ``scorer`` from the next batch on (hot reload)."""
+        self._attach_catalog(scorer)
         self.scorer = scorer
         self.metrics.model_info.info(
             {"model_version": scorer.model_version, "provider": scorer.provider}
@@ -192,13 +305,19 @@ class Pipeline:
         Users are assigned an arm as their events arrive; a batch in flight finishes
         with the scorers it started with.
         """
+        if candidate is not None:
+            self._attach_catalog(candidate)
         self.experiment = (
             (experiment, candidate) if experiment is not None and candidate is not None else None
         )
 
     def register(self) -> None:
-        """Register the ``score_user_events`` agent on the app."""
+        """Register the ``score_user_events`` (and ``count_co_purchases``) agents on the app."""
         self.app.agent(self.input_topic, name="score_user_events")(self.score_user_events)
+        if self.co_purchases is not None:
+            self.app.agent(self.co_purchase_topic, name="count_co_purchases")(
+                self.count_co_purchases
+            )
 
     async def score_user_events(self, stream: StreamT[Any]) -> None:
         """Agent body: consume all three input topics, one event at a time."""
@@ -232,6 +351,9 @@ class Pipeline:
         event_type = self._input_types.get(msg.topic)
         if event_type is None and msg.topic == self.config.topics.user_erasure:
             await self._control(event)
+            return
+        if event_type is None and msg.topic == self.config.topics.searches:
+            await self._search(event)
             return
         if event_type is None:
             await self._dead_letter(
@@ -267,31 +389,128 @@ class Pipeline:
         # an update whose changelog record never left the producer; rewriting the
         # profile re-sends it, so the changelog (the durable copy) converges.
         self.profiles[user] = profile.to_json()
+        if isinstance(decoded, PurchaseEvent) and self.co_purchases is not None:
+            self._emit_co_purchases(event, profile, decoded, self.co_purchases)
         self._stage_profile.add(time.perf_counter() - t1)
+        await self._submit(event, decoded, user, profile, intent=self._intent(profile, decoded.ts))
+
+    async def _search(self, event: EventT[Any]) -> None:
+        """A search: fold its id and time into the profile, then score like an event.
+
+        The query is embedded with the batch (``_score``), and the vector kept in the
+        profile once the list is out (``_remember``).
+        """
+        msg = event.message
+        self._searches.add()
+        decoded = decode_search(msg.value, msg.key)
+        if isinstance(decoded, InvalidEvent):
+            await self._dead_letter(event, decoded)
+            return
+        if self._erased_before(decoded):
+            self.metrics.events_of_erased_users.inc()
+            self.acks.done(event)
+            return
+        user = self.users.state(decoded.user_id)
+        profile = Profile.from_json(self.profiles.get(user))
+        if apply_search(profile, decoded, self.config.limits):
+            self._updates.add()
+        else:
+            self._duplicates.add()
+        self.profiles[user] = profile.to_json()  # written even for a replay (see _handle)
+        query = decoded.query if self.text_encoder is not None else None
+        await self._submit(event, decoded, user, profile, query=query)
+
+    async def _submit(
+        self,
+        event: EventT[Any],
+        decoded: Event | SearchEvent,
+        user: str,
+        profile: Profile,
+        *,
+        intent: Any = None,
+        query: str | None = None,
+    ) -> None:
         experiment = self.experiment
         history = profile.history()
+        purchased = profile.purchased_items()
         await self.batcher.submit(
             ScoreRequest(
                 event,
                 decoded,
                 user,
                 history,
-                self._excluded(profile, history),
+                self._excluded(purchased, history),
+                purchased,
                 arm=CONTROL if experiment is None else experiment[0].arm(decoded.user_id),
                 experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
+                intent=intent,
+                query=query,
             )
         )
 
+    def _intent(self, profile: Profile, ts: float) -> Any:
+        """The profile's latest search as an intent decayed to ``ts``, or ``None``."""
+        stored = profile.intent
+        if stored is None:
+            return None
+        search = self.config.search
+        weight = decayed_weight(ts - float(stored[0]), search.half_life_s)
+        if weight < search.min_weight:
+            return None
+        return make_intent(unpack(stored[1]), weight)
+
+    def _embed_queries(self, batch: Sequence[ScoreRequest]) -> None:
+        """Embed the batch's search queries in one encoder call (inference thread)."""
+        encoder = self.text_encoder
+        pending = [req for req in batch if req.query is not None]
+        if encoder is None or not pending:
+            return
+        try:
+            vectors = encoder.encode([req.query or "" for req in pending])
+        except Exception:
+            # The lists still go out, without the intent; the events are not lost.
+            log.exception("embedding %d search queries failed", len(pending))
+            return
+        for req, vector in zip(pending, vectors, strict=True):
+            req.query = None  # the text is not kept beyond this point
+            req.query_vector = vector
+            req.intent = make_intent(vector, 1.0)
+
     def _excluded(
-        self, profile: Profile, history: Sequence[tuple[str, str, str]]
+        self, purchased: frozenset[str], history: Sequence[tuple[str, str, str]]
     ) -> frozenset[str]:
         """The user's own items a list must not hold (`ScoringConfig.history_policy`)."""
         policy = self.config.scoring.history_policy
         if policy == "model":
             return frozenset()
         if policy == "exclude-history":
-            return profile.purchased_items() | {item for item, _, _ in history}
-        return profile.purchased_items()
+            return purchased | {item for item, _, _ in history}
+        return purchased
+
+    def _emit_co_purchases(
+        self, event: EventT[Any], profile: Profile, purchase: PurchaseEvent, model: CoPurchaseModel
+    ) -> None:
+        """Pair a purchase with the user's earlier ones; one record per anchor item.
+
+        Also for a replayed purchase (its pairs may never have been delivered before a
+        crash): the pairs are recomputed from the purchases up to its own time, and the
+        counts agent counts each purchase once per anchor (by ``event_id``).
+        """
+        earlier: list[tuple[str, str | None, float]] = [
+            (str(p[0]), str(p[2]) if len(p) > 2 else None, float(p[1]))
+            for p in profile.purchased
+            if p[0] != purchase.item_id and float(p[1]) <= purchase.ts
+        ]
+        if not earlier:
+            return
+        newest = (purchase.item_id, purchase.order_id, purchase.ts)
+        pairs = model.latest_pairs([*earlier, newest], window_s=self.config.bundles.window_s)
+        topic = self.config.topics.co_purchases
+        for anchor, value in co_purchase_records(pairs, purchase.event_id).items():
+            self.acks.expect(event)
+            self.output.produce(
+                topic, anchor.encode(), value, functools.partial(self._delivered, event)
+            )
 
     def _score(self, batch: Sequence[ScoreRequest]) -> Sequence[Recommendation]:
         # One model per arm for the whole batch, even if a reload swaps them meanwhile.
@@ -306,6 +525,7 @@ class Pipeline:
                 req.experiment = experiment_id
                 req.arm = CONTROL if experiment is None else experiment[0].arm(req.decoded.user_id)
             groups.setdefault(req.arm, []).append(i)
+        self._embed_queries(batch)
         recs: list[Recommendation | None] = [None] * len(batch)
         # The rules as read so far, for the whole batch: hidden items are masked by the
         # model before its top-K (lists stay K long); categories cap the list after.
@@ -315,11 +535,19 @@ class Pipeline:
         for arm, indices in groups.items():
             arm_scorer = candidate if arm == CANDIDATE and candidate is not None else scorer
             started = time.perf_counter()
-            results = arm_scorer.recommend(
-                [batch[i].history for i in indices],
-                [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices],
-                top_k * CANDIDATE_POOL if categories else top_k,
-            )
+            histories = [batch[i].history for i in indices]
+            excludes = [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices]
+            k = top_k * CANDIDATE_POOL if categories else top_k
+            intents = [batch[i].intent for i in indices]
+            if _takes_intents(arm_scorer) and any(i is not None for i in intents):
+                # The keyword only when there is an intent: scorers without search
+                # support (older models, fakes) are called as before.
+                with_intents: Any = arm_scorer.recommend  # Scorer.recommend(..., intents=)
+                results = with_intents(histories, excludes, k, intents=intents)
+            else:
+                results = arm_scorer.recommend(histories, excludes, k)
+            for i, rec in zip(indices, results, strict=True):
+                batch[i].reasons = _explanations(rec)
             if categories:
                 results = [diversify(rec, categories, cap, top_k) for rec in results]
             elapsed = time.perf_counter() - started
@@ -346,16 +574,23 @@ class Pipeline:
             return
         started = time.perf_counter()
         now = time.time()
+        hidden, size = self.rules.hidden, self.config.bundles.size
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
+            bundle = None
+            if not isinstance(ev, SearchEvent) and len(self.bundles):
+                partners = self.bundles.for_item(ev.item_id, req.purchased, hidden, size)
+                bundle = (ev.item_id, partners) if partners else None
             message = recommendation_dict(
                 user_id=req.user,
                 items=rec.items,
+                reasons=self._reasons(req, rec, bundle),
+                bundle=bundle,
                 model_version=req.model_version,
                 arm=req.arm,
                 strategy=rec.strategy,
                 trigger_event_id=ev.event_id,
-                trigger_event_type=ev.event_type.value,
+                trigger_event_type=ev.type,
                 event_ts=ev.ts,
                 produced_ts=now,
             )
@@ -393,6 +628,35 @@ class Pipeline:
         self._stage_produce.add(time.perf_counter() - started)
         self._flush_metrics()
 
+    @staticmethod
+    def _reasons(
+        req: ScoreRequest,
+        rec: Recommendation,
+        bundle: tuple[str, Sequence[tuple[str, float]]] | None,
+    ) -> list[tuple[str, str | None] | None] | None:
+        """The ``reason`` of each item of the message, aligned with ``rec.items``.
+
+        An item of the trigger item's bundle is there because it is bought with it
+        (``bought_together``, naming the trigger); the others keep the scorer's reason.
+        """
+        explained = req.reasons
+        reasons: list[tuple[str, str | None] | None] | None
+        if explained is not None:
+            reasons = [explained.get(item) for item, _score in rec.items]
+        elif rec.strategy == "popular":
+            reasons = [_POPULAR] * len(rec.items)
+        else:
+            reasons = None
+        if bundle is not None:
+            anchor, partners = bundle
+            together = {item for item, _score in partners}
+            if reasons is None:
+                reasons = [None] * len(rec.items)
+            for n, (item, _score) in enumerate(rec.items):
+                if item in together:
+                    reasons[n] = ("bought_together", anchor)
+        return reasons
+
     def _remember(self, req: ScoreRequest, rec: Recommendation, message: dict[str, Any]) -> bool:
         """Remember the list in the user's profile: the latest list (for the lookup
         API) and, for later hits on it, the last ``RECSTREAM_FEEDBACK_LISTS``.
@@ -415,6 +679,8 @@ class Pipeline:
                     return False
                 profile = Profile.from_json(stored)
                 remember_latest(profile, message)
+                if req.query_vector is not None:
+                    remember_intent(profile, ev.ts, pack(req.query_vector))
                 remember_list(
                     profile,
                     ev.ts,
@@ -432,7 +698,7 @@ class Pipeline:
 
     # -- privacy: erasure and expiry ------------------------------------------------------
 
-    def _erased_before(self, event: Event) -> bool:
+    def _erased_before(self, event: Event | SearchEvent) -> bool:
         """Whether the event's user was erased at or after the event's time."""
         marker = self.profiles.get(self.users.marker(event.user_id))
         return marker is not None and event.ts <= float(orjson.loads(marker)["erased_at"])
@@ -638,13 +904,100 @@ class Pipeline:
         )
         self._rules_task = asyncio.ensure_future(consumer.run())
 
+    async def count_co_purchases(self, stream: StreamT[Any]) -> None:
+        """Agent body: fold co-purchase records into the per-item counts, publish bundles.
+
+        Acked like the scoring agent's events: once the table's changelog record and
+        the bundle record are delivered.
+        """
+        self.output.start()
+        async for event in manual_ack_events(stream):
+            await self.output.wait_for_room()
+            self.acks.track(event)
+            try:
+                self._count(event)
+            except Exception as exc:  # never let one record stop the worker
+                log.exception("unexpected error on a co-purchase record")
+                await self._dead_letter(
+                    event, InvalidEvent(code=ReasonCode.PROCESSING_ERROR, reason=repr(exc)[:500])
+                )
+
+    def _count(self, event: EventT[Any]) -> None:
+        model, table = self.co_purchases, self.bundle_counts
+        assert model is not None and table is not None  # registered only with both
+        msg = event.message
+        record = decode_co_purchase(msg.key, msg.value)
+        if isinstance(record, InvalidEvent):
+            self._send_dead_letter(event, record)
+            self.metrics.events_invalid.labels(record.code.value).inc()
+            return
+        anchor = record.anchor_item_id
+        bundles = self.config.bundles
+        counts = model.counts()
+        stored, counted = fold_co_purchase(table.get(anchor), record, counts, bundles.dedup_window)
+        if not counted:
+            self._duplicates.add()
+            if stored is not None:
+                counts.from_dict(anchor, orjson.loads(stored))
+        # Written (and published) for a replay too, so changelog and topic converge.
+        table[anchor] = stored
+        top = counts.top(anchor, bundles.size * CANDIDATE_POOL, now=record.ts)
+        self.output.produce(
+            self.config.topics.bundles,
+            anchor.encode(),
+            bundle_bytes(anchor, top, record.ts),
+            functools.partial(self._delivered, event),
+        )
+
+    def start_bundles(self) -> None:
+        """Read the bundles in the background (every worker reads all of them)."""
+        consumer = BundlesConsumer(
+            self.config.kafka.client_config(),
+            self.config.topics.bundles,
+            self.bundles,
+            self._dead_letter_rule,
+            lambda: self.metrics.item_rules.labels("bundles").set(len(self.bundles)),
+        )
+        self._bundles_task = asyncio.ensure_future(consumer.run())
+
+    def start_catalog(self) -> None:
+        """Read the catalog in the background (every worker reads all of it)."""
+        consumer = CatalogConsumer(
+            self.config.kafka.client_config(),
+            self.config.topics.items,
+            self.catalog,
+            self.rules,
+            self._dead_letter_rule,
+            self.text,
+            self._in_inference_thread,
+            self._catalog_applied,
+        )
+        self._catalog_task = asyncio.ensure_future(consumer.run())
+
+    def _in_inference_thread(self, work: Callable[[], np.ndarray]) -> Awaitable[np.ndarray]:
+        # Catalog text is embedded in the scoring thread, between batches: the event
+        # loop goes on and the encoder is only ever called from one thread.
+        return asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def _catalog_applied(self, applied: int) -> None:
+        self.metrics.item_rules_applied.inc(applied)
+        self.metrics.item_rules.labels("catalog").set(len(self.catalog))
+        self.metrics.item_rules.labels("hidden").set(len(self.rules.hidden))
+        if self.text is not None:
+            self.metrics.item_rules.labels("embedded").set(len(self.text.index))
+
+    @property
+    def side_topics_loaded(self) -> bool:
+        """Whether the item rules and the catalog were read to their start's end."""
+        return self.rules.loaded and self.catalog.loaded
+
     def _rules_applied(self, applied: int) -> None:
         self.metrics.item_rules_applied.inc(applied)
         self.metrics.item_rules.labels("rules").set(len(self.rules))
         self.metrics.item_rules.labels("hidden").set(len(self.rules.hidden))
 
     def _dead_letter_rule(self, msg: Any, invalid: InvalidEvent) -> None:
-        """A record of the item-rules topic that is no rule: to the dead-letter topic."""
+        """A bad record of a broadcast topic (item rules, catalog): to the dead-letter topic."""
         self.metrics.events_invalid.labels(invalid.code.value).inc()
         log.warning(
             "dead-lettered %s[%s]@%s: %s: %s",

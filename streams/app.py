@@ -18,12 +18,14 @@ from models.scorer import Scorer
 from streams._faust import FetchWaitApp
 from streams.agents import Pipeline
 from streams.api import LookupApi
+from streams.bundles import CoPurchaseModel
+from streams.catalog import TextSupport
 from streams.config import KafkaConfig, StreamConfig
 from streams.metrics import Metrics
 from streams.output import OutputSink
 from streams.reload import ModelReloader, ModelSource
 from streams.tables import ProfileTable
-from streams.topics import PROFILES_TABLE, changelog_topic
+from streams.topics import BUNDLE_COUNTS_TABLE, PROFILES_TABLE, changelog_topic
 from streams.web import is_ready, register_web
 
 __all__ = ["RecstreamApp", "create_app"]
@@ -66,6 +68,8 @@ def create_app(
     loaded_version: str | None = None,
     experiment: tuple[Experiment, Scorer] | None = None,
     output: OutputSink | None = None,
+    text: TextSupport | None = None,
+    co_purchases: CoPurchaseModel | None = None,
 ) -> RecstreamApp:
     """Build the worker application.
 
@@ -81,6 +85,10 @@ def create_app(
         output: where recommendations, dead letters and changelog records go; a
             librdkafka :class:`~streams.output.OutputProducer` by default (tests pass
             an in-memory sink).
+        text: the text encoder and the catalog's text index (``None``: searches
+            carry no intent and the catalog's text is not embedded).
+        co_purchases: the model side of bundles (``models.bundles``); ``None``: no
+            co-purchase pairing or counting (see ``streams.bundles``).
 
     Returns:
         The Faust app with the ``score_user_events`` agent registered.
@@ -150,8 +158,38 @@ def create_app(
     )
     # Faust names the changelog itself; topic provisioning relies on that name.
     assert profiles.changelog_topic.get_topic_name() == changelog_topic(config.app_id)
+    bundle_counts = None
+    if co_purchases is not None and config.bundles.enabled:
+        # Per-item co-purchase counts (JSON bytes, like the profiles), co-partitioned
+        # with the co-purchases topic by anchor item.
+        bundle_counts = app.Table(
+            BUNDLE_COUNTS_TABLE,
+            default=None,
+            partitions=config.partitions,
+            key_type=str,
+            value_type=bytes,
+            options={
+                "driver": "rocksdict",
+                "write_buffer_size": config.rocksdb.write_buffer_mb * 1024 * 1024,
+                "max_write_buffer_number": 2,
+                "block_cache_size": config.rocksdb.block_cache_mb * 1024 * 1024,
+            },
+        )
+        assert bundle_counts.changelog_topic.get_topic_name() == changelog_topic(
+            config.app_id, BUNDLE_COUNTS_TABLE
+        )
     metrics = metrics or Metrics()
-    app.pipeline = Pipeline(app, config, scorer, profiles, metrics, output=output)
+    app.pipeline = Pipeline(
+        app,
+        config,
+        scorer,
+        profiles,
+        metrics,
+        output=output,
+        text=text,
+        co_purchases=co_purchases,
+        bundle_counts=bundle_counts,
+    )
     app.pipeline.register()
     if experiment is not None:
         app.pipeline.set_experiment(*experiment)
@@ -182,6 +220,8 @@ def create_app(
 
     async def read_item_rules() -> None:
         app.pipeline.start_rules()
+        app.pipeline.start_catalog()
+        app.pipeline.start_bundles()
 
     app.task(read_item_rules)
 
@@ -192,11 +232,11 @@ def create_app(
         register_web(
             app,
             metrics,
-            tuple(config.topics.inputs()),
+            config.topics.consumed(),
             table=profiles,
             acks=app.pipeline.acks,
             max_unacked_age_s=config.web.max_unacked_age_s,
-            rules_loaded=lambda: app.pipeline.rules.loaded,
+            rules_loaded=lambda: app.pipeline.side_topics_loaded,
         )
         LookupApi(
             app,
@@ -205,7 +245,7 @@ def create_app(
             token=config.api.token.get_secret_value(),
             forward_timeout_s=config.api.forward_timeout_s,
             state_key=app.pipeline.state_key,
-            ready=lambda: is_ready(app, lambda: app.pipeline.rules.loaded),
+            ready=lambda: is_ready(app, lambda: app.pipeline.side_topics_loaded),
             metrics=metrics,
         ).register()
     return app

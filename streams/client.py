@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from streams.catalog import CatalogItem
 from streams.control import erasure_request_bytes
-from streams.events import BrowseEvent, ClickEvent, Event, EventType, PurchaseEvent
+from streams.events import BrowseEvent, ClickEvent, Event, EventType, PurchaseEvent, SearchEvent
 from streams.messages import RecommendationMessage
 from streams.privacy import pseudonym
 from streams.topics import TopicNames
@@ -58,7 +59,7 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     return PurchaseEvent.model_validate(fields)
 
 
-def event_payload(event: Event) -> bytes:
+def event_payload(event: Event | SearchEvent) -> bytes:
     """The JSON bytes recstream expects for an event (``type`` included)."""
     data = event.model_dump(mode="json", exclude_none=True)
     return orjson.dumps(data)
@@ -97,12 +98,23 @@ class EventProducer:
         """Queue one typed event (see :mod:`streams.events`)."""
         self.send_raw(self.topics.for_type(event.event_type), event.user_id, event_payload(event))
 
-    def send_raw(self, topic: str, key: str | bytes | None, value: bytes) -> None:
+    def send_search(self, event: SearchEvent) -> None:
+        """Queue one search (the ``searches`` topic, keyed by ``user_id``)."""
+        self.send_raw(self.topics.searches, event.user_id, event_payload(event))
+
+    def send_item(self, item_id: str, item: CatalogItem | None) -> None:
+        """Queue a catalog record (``items``, keyed by item id); ``None`` retires the item."""
+        value = (
+            None if item is None else orjson.dumps(item.model_dump(mode="json", exclude_none=True))
+        )
+        self.send_raw(self.topics.items, item_id, value)
+
+    def send_raw(self, topic: str, key: str | bytes | None, value: bytes | None) -> None:
         """Queue an arbitrary record (for replays and tests of bad input)."""
         while not self.offer_raw(topic, key, value):
             self._producer.poll(0.05)  # local queue full: let deliveries drain
 
-    def offer_raw(self, topic: str, key: str | bytes | None, value: bytes) -> bool:
+    def offer_raw(self, topic: str, key: str | bytes | None, value: bytes | None) -> bool:
         """Queue a record if the local queue has room; never blocks."""
         try:
             self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)

@@ -23,6 +23,7 @@ from streams.topics import TopicNames
 
 __all__ = [
     "ApiConfig",
+    "BundleConfig",
     "ChangelogProducer",
     "ConfigGroup",
     "ConsumerConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "RocksDBConfig",
     "SaslMechanism",
     "ScoringConfig",
+    "SearchConfig",
     "SecurityProtocol",
     "StreamConfig",
     "WebConfig",
@@ -280,6 +282,52 @@ class FeedbackConfig(ConfigGroup):
     )
 
 
+class SearchConfig(ConfigGroup):
+    """Search intent (needs `RECSTREAM_TEXT_ENCODER_DIR`; see ``streams.intent``)."""
+
+    env_prefix: ClassVar[str] = "search_"
+
+    half_life_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Half-life of a search's weight on later lists, seconds of event time.",
+    )
+    min_weight: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A search's intent is no longer used once its decayed weight is below this.",
+    )
+
+
+class BundleConfig(ConfigGroup):
+    """Frequently bought together, counted from the stream's purchases (``streams.bundles``)."""
+
+    env_prefix: ClassVar[str] = "bundle_"
+
+    enabled: bool = Field(
+        True,
+        description="Pair purchases, count co-purchases per item and add a `bundle` to "
+        "lists (needs `models.bundles`); false: no co-purchases are written or counted.",
+    )
+    window_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Two purchases of one user are co-purchases when in the same order or "
+        "within this many seconds (event time).",
+    )
+    half_life_s: float = Field(
+        14 * 86400.0, gt=0, description="Half-life of a co-purchase's weight, seconds."
+    )
+    max_partners: int = Field(
+        50, ge=1, description="Co-purchase partners kept per item (the lightest is evicted)."
+    )
+    size: int = Field(5, ge=1, le=50, description="Items in the `bundle` of a recommendation list.")
+    dedup_window: int = Field(
+        64, ge=1, description="Purchase event ids remembered per item so a replay counts once."
+    )
+
+
 class StreamConfig(ConfigGroup):
     """Everything the stream layer needs (see each group for the meanings)."""
 
@@ -310,6 +358,8 @@ class StreamConfig(ConfigGroup):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     data_privacy: DataPrivacyConfig = Field(default_factory=DataPrivacyConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    bundles: BundleConfig = Field(default_factory=BundleConfig)
     store: str = Field(
         "rocksdb://",
         description="Faust table store URL (tests: memory://).",

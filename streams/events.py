@@ -1,6 +1,8 @@
 """Input event schemas (v1) and the one place where raw Kafka records are validated.
 
-Every input record is decoded by :func:`decode_event`. It never raises on bad input:
+Every input record is decoded by :func:`decode_event` (interactions: click, browse,
+purchase) or :func:`decode_search` (a search, the fourth input: no item, a query).
+Neither raises on bad input:
 it returns either a valid event or an :class:`InvalidEvent` carrying a stable
 reason code and a human-readable reason, which the agent routes to the dead-letter
 topic together with the original bytes.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 from models.contract import (
     MAX_FUTURE_SKEW_S,
     MIN_TS,
+    SEARCH_TYPE,
     Channel,
     EventType,
     parse_timestamp,
@@ -32,6 +35,8 @@ from models.contract import (
 __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_FUTURE_SKEW_S",
+    "MAX_QUERY_CHARS",
+    "MAX_SEARCH_RESULTS",
     "MIN_TS",
     "BrowseEvent",
     "Channel",
@@ -41,7 +46,9 @@ __all__ = [
     "InvalidEvent",
     "PurchaseEvent",
     "ReasonCode",
+    "SearchEvent",
     "decode_event",
+    "decode_search",
 ]
 
 #: Records larger than this are rejected before parsing (a click is ~200 bytes).
@@ -146,11 +153,59 @@ class PurchaseEvent(_EventBase):
 
 Event = ClickEvent | BrowseEvent | PurchaseEvent
 
+#: Longest query accepted (after stripping whitespace); most are a few words.
+MAX_QUERY_CHARS = 512
+#: Most result item ids a search event may list.
+MAX_SEARCH_RESULTS = 100
+
+
+class SearchEvent(BaseModel):
+    """The shopper searched the shop: the query is their intent, in their own words.
+
+    No ``item_id``: a search is no interaction, so it never enters the history the
+    model reads. The worker embeds the query (when a text encoder is configured) and
+    keeps only the vector, never the text.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", coerce_numbers_to_str=True, str_strip_whitespace=True
+    )
+
+    schema_version: Literal[1] = Field(1, description="Event schema version.")
+    type: Literal["search"] = Field("search", description="Optional; must match the topic.")
+    event_id: Id = Field(description="Globally unique id; replays with the same id apply once.")
+    user_id: Id = Field(description="Shopper id; must equal the Kafka record key.")
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description=f"What the shopper typed (1..{MAX_QUERY_CHARS} characters after trimming).",
+    )
+    results: list[Id] | None = Field(
+        None,
+        max_length=MAX_SEARCH_RESULTS,
+        description=f"Item ids the shop showed for the query, best first (at most "
+        f"{MAX_SEARCH_RESULTS}); optional.",
+    )
+    ts: Annotated[
+        float,
+        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}),
+    ] = Field(description="Event time: Unix epoch seconds (number) or an RFC 3339 string.")
+    channel: Channel = Field(Channel.WEB, description="web, app or store.")
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _parse_ts(cls, value: Any) -> float:
+        return parse_timestamp(value)
+
+
 _MODELS: dict[EventType, type[ClickEvent] | type[BrowseEvent] | type[PurchaseEvent]] = {
     EventType.CLICK: ClickEvent,
     EventType.BROWSE: BrowseEvent,
     EventType.PURCHASE: PurchaseEvent,
 }
+
+
+_M = TypeVar("_M", bound=ClickEvent | BrowseEvent | PurchaseEvent | SearchEvent)
 
 
 class InvalidEvent(BaseModel):
@@ -190,6 +245,19 @@ def decode_event(
     Returns:
         The typed event, or an :class:`InvalidEvent` with a reason code.
     """
+    return _decode(_MODELS[event_type], event_type.value, raw, key, now)
+
+
+def decode_search(
+    raw: bytes | None, key: bytes | None = None, *, now: float | None = None
+) -> SearchEvent | InvalidEvent:
+    """Validate one record of the searches topic; the rules of :func:`decode_event`."""
+    return _decode(SearchEvent, SEARCH_TYPE, raw, key, now)
+
+
+def _decode(
+    model: type[_M], type_name: str, raw: bytes | None, key: bytes | None, now: float | None
+) -> _M | InvalidEvent:
     if not raw:
         return InvalidEvent(code=ReasonCode.EMPTY, reason="record has no value")
     if len(raw) > MAX_EVENT_BYTES:
@@ -219,14 +287,14 @@ def decode_event(
             reason=f"schema_version {version!r} is not supported (this worker reads 1)",
         )
     declared = payload.get("type", payload.get("event_type"))
-    if declared is not None and declared != event_type.value:
+    if declared is not None and declared != type_name:
         return InvalidEvent(
             code=ReasonCode.TYPE_MISMATCH,
-            reason=f"event declares type {declared!r} but arrived on the {event_type.value} topic",
+            reason=f"event declares type {declared!r} but arrived on the {type_name} topic",
         )
     payload.pop("event_type", None)
     try:
-        event = _MODELS[event_type].model_validate(payload)
+        event = cast(_M, model.model_validate(payload))  # Self of a TypeVar-bound class
     except ValidationError as exc:
         code = ReasonCode.SCHEMA_VIOLATION
         if any(err["loc"][:1] == ("ts",) for err in exc.errors()):

@@ -1,9 +1,15 @@
-"""Output message schemas: recommendation lists and dead-letter envelopes (v1)."""
+"""Output message schemas: recommendation lists (v2) and dead-letter envelopes (v1).
+
+Recommendation schema v2 only adds optional fields to v1 (a ``reason`` per item, a
+``bundle`` per list), so a v1 consumer that ignores unknown fields and does not reject
+``schema_version`` 2 reads a v2 list unchanged; this model still reads v1 lists.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
@@ -11,8 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "MAX_DEAD_LETTER_VALUE_BYTES",
+    "RECOMMENDATION_SCHEMA_VERSION",
+    "Bundle",
+    "BundleItem",
     "DeadLetter",
     "ErasureAudit",
+    "ItemReason",
+    "ReasonKind",
     "RecommendedItem",
     "RecommendationMessage",
     "dead_letter_bytes",
@@ -22,13 +33,57 @@ __all__ = [
 ]
 
 
+#: The version the worker writes; readers accept 1 and 2.
+RECOMMENDATION_SCHEMA_VERSION: Literal[2] = 2
+
+#: Why an item is in a list (``models.scorer.ReasonCode``; the stream adds
+#: ``bought_together``).
+ReasonKind = Literal["similar_to_viewed", "bought_together", "matches_search", "popular"]
+
+
+class ItemReason(BaseModel):
+    """Why one item was recommended (schema v2)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    code: ReasonKind = Field(
+        description="`similar_to_viewed` (like `item_id`, an item of the user's history), "
+        "`bought_together` (often bought with `item_id`, the trigger item), "
+        "`matches_search` (the user's latest search) or `popular` (the fallback list)."
+    )
+    item_id: str | None = Field(
+        None, description="The history item or trigger item the reason names, if any."
+    )
+
+
 class RecommendedItem(BaseModel):
     """One recommended item and its model score (higher is better)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     item_id: str
     score: float
+    reason: ItemReason | None = Field(None, description="Why it is here (v2; optional).")
+
+
+class BundleItem(BaseModel):
+    """An item frequently bought together with a bundle's anchor."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    item_id: str
+    score: float = Field(description="Decayed co-purchase count with the anchor.")
+
+
+class Bundle(BaseModel):
+    """Items frequently bought together with the trigger item of a list (schema v2)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    anchor_item_id: str = Field(description="The trigger event's item.")
+    items: list[BundleItem] = Field(
+        description="Best first; none bought by or hidden from the user."
+    )
 
 
 class RecommendationMessage(BaseModel):
@@ -40,7 +95,9 @@ class RecommendationMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = Field(
+        RECOMMENDATION_SCHEMA_VERSION, description="2 (1: before reasons and bundles)."
+    )
     user_id: str
     items: list[RecommendedItem] = Field(description="Best first, at most K.")
     model_version: str = Field(description="Version of the model that scored, or 'none'.")
@@ -56,6 +113,9 @@ class RecommendationMessage(BaseModel):
     trigger_event_type: str
     event_ts: float = Field(description="Event time of the trigger, Unix seconds.")
     produced_ts: float = Field(description="When the worker produced this list, Unix seconds.")
+    bundle: Bundle | None = Field(
+        None, description="Items often bought with the trigger item (v2; optional)."
+    )
 
 
 def recommendation_bytes(**fields: Any) -> bytes:
@@ -77,12 +137,29 @@ def recommendation_dict(
     event_ts: float,
     produced_ts: float,
     arm: str = "control",
+    reasons: Sequence[tuple[str, str | None] | None] | None = None,
+    bundle: tuple[str, Sequence[tuple[str, float]]] | None = None,
 ) -> dict[str, Any]:
-    """A :class:`RecommendationMessage` as a plain JSON document (hot path: no validation)."""
-    return {
-        "schema_version": 1,
+    """A :class:`RecommendationMessage` as a plain JSON document (hot path: no validation).
+
+    Args:
+        reasons: ``(code, item_id)`` per item, aligned with ``items`` (``None``: no
+            reason for that item, or for the whole list).
+        bundle: ``(anchor item, [(item, score), ...])``, or ``None``.
+    """
+    if reasons is None:
+        listed = [{"item_id": i, "score": round(s, 6)} for i, s in items]
+    else:
+        listed = [
+            {"item_id": i, "score": round(s, 6)}
+            if r is None
+            else {"item_id": i, "score": round(s, 6), "reason": {"code": r[0], "item_id": r[1]}}
+            for (i, s), r in zip(items, reasons, strict=True)
+        ]
+    doc: dict[str, Any] = {
+        "schema_version": RECOMMENDATION_SCHEMA_VERSION,
         "user_id": user_id,
-        "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
+        "items": listed,
         "model_version": model_version,
         "arm": arm,
         "strategy": strategy,
@@ -91,6 +168,12 @@ def recommendation_dict(
         "event_ts": event_ts,
         "produced_ts": produced_ts,
     }
+    if bundle is not None:
+        doc["bundle"] = {
+            "anchor_item_id": bundle[0],
+            "items": [{"item_id": i, "score": round(s, 6)} for i, s in bundle[1]],
+        }
+    return doc
 
 
 class ErasureAudit(BaseModel):

@@ -112,7 +112,9 @@ class Metrics:
         )
         self.item_rules = Gauge(
             "recstream_item_rules",
-            "Item rules read from the item-rules topic, and how many items they hide.",
+            "Items known from the per-item topics, by kind: `rules` (item-rules), `catalog` "
+            "(items), `hidden` (hidden by either), `embedded` (catalog items with a text "
+            "vector), `bundles` (items with a bundle).",
             ["kind"],
             registry=r,
         )

@@ -6,8 +6,9 @@ changelog topic, so any Kafka tool can read it):
 * ``recent``: the latest ``history_len`` interactions **in event-time order**,
   oldest first, each ``[item_id, event_type, ts, channel]``;
 * ``counts``: interactions per event type since the profile was created;
-* ``purchased``: ``[item_id, ts]`` of the latest purchase of each distinct item,
-  oldest first, at most ``max_purchased``;
+* ``purchased``: ``[item_id, ts, order_id]`` of the latest purchase of each distinct
+  item, oldest first, at most ``max_purchased`` (entries stored before order ids were
+  kept have no third element); the co-purchases of a new purchase come from here;
 * ``last_seen``: the latest event time seen (Unix seconds);
 * ``seen``: ``[ts, id_hash]`` of the latest ``dedup_window`` applied events (a
   48-bit hash of the ``event_id``, exact in JSON), so an event replayed after a crash
@@ -26,6 +27,9 @@ changelog topic, so any Kafka tool can read it):
   ``recommendations`` topic carries (:class:`streams.messages.RecommendationMessage`),
   or ``null``; what ``GET /users/{user_id}/recommendations`` answers. Replaced only by
   a list triggered by a later (event time) or the same event.
+* ``intent`` (only once the user searched and the worker has a text encoder):
+  ``[ts, vector]``, the event time of the latest search and its embedded query
+  (float16, base64; see ``streams.intent``). Never the query text.
 
 Why event time and not arrival order: a user's clicks, browses and purchases come
 from three topics, and Kafka orders records only within one partition of one
@@ -46,14 +50,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.experiment import NO_EXPERIMENT
-from streams.events import Event, EventType
+from streams.events import Event, PurchaseEvent, SearchEvent
 
 __all__ = [
     "Profile",
     "ProfileLimits",
     "apply_event",
+    "apply_search",
     "event_id_hash",
     "find_hit",
+    "remember_intent",
     "remember_latest",
     "remember_list",
 ]
@@ -111,6 +117,7 @@ class Profile:
     seen: list[list[Any]] = field(default_factory=list)
     recs: list[list[Any]] = field(default_factory=list)
     latest: dict[str, Any] | None = None
+    intent: list[Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Profile:
@@ -129,6 +136,7 @@ class Profile:
             seen=data.get("seen", []),
             recs=data.get("recs", []),
             latest=data.get("latest"),
+            intent=data.get("intent"),
         )
 
     @classmethod
@@ -142,7 +150,7 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document stored in the table and its changelog."""
-        return {
+        doc = {
             "recent": self.recent,
             "counts": self.counts,
             "purchased": self.purchased,
@@ -151,6 +159,9 @@ class Profile:
             "recs": self.recs,
             "latest": self.latest,
         }
+        if self.intent is not None:
+            doc["intent"] = self.intent
+        return doc
 
     def history(self) -> list[tuple[str, str, str]]:
         """``(item_id, event_type, channel)`` per recent interaction, oldest first."""
@@ -194,14 +205,14 @@ def apply_event(profile: Profile, event: Event, limits: ProfileLimits) -> bool:
         limits.history_len,
     )
     profile.counts[etype] = profile.counts.get(etype, 0) + 1
-    if event.event_type is EventType.PURCHASE:
+    if isinstance(event, PurchaseEvent):
         previous = next((p for p in profile.purchased if p[0] == event.item_id), None)
         if previous is None or previous[1] < event.ts:
             if previous is not None:
                 profile.purchased.remove(previous)
             _insert_bounded(
                 profile.purchased,
-                [event.item_id, event.ts],
+                [event.item_id, event.ts, event.order_id],
                 _purchase_key,
                 limits.max_purchased,
             )
@@ -210,6 +221,30 @@ def apply_event(profile: Profile, event: Event, limits: ProfileLimits) -> bool:
         profile.seen, [event.ts, event_id_hash(event.event_id)], _seen_key, limits.dedup_window
     )
     return True
+
+
+def apply_search(profile: Profile, event: SearchEvent, limits: ProfileLimits) -> bool:
+    """Fold a search into ``profile``: only its id (idempotency) and time.
+
+    The query itself is not kept; its embedding is, once scored
+    (:func:`remember_intent`).
+
+    Returns:
+        ``False`` if the event id was already applied (a replay), else ``True``.
+    """
+    if profile.has_applied(event.event_id, event.ts):
+        return False
+    profile.last_seen = max(profile.last_seen, event.ts)
+    _insert_bounded(
+        profile.seen, [event.ts, event_id_hash(event.event_id)], _seen_key, limits.dedup_window
+    )
+    return True
+
+
+def remember_intent(profile: Profile, ts: float, packed: str) -> None:
+    """Keep the embedded query of a search at ``ts`` unless a later search's is there."""
+    if profile.intent is None or float(profile.intent[0]) <= ts:
+        profile.intent = [ts, packed]
 
 
 def remember_list(

@@ -80,39 +80,80 @@ def decode_rule(key: bytes | None, value: bytes | None) -> ItemRule | None | Inv
         return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=f"invalid fields: {fields}")
 
 
+#: Where a rule came from: the merchandiser's ``item-rules`` or the ``items`` catalog.
+RuleSource = Literal["rules", "catalog"]
+
+
 class ItemRules:
-    """The current rules of every item, as read so far.
+    """The current rules of every item, as read so far, from two sources.
+
+    The ``item-rules`` topic (the merchandiser) and the ``items`` catalog (the shop's
+    product feed) both say whether an item is available, blocked and of which
+    category. They combine so that neither can undo the other's ban: an item is
+    hidden when either source hides it, and its category is the merchandiser's when
+    set, else the catalog's.
 
     ``hidden`` and ``categories`` are replaced (never mutated) on change, so the
-    inference thread can read them without a lock.
+    inference thread can read them without a lock. :meth:`apply` publishes at once;
+    a reader applying a batch passes ``publish=False`` and calls :meth:`publish` once.
     """
 
     def __init__(self) -> None:
-        self._rules: dict[str, ItemRule] = {}
+        self._sources: dict[RuleSource, dict[str, ItemRule]] = {"rules": {}, "catalog": {}}
+        self._hidden: set[str] = set()
+        self._categories: dict[str, str] = {}
+        self._changed = False
         self.hidden: frozenset[str] = frozenset()
         self.categories: dict[str, str] = {}
         #: True once every partition was read up to its end offset at start.
         self.loaded = False
 
-    def apply(self, item: str, rule: ItemRule | None) -> None:
-        """Set (or, with ``None``, delete) an item's rule."""
-        old = self._rules.pop(item, None)
-        if rule is not None:
-            self._rules[item] = rule
-        if (old is not None and old.hidden) != (rule is not None and rule.hidden):
-            self.hidden = frozenset(i for i, r in self._rules.items() if r.hidden)
-        old_category = old.category if old is not None else None
-        new_category = rule.category if rule is not None else None
-        if old_category != new_category:
-            categories = dict(self.categories)
-            if new_category is None:
-                categories.pop(item, None)
+    def apply(
+        self,
+        item: str,
+        rule: ItemRule | None,
+        *,
+        source: RuleSource = "rules",
+        publish: bool = True,
+    ) -> None:
+        """Set (or, with ``None``, delete) an item's rule from ``source``."""
+        rules = self._sources[source]
+        if rule is None:
+            rules.pop(item, None)
+        else:
+            rules[item] = rule
+        merchant, catalog = self._sources["rules"].get(item), self._sources["catalog"].get(item)
+        hidden = (merchant is not None and merchant.hidden) or (
+            catalog is not None and catalog.hidden
+        )
+        category = merchant.category if merchant is not None else None
+        if category is None and catalog is not None:
+            category = catalog.category
+        if hidden != (item in self._hidden):
+            self._changed = True
+            if hidden:
+                self._hidden.add(item)
             else:
-                categories[item] = new_category
-            self.categories = categories
+                self._hidden.discard(item)
+        if category != self._categories.get(item):
+            self._changed = True
+            if category is None:
+                del self._categories[item]
+            else:
+                self._categories[item] = category
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        """Make the changes applied so far visible to the next scored batch."""
+        if self._changed:
+            self.hidden = frozenset(self._hidden)
+            self.categories = dict(self._categories)
+            self._changed = False
 
     def __len__(self) -> int:
-        return len(self._rules)
+        """Items with a rule of the ``item-rules`` topic."""
+        return len(self._sources["rules"])
 
 
 def diversify(rec: Recommendation, categories: dict[str, str], cap: int, k: int) -> Recommendation:
@@ -126,7 +167,86 @@ def diversify(rec: Recommendation, categories: dict[str, str], cap: int, k: int)
     return Recommendation(items=items, strategy=rec.strategy)
 
 
-class RulesConsumer:
+class BroadcastReader:
+    """Reads a whole item-keyed topic from the beginning, then follows it.
+
+    Every partition is assigned from offset 0 without joining a consumer group (no
+    offsets committed): each worker needs every item. :attr:`at_end` turns true once
+    each partition was read up to the end offset it had at start.
+
+    Args:
+        client_config: librdkafka connection settings.
+        topic: the topic.
+    """
+
+    def __init__(self, client_config: dict[str, Any], topic: str) -> None:
+        self.topic = topic
+        self._consumer = Consumer(
+            {
+                **client_config,
+                "group.id": f"recstream-{topic}-{uuid.uuid4().hex[:8]}",  # never joins
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self._ends: dict[int, int] = {}
+        self._assigned = False
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the topic was read up to the end offsets found at start."""
+        return self._assigned and not self._ends
+
+    def _assign(self) -> None:
+        meta = self._consumer.list_topics(self.topic, timeout=30)
+        partitions = sorted(meta.topics[self.topic].partitions)
+        for p in partitions:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=30
+            )
+            if high > 0:
+                self._ends[p] = high
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._assigned = True
+
+    def _poll(self) -> list[Message]:
+        return list(self._consumer.consume(500, 0.2))
+
+    def _passed(self, msg: Message) -> None:
+        """Note that ``msg`` was handled (the start's end offsets)."""
+        partition, offset = msg.partition(), msg.offset()
+        if (
+            partition is not None
+            and offset is not None
+            and self._ends.get(partition, 0) <= offset + 1
+        ):
+            self._ends.pop(partition, None)
+
+    async def handle_batch(self, messages: Sequence[Message]) -> None:
+        """Apply one batch of records (on the event loop)."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Consume until cancelled (polls in a thread; state changes on the loop)."""
+        while True:
+            try:
+                if not self._assigned:
+                    await asyncio.to_thread(self._assign)
+                    await self.handle_batch([])  # an empty topic is read at once
+                messages = await asyncio.to_thread(self._poll)
+                if messages:
+                    await self.handle_batch(messages)
+            except Exception:  # never let a side topic stop the worker
+                log.exception("reading %s failed; retrying in 5 s", self.topic)
+                await asyncio.sleep(5)
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()
+
+
+class RulesConsumer(BroadcastReader):
     """Reads the whole ``item-rules`` topic into :class:`ItemRules`, then follows it.
 
     Args:
@@ -145,35 +265,10 @@ class RulesConsumer:
         dead_letter: Callable[[Message, InvalidEvent], None],
         on_applied: Callable[[int], None] = lambda _n: None,
     ) -> None:
-        self.topic = topic
+        super().__init__(client_config, topic)
         self.rules = rules
         self._dead_letter = dead_letter
         self._on_applied = on_applied
-        self._consumer = Consumer(
-            {
-                **client_config,
-                "group.id": f"recstream-rules-{uuid.uuid4().hex[:8]}",  # never joins
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "fetch.wait.max.ms": 50,
-            }
-        )
-        self._ends: dict[int, int] = {}
-
-    def _assign(self) -> None:
-        meta = self._consumer.list_topics(self.topic, timeout=30)
-        partitions = sorted(meta.topics[self.topic].partitions)
-        for p in partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=30
-            )
-            if high > 0:
-                self._ends[p] = high
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-        self.rules.loaded = not self._ends
-
-    def _poll(self) -> list[Message]:
-        return list(self._consumer.consume(500, 0.2))
 
     def handle(self, messages: Sequence[Message]) -> int:
         """Apply a batch of records; returns how many rules changed."""
@@ -185,15 +280,10 @@ class RulesConsumer:
             if isinstance(decoded, InvalidEvent):
                 self._dead_letter(msg, decoded)
             else:
-                self.rules.apply((msg.key() or b"").decode(), decoded)
+                self.rules.apply((msg.key() or b"").decode(), decoded, publish=False)
                 applied += 1
-            partition, offset = msg.partition(), msg.offset()
-            if (
-                partition is not None
-                and offset is not None
-                and self._ends.get(partition, 0) <= offset + 1
-            ):
-                self._ends.pop(partition, None)
+            self._passed(msg)
+        self.rules.publish()
         if not self.rules.loaded and not self._ends:
             self.rules.loaded = True
             log.info(
@@ -203,21 +293,6 @@ class RulesConsumer:
             )
         return applied
 
-    async def run(self) -> None:
-        """Consume until cancelled (polls in a thread; rules change on the loop)."""
-        assigned = False
-        while True:
-            try:
-                if not assigned:
-                    await asyncio.to_thread(self._assign)
-                    assigned = True
-                messages = await asyncio.to_thread(self._poll)
-                if messages:
-                    self._on_applied(self.handle(messages))
-            except Exception:  # never let the rules stop the worker
-                log.exception("reading the item rules failed; retrying in 5 s")
-                await asyncio.sleep(5)
-
-    def close(self) -> None:
-        """Close the consumer."""
-        self._consumer.close()
+    async def handle_batch(self, messages: Sequence[Message]) -> None:
+        """Apply a batch of records and report how many (metrics)."""
+        self._on_applied(self.handle(messages))

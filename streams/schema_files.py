@@ -1,8 +1,10 @@
 """JSON Schema documents for every message recstream reads or writes.
 
 Generated from the pydantic models in :mod:`streams.events`, :mod:`streams.messages`,
-:mod:`streams.control` and :mod:`streams.rules`; the committed copies under
+:mod:`streams.control`, :mod:`streams.rules` and :mod:`streams.catalog`; the committed copies under
 ``streams/schemas/`` are checked against these by the test-suite, so they never drift.
+Superseded versions (``recommendation.v1.json``) stay committed as they were, for
+consumers that still validate against them; only current versions are generated.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from streams.catalog import CatalogItem
 from streams.control import ErasureRequest
-from streams.events import BrowseEvent, ClickEvent, PurchaseEvent
+from streams.events import BrowseEvent, ClickEvent, PurchaseEvent, SearchEvent
 from streams.messages import DeadLetter, ErasureAudit, RecommendationMessage
 from streams.rules import ItemRule
 
@@ -26,11 +29,13 @@ _MODELS: dict[str, type[BaseModel]] = {
     "click.v1": ClickEvent,
     "browse.v1": BrowseEvent,
     "purchase.v1": PurchaseEvent,
-    "recommendation.v1": RecommendationMessage,
+    "search.v1": SearchEvent,
+    "recommendation.v2": RecommendationMessage,
     "dead-letter.v1": DeadLetter,
     "erasure-request.v1": ErasureRequest,
     "erasure-audit.v1": ErasureAudit,
     "item-rule.v1": ItemRule,
+    "item.v1": CatalogItem,
 }
 
 

@@ -1,8 +1,11 @@
 """Topic names and the full list of topics a deployment needs.
 
-All topics recstream reads or writes are keyed by ``user_id`` and share one
-partition count, so a user's events, profile (table changelog) and
-recommendations always live in the same partition number.
+The topics recstream reads or writes are keyed by ``user_id`` and share one
+partition count, so a user's events, searches, profile (table changelog) and
+recommendations always live in the same partition number. The exceptions are keyed
+by item: the compacted ``item-rules``, ``items`` (the catalog) and ``bundles``, which
+every worker reads whole, and ``co-purchases`` with the bundle counts' changelog,
+co-partitioned with each other by item.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streams.events import EventType
 
-__all__ = ["TopicNames", "TopicSpec", "changelog_topic", "required_topics"]
+__all__ = [
+    "BUNDLE_COUNTS_TABLE",
+    "PROFILES_TABLE",
+    "TopicNames",
+    "TopicSpec",
+    "changelog_topic",
+    "required_topics",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,29 @@ class TopicNames(BaseModel):
         min_length=1,
         description="Compacted output topic: each user's latest list (key = user).",
     )
+    searches: str = Field(
+        "searches",
+        min_length=1,
+        description="Input topic for search events (key = user; a query, no item).",
+    )
+    items: str = Field(
+        "items",
+        min_length=1,
+        description="Compacted input: the catalog, title, description, attributes, price, "
+        "availability per item (key = item id; every worker reads all of it).",
+    )
+    co_purchases: str = Field(
+        "co-purchases",
+        min_length=1,
+        description="Internal: pairs of items bought together (key = anchor item), from "
+        "which the bundle counts are kept.",
+    )
+    bundles: str = Field(
+        "bundles",
+        min_length=1,
+        description="Compacted: each item's top co-purchased items (key = item id; every "
+        "worker reads all of it).",
+    )
     dead_letter: str = Field(
         "events-dlq", min_length=1, description="Dead-letter topic for bad input."
     )
@@ -81,12 +114,19 @@ class TopicNames(BaseModel):
             self.purchases: EventType.PURCHASE,
         }
 
+    def consumed(self) -> tuple[str, ...]:
+        """Topics the worker group consumes whose lag means work waiting: the
+        interaction inputs, searches and co-purchases (the autoscaler's triggers)."""
+        return (*self.inputs(), self.searches, self.co_purchases)
+
     def for_type(self, event_type: EventType) -> str:
         """The input topic for an event type."""
         return {v: k for k, v in self.inputs().items()}[event_type]
 
 
 PROFILES_TABLE = "profiles"
+#: Per-item decayed co-purchase counts (key = anchor item id).
+BUNDLE_COUNTS_TABLE = "bundle-counts"
 
 
 def changelog_topic(app_id: str, table: str = PROFILES_TABLE) -> str:
@@ -104,15 +144,23 @@ def required_topics(
 ) -> list[TopicSpec]:
     """Every topic a worker needs, with matching partition counts.
 
-    Input, erasure request, output and dead-letter topics are time-retained, the
-    erasure audit is kept forever; the table changelog and
-    ``recommendations-latest`` are compacted (the latest value per user, until a
-    tombstone deletes it).
+    Input (searches and co-purchases included), erasure request, output and
+    dead-letter topics are time-retained, the erasure audit is kept forever; the
+    table changelogs, ``recommendations-latest`` and the per-item topics (rules,
+    catalog, bundles) are compacted (the latest value per key, until a tombstone
+    deletes it).
     """
     retained = {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
     specs = [
         TopicSpec(name, partitions, replication_factor, dict(retained))
-        for name in (*names.inputs(), names.user_erasure, names.recommendations, names.dead_letter)
+        for name in (
+            *names.inputs(),
+            names.searches,
+            names.user_erasure,
+            names.recommendations,
+            names.dead_letter,
+            names.co_purchases,
+        )
     ]
     # The audit of erasures holds pseudonyms and times only, and is kept forever.
     specs.append(
@@ -125,6 +173,13 @@ def required_topics(
     )
     specs.extend(
         TopicSpec(name, partitions, replication_factor, {"cleanup.policy": "compact"})
-        for name in (changelog_topic(app_id), names.recommendations_latest, names.item_rules)
+        for name in (
+            changelog_topic(app_id),
+            changelog_topic(app_id, BUNDLE_COUNTS_TABLE),
+            names.recommendations_latest,
+            names.item_rules,
+            names.items,
+            names.bundles,
+        )
     )
     return specs

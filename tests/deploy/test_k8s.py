@@ -309,7 +309,7 @@ def test_keda_scales_on_lag_up_to_the_partition_count(overlay, monkeypatch):
     assert 1 <= so["spec"]["minReplicaCount"] <= settings.stream.partitions
     triggers = so["spec"]["triggers"]
     assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(
-        settings.stream.topics.inputs()
+        settings.stream.topics.consumed()
     )
     sasl = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}[
         settings.stream.kafka.sasl_mechanism

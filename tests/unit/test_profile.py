@@ -75,7 +75,7 @@ def test_repurchase_moves_item_to_most_recent() -> None:
             ),
             ProfileLimits(),
         )
-    assert p.purchased == [["b", TS + 1], ["a", TS + 2]]
+    assert p.purchased == [["b", TS + 1, "o"], ["a", TS + 2, "o"]]
 
 
 def make_event(kind: int, i: int, item: int) -> Event:

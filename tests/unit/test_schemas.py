@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 import pytest
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streams.events import EventType, InvalidEvent, decode_event
 from streams.messages import (
@@ -41,15 +42,47 @@ def test_golden_events_validate_against_schema_and_decoder(event_type: EventType
     assert event.user_id == "user-0042"
 
 
-def test_golden_recommendation_round_trips() -> None:
-    raw = (FIXTURES / "recommendation.v1.json").read_bytes()
-    jsonschema.validate(
-        orjson.loads(raw), json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text())
-    )
+class V1Item(BaseModel):
+    """A consumer written against recommendation schema v1 (the model as it was)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    item_id: str
+    score: float
+
+
+class V1RecommendationMessage(BaseModel):
+    """The v1 ``RecommendationMessage``, as a v1 consumer keeps it (version not pinned)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+    user_id: str
+    items: list[V1Item]
+    model_version: str
+    arm: str = "control"
+    strategy: str
+    trigger_event_id: str
+    trigger_event_type: str
+    event_ts: float
+    produced_ts: float
+
+
+def _schema(stem: str) -> dict[str, object]:
+    schema: dict[str, object] = json.loads((SCHEMA_DIR / f"{stem}.json").read_text())
+    return schema
+
+
+def test_golden_recommendation_v2_round_trips_with_reasons_and_bundle() -> None:
+    raw = (FIXTURES / "recommendation.v2.json").read_bytes()
+    jsonschema.validate(orjson.loads(raw), _schema("recommendation.v2"))
     msg = RecommendationMessage.model_validate_json(raw)
+    assert msg.schema_version == 2 and msg.bundle is not None
     rebuilt = recommendation_bytes(
         user_id=msg.user_id,
         items=[(i.item_id, i.score) for i in msg.items],
+        reasons=[(i.reason.code, i.reason.item_id) if i.reason else None for i in msg.items],
+        bundle=(msg.bundle.anchor_item_id, [(b.item_id, b.score) for b in msg.bundle.items]),
         model_version=msg.model_version,
         arm=msg.arm,
         strategy=msg.strategy,
@@ -61,10 +94,62 @@ def test_golden_recommendation_round_trips() -> None:
     assert orjson.loads(rebuilt) == orjson.loads(raw)
 
 
+def test_a_list_without_reasons_or_bundle_leaves_the_optional_fields_out() -> None:
+    doc = orjson.loads(
+        recommendation_bytes(
+            user_id="u",
+            items=[("a", 1.0)],
+            model_version="m",
+            strategy="popular",
+            trigger_event_id="e",
+            trigger_event_type="click",
+            event_ts=NOW,
+            produced_ts=NOW,
+        )
+    )
+    jsonschema.validate(doc, _schema("recommendation.v2"))
+    assert doc["schema_version"] == 2 and "bundle" not in doc
+    assert doc["items"] == [{"item_id": "a", "score": 1.0}]
+
+
+def test_v1_golden_recommendation_still_validates_and_parses() -> None:
+    doc = orjson.loads((FIXTURES / "recommendation.v1.json").read_bytes())
+    jsonschema.validate(doc, _schema("recommendation.v1"))  # the committed v1 schema
+    jsonschema.validate(doc, _schema("recommendation.v2"))  # v2 only adds optional fields
+    msg = RecommendationMessage.model_validate(doc)
+    assert msg.schema_version == 1 and msg.bundle is None
+    assert [i.reason for i in msg.items] == [None, None]
+    assert V1RecommendationMessage.model_validate(doc).items[0].item_id == "sku-00020"
+
+
+def test_a_v1_consumer_reads_a_v2_list() -> None:
+    raw = (FIXTURES / "recommendation.v2.json").read_bytes()
+    v1 = V1RecommendationMessage.model_validate_json(raw)
+    assert [(i.item_id, i.score) for i in v1.items] == [
+        ("sku-00020", 7.25),
+        ("sku-00003", 6.9),
+        ("sku-00031", 6.1),
+    ]
+    assert v1.trigger_event_id == "p-9" and v1.arm == "candidate"
+    # Against the v1 JSON Schema only the version number differs.
+    doc = orjson.loads(raw)
+    doc["schema_version"] = 1
+    jsonschema.validate(doc, _schema("recommendation.v1"))
+
+
+def test_a_bad_reason_code_is_rejected_by_schema_and_model() -> None:
+    doc = orjson.loads((FIXTURES / "recommendation.v2.json").read_bytes())
+    doc["items"][0]["reason"]["code"] = "because"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, _schema("recommendation.v2"))
+    with pytest.raises(ValidationError):
+        RecommendationMessage.model_validate(doc)
+
+
 def test_a_recommendation_from_before_experiments_is_in_the_control_arm() -> None:
     doc = orjson.loads((FIXTURES / "recommendation.v1.json").read_bytes())
     del doc["arm"]  # written before the field existed
-    jsonschema.validate(doc, json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text()))
+    jsonschema.validate(doc, _schema("recommendation.v1"))
     assert RecommendationMessage.model_validate(doc).arm == "control"
 
 
@@ -124,3 +209,25 @@ def test_golden_item_rule_validates_and_decodes() -> None:
     jsonschema.validate(orjson.loads(raw), schema)
     assert decode_rule(b"sku-00001", raw) == ItemRule(category="lipstick")
     jsonschema.validate({"blocked": True}, schema)  # every field has a default
+
+
+def test_golden_search_validates_against_schema_and_decoder() -> None:
+    from streams.events import SearchEvent, decode_search
+
+    raw = (FIXTURES / "search.v1.json").read_bytes().strip()
+    jsonschema.validate(orjson.loads(raw), _schema("search.v1"))
+    event = decode_search(raw, b"user-0042", now=NOW)
+    assert isinstance(event, SearchEvent) and event.query == "matte red lipstick"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**orjson.loads(raw), "query": ""}, _schema("search.v1"))
+
+
+def test_golden_catalog_item_validates_and_decodes() -> None:
+    from streams.catalog import CatalogItem, decode_item
+
+    raw = (FIXTURES / "item.v1.json").read_bytes().strip()
+    jsonschema.validate(orjson.loads(raw), _schema("item.v1"))
+    decoded = decode_item(b"sku-00017", raw)
+    assert isinstance(decoded, CatalogItem) and decoded.category == "lipstick"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"price": 1.0}, _schema("item.v1"))  # a title is required

@@ -60,10 +60,19 @@ def test_topic_specs_are_co_partitioned_and_changelog_is_compacted() -> None:
         "user-erasure-audit",
         "item-rules",
         "shop-profiles-changelog",
+        "searches",
+        "items",
+        "co-purchases",
+        "bundles",
+        "shop-bundle-counts-changelog",
     }
     assert names["shop-profiles-changelog"].config["cleanup.policy"] == "compact"
     assert names["recommendations-latest"].config == {"cleanup.policy": "compact"}
     assert names["item-rules"].config == {"cleanup.policy": "compact"}
+    # The catalog and the bundles are read whole by every worker: the latest per item.
+    for compacted in ("items", "bundles", "shop-bundle-counts-changelog"):
+        assert names[compacted].config == {"cleanup.policy": "compact"}
+    assert names["searches"].config == names["co-purchases"].config == names["clicks"].config
     # Erasure requests expire like events; the audit of erasures is kept forever.
     assert names["user-erasure"].config == names["clicks"].config
     assert names["user-erasure-audit"].config == {"cleanup.policy": "delete", "retention.ms": "-1"}

@@ -1,0 +1,297 @@
+"""Bundles ("frequently bought together") in the stream: co-purchases, counts, bundles.
+
+Three steps, each on its own topic so that every step is keyed where its state is:
+
+1. **co-purchases** (user-keyed work, item-keyed output). When a purchase is folded
+   into a user's profile, the purchase and the user's earlier purchases of the same
+   order or within ``RECSTREAM_BUNDLE_WINDOW_S`` form pairs
+   (``models.bundles.latest_pairs``). They go to the ``co-purchases`` topic, one record
+   per anchor item (key = anchor, value :class:`CoPurchase`: its partners, the time,
+   the purchase's ``event_id``). No user id leaves the profile. The purchase is acked
+   only once these records are delivered, like its recommendation.
+2. **counts** (item-keyed state). The ``count_co_purchases`` agent folds each record
+   into the anchor's decayed, bounded partner counts (``models.bundles.CoPurchaseCounts``
+   state in the ``bundle-counts`` table, changelogged like the profiles) and publishes
+   the anchor's top partners to the compacted ``bundles`` topic (:class:`BundleRecord`).
+   Exactly-once-ish: a purchase redelivered after a crash is paired again (its pairs
+   are recomputed from the purchases up to its own time), and each anchor remembers the
+   hashes of the latest ``event_id`` s it counted, so a replayed record counts once.
+3. **bundles** (read whole by every worker, like the item rules). Each list triggered by
+   an interaction with an item carries that item's bundle, minus the user's purchases,
+   hidden items and the item itself; items of the list that are in it get the reason
+   ``bought_together``.
+
+The model side (``CoPurchaseCounts``, ``latest_pairs``) lives in ``models.bundles``;
+this module needs only the :class:`CoPurchaseState` interface of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+import orjson
+from confluent_kafka import Message
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streams.events import InvalidEvent, ReasonCode
+from streams.profile import event_id_hash
+from streams.rules import BroadcastReader
+
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "BundleRecord",
+    "Bundles",
+    "BundlesConsumer",
+    "CoPurchase",
+    "CoPurchaseModel",
+    "CoPurchaseState",
+    "bundle_bytes",
+    "co_purchase_records",
+    "decode_bundle",
+    "decode_co_purchase",
+    "fold_co_purchase",
+]
+
+log = logging.getLogger("recstream.bundles")
+
+#: A bundle or co-purchase record lists at most a few dozen items.
+MAX_BUNDLE_BYTES = 16 * 1024
+
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+#: ``(item_id, order_id, ts)`` of one purchase of one user (``models.bundles``).
+UserPurchase = tuple[str, str | None, float]
+
+
+class CoPurchaseState(Protocol):
+    """What the counts agent needs of ``models.bundles.CoPurchaseCounts``."""
+
+    def add(self, anchor: str, partner: str, ts: float, weight: float = 1.0) -> None:
+        """Count one co-purchase."""
+        ...
+
+    def top(self, anchor: str, n: int, now: float | None = None) -> list[tuple[str, float]]:
+        """The ``n`` heaviest partners, weights decayed to ``now``."""
+        ...
+
+    def to_dict(self, anchor: str) -> dict[str, Any]:
+        """JSON-able state of one anchor."""
+        ...
+
+    def from_dict(self, anchor: str, data: Mapping[str, Any]) -> None:
+        """Replace the state of one anchor."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoPurchaseModel:
+    """The model side of bundles: ``models.bundles`` in the worker.
+
+    Attributes:
+        counts: a fresh, empty ``CoPurchaseCounts`` (half-life and bound set).
+        latest_pairs: ``latest_pairs(purchases, window_s=...)``: the pairs the newest
+            (last) purchase forms with the earlier ones, both directions.
+    """
+
+    counts: Callable[[], CoPurchaseState]
+    latest_pairs: Callable[..., list[tuple[str, str, float]]]
+
+
+class CoPurchase(BaseModel):
+    """The value of a ``co-purchases`` record (key = the anchor item id)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = 1
+    anchor_item_id: Id
+    partners: list[Id] = Field(min_length=1, max_length=500)
+    ts: float = Field(description="Time of the purchase that formed the pairs, Unix seconds.")
+    event_id: Id = Field(description="event_id of that purchase (counted once per anchor).")
+
+
+class BundleItem(BaseModel):
+    """One partner of a bundle."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    item_id: Id
+    score: float = Field(ge=0, description="Decayed co-purchase count.")
+
+
+class BundleRecord(BaseModel):
+    """The value of a ``bundles`` record (key = the anchor item id)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Literal[1] = 1
+    anchor_item_id: Id
+    items: list[BundleItem] = Field(max_length=200, description="Heaviest first.")
+    updated_ts: float = Field(description="Time of the latest co-purchase counted.")
+
+
+def co_purchase_records(pairs: Sequence[tuple[str, str, float]], event_id: str) -> dict[str, bytes]:
+    """The ``co-purchases`` records of one purchase: anchor -> value (partners grouped)."""
+    partners: dict[str, list[str]] = {}
+    stamps: dict[str, float] = {}
+    for anchor, partner, ts in pairs:
+        partners.setdefault(anchor, []).append(partner)
+        stamps[anchor] = ts
+    return {
+        anchor: orjson.dumps(
+            {
+                "schema_version": 1,
+                "anchor_item_id": anchor,
+                "partners": items,
+                "ts": stamps[anchor],
+                "event_id": event_id,
+            }
+        )
+        for anchor, items in partners.items()
+    }
+
+
+def _decode(model: type[BaseModel], what: str, key: bytes | None, value: bytes | None) -> Any:
+    if not key:
+        return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=f"a {what} needs an item key")
+    if value is None:
+        return None
+    if len(value) > MAX_BUNDLE_BYTES:
+        return InvalidEvent(code=ReasonCode.TOO_LARGE, reason=f"{what} is {len(value)} bytes")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return InvalidEvent(code=ReasonCode.INVALID_JSON, reason=f"{what} is not UTF-8 JSON")
+    if not isinstance(doc, dict):
+        return InvalidEvent(code=ReasonCode.NOT_AN_OBJECT, reason=f"{what} is no JSON object")
+    try:
+        decoded = model.model_validate(doc)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "value" for e in exc.errors())
+        return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=f"invalid fields: {fields}")
+    if decoded.anchor_item_id.encode() != key:  # type: ignore[attr-defined]
+        return InvalidEvent(
+            code=ReasonCode.KEY_MISMATCH, reason=f"record key differs from the {what}'s anchor"
+        )
+    return decoded
+
+
+def decode_co_purchase(key: bytes | None, value: bytes | None) -> CoPurchase | InvalidEvent:
+    """Validate a ``co-purchases`` record (no tombstones on this topic)."""
+    decoded = _decode(CoPurchase, "co-purchase", key, value)
+    if decoded is None:
+        return InvalidEvent(code=ReasonCode.EMPTY, reason="co-purchase record has no value")
+    if isinstance(decoded, CoPurchase) and not math.isfinite(decoded.ts):
+        return InvalidEvent(code=ReasonCode.INVALID_TIMESTAMP, reason="ts must be finite")
+    return decoded  # type: ignore[no-any-return]
+
+
+def decode_bundle(key: bytes | None, value: bytes | None) -> BundleRecord | None | InvalidEvent:
+    """Validate a ``bundles`` record: the bundle, ``None`` (a tombstone), or why not."""
+    return _decode(BundleRecord, "bundle", key, value)  # type: ignore[no-any-return]
+
+
+def fold_co_purchase(
+    stored: bytes | None, record: CoPurchase, counts: CoPurchaseState, dedup_window: int
+) -> tuple[bytes | None, bool]:
+    """Fold one co-purchase record into an anchor's stored counts.
+
+    Returns:
+        The new stored state and ``True``, or the stored state unchanged and ``False``
+        when this purchase was already counted for this anchor (a replay).
+    """
+    anchor = record.anchor_item_id
+    doc: dict[str, Any] = orjson.loads(stored) if stored else {}
+    seen: list[int] = doc.get("seen", [])
+    digest = event_id_hash(record.event_id)
+    if digest in seen:
+        return stored, False
+    if doc:
+        counts.from_dict(anchor, doc)
+    for partner in dict.fromkeys(record.partners):
+        if partner != anchor:
+            counts.add(anchor, partner, record.ts)
+    state = dict(counts.to_dict(anchor))
+    state["seen"] = [*seen, digest][-dedup_window:]
+    return orjson.dumps(state), True
+
+
+def bundle_bytes(anchor: str, items: Sequence[tuple[str, float]], updated_ts: float) -> bytes:
+    """Serialise a :class:`BundleRecord`."""
+    return orjson.dumps(
+        {
+            "schema_version": 1,
+            "anchor_item_id": anchor,
+            "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
+            "updated_ts": updated_ts,
+        }
+    )
+
+
+class Bundles:
+    """Every item's latest published bundle, as read so far (anchor -> partners)."""
+
+    def __init__(self) -> None:
+        self._bundles: dict[str, list[tuple[str, float]]] = {}
+        #: True once every partition was read up to its end offset at start.
+        self.loaded = False
+
+    def apply(self, anchor: str, record: BundleRecord | None) -> None:
+        """Set (or, with ``None``, delete) an item's bundle."""
+        if record is None or not record.items:
+            self._bundles.pop(anchor, None)
+        else:
+            self._bundles[anchor] = [(i.item_id, i.score) for i in record.items]
+
+    def for_item(
+        self, anchor: str, excluded: frozenset[str], hidden: frozenset[str], size: int
+    ) -> list[tuple[str, float]]:
+        """Up to ``size`` partners of ``anchor``, none in ``excluded`` or ``hidden``."""
+        partners = self._bundles.get(anchor)
+        if not partners:
+            return []
+        out = []
+        for item, score in partners:
+            if item != anchor and item not in excluded and item not in hidden:
+                out.append((item, score))
+                if len(out) == size:
+                    break
+        return out
+
+    def __len__(self) -> int:
+        return len(self._bundles)
+
+
+class BundlesConsumer(BroadcastReader):
+    """Reads the whole ``bundles`` topic into :class:`Bundles`, then follows it."""
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        topic: str,
+        bundles: Bundles,
+        dead_letter: Callable[[Message, InvalidEvent], None],
+        on_applied: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(client_config, topic)
+        self.bundles = bundles
+        self._dead_letter = dead_letter
+        self._on_applied = on_applied
+
+    async def handle_batch(self, messages: Sequence[Message]) -> None:
+        """Apply a batch of bundle records."""
+        for msg in messages:
+            if msg.error():
+                continue
+            decoded = decode_bundle(msg.key(), msg.value())
+            if isinstance(decoded, InvalidEvent):
+                self._dead_letter(msg, decoded)
+            else:
+                self.bundles.apply((msg.key() or b"").decode(), decoded)
+            self._passed(msg)
+        self._on_applied()
+        if not self.bundles.loaded and self.at_end:
+            self.bundles.loaded = True
+            log.info("bundles loaded: %d items", len(self.bundles))

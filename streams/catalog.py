@@ -1,0 +1,262 @@
+"""The live catalog: the ``items`` topic, read whole by every worker.
+
+The shop's product feed arrives on the compacted ``items`` topic: key = item id, value
+:class:`CatalogItem` (title, description, attributes, price, availability, blocked,
+category); a tombstone (no value) retires the item. Like the item rules (see
+``streams.rules``), items are keyed by item and events by user, so every worker reads
+the whole topic itself (a :class:`~streams.rules.BroadcastReader`) and is not ready
+(``/readyz``) before it has read up to the end offsets it found at start.
+
+What a record does:
+
+* ``available`` / ``blocked`` / ``category`` join the item rules
+  (:class:`~streams.rules.ItemRules`, source ``catalog``): an item is hidden when the
+  catalog *or* the merchandiser's ``item-rules`` hide it; the merchandiser's category
+  wins over the catalog's.
+* With a text encoder (``RECSTREAM_TEXT_ENCODER_DIR``), the item's text
+  (``models.text_encoder.item_text`` of title, description and attributes) is embedded
+  and upserted into the :class:`TextIndex` attached to the scorer, so a new item is
+  recommendable through its text at once, without a re-export; an update replaces its
+  vector, a tombstone removes it. Embedding runs in the inference thread in chunks
+  (a scored batch waits for at most one chunk), never on the event loop.
+
+A record that is not a valid item goes to the dead-letter topic with its reason; the
+worker goes on. ``price`` is validated and documented but not used for ranking.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import orjson
+from confluent_kafka import Message
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streams.events import InvalidEvent, ReasonCode
+from streams.intent import TextEncoder
+from streams.rules import BroadcastReader, ItemRule, ItemRules
+
+__all__ = [
+    "EMBED_CHUNK",
+    "MAX_ITEM_BYTES",
+    "Catalog",
+    "CatalogConsumer",
+    "CatalogItem",
+    "ItemText",
+    "TextIndex",
+    "TextSupport",
+    "decode_item",
+]
+
+log = logging.getLogger("recstream.catalog")
+
+#: A catalog record is a product page's worth of text at most.
+MAX_ITEM_BYTES = 32 * 1024
+#: Texts embedded per encoder call (a scored batch waits behind at most one call).
+EMBED_CHUNK = 64
+
+Attribute = str | int | float | bool
+
+
+class CatalogItem(BaseModel):
+    """The value of an ``items`` record (key = item id)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+    schema_version: Literal[1] = 1
+    title: str = Field(min_length=1, max_length=1024, description="Product title.")
+    description: str | None = Field(
+        None, max_length=16_384, description="Free text describing the product."
+    )
+    attributes: dict[str, Attribute] | list[str] | None = Field(
+        None,
+        max_length=100,
+        description="`{name: value}` (brand, colour...) or a list of tags; part of the "
+        "embedded text.",
+    )
+    price: float | None = Field(None, ge=0, le=1e9, description="Current unit price.")
+    available: bool = Field(True, description="False: out of stock, never recommended.")
+    blocked: bool = Field(False, description="True: banned, never recommended.")
+    category: str | None = Field(
+        None, max_length=256, description="Category, for the per-list diversity cap."
+    )
+
+    @field_validator("price")
+    @classmethod
+    def _finite_price(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("price must be finite")
+        return value
+
+    def rule(self) -> ItemRule:
+        """What the catalog says about the item's eligibility and category."""
+        return ItemRule(available=self.available, blocked=self.blocked, category=self.category)
+
+
+def decode_item(key: bytes | None, value: bytes | None) -> CatalogItem | None | InvalidEvent:
+    """Validate an ``items`` record: the item, ``None`` (a tombstone), or why not."""
+    if not key:
+        return InvalidEvent(
+            code=ReasonCode.SCHEMA_VIOLATION, reason="a catalog record needs an item id key"
+        )
+    try:
+        item_id = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return InvalidEvent(code=ReasonCode.INVALID_UTF8, reason="item id key is not UTF-8")
+    if len(item_id) > 256:
+        return InvalidEvent(
+            code=ReasonCode.SCHEMA_VIOLATION, reason="item id key is over 256 characters"
+        )
+    if value is None:
+        return None
+    if len(value) > MAX_ITEM_BYTES:
+        return InvalidEvent(
+            code=ReasonCode.TOO_LARGE,
+            reason=f"catalog record is {len(value)} bytes; the limit is {MAX_ITEM_BYTES}",
+        )
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return InvalidEvent(code=ReasonCode.INVALID_JSON, reason="catalog record is not UTF-8 JSON")
+    if not isinstance(doc, dict):
+        return InvalidEvent(
+            code=ReasonCode.NOT_AN_OBJECT, reason="catalog record is no JSON object"
+        )
+    try:
+        return CatalogItem.model_validate(doc, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+            for e in exc.errors(include_url=False)[:3]
+        )
+        return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=problems)
+
+
+class TextIndex(Protocol):
+    """What the worker needs of ``models.catalog.ItemTextIndex``."""
+
+    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Add or replace unit vectors."""
+        ...
+
+    def remove(self, item_ids: Sequence[str]) -> None:
+        """Forget items."""
+        ...
+
+    def __len__(self) -> int:
+        """Items indexed."""
+        ...
+
+
+#: ``item_text(title, description, attributes)``: ``models.text_encoder.item_text``.
+ItemText = Callable[[str, str | None, Mapping[str, object] | Sequence[str] | None], str]
+
+
+@dataclass(frozen=True, slots=True)
+class TextSupport:
+    """The worker's text side: the encoder, the catalog's text index, the text rule."""
+
+    encoder: TextEncoder
+    index: TextIndex
+    item_text: ItemText
+
+
+class Catalog:
+    """What the worker knows of the catalog: which items it holds, whether it is loaded."""
+
+    def __init__(self) -> None:
+        self.items: set[str] = set()
+        #: True once every partition was read up to its end offset at start.
+        self.loaded = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class CatalogConsumer(BroadcastReader):
+    """Reads the whole ``items`` topic into the rules, the catalog and the text index.
+
+    Args:
+        client_config: librdkafka connection settings.
+        topic: the catalog topic.
+        catalog: which items exist, and whether the topic was read to its end.
+        rules: where availability, blocklist and categories go (source ``catalog``).
+        dead_letter: ``(message, invalid)`` for a record that is no valid item.
+        text: encoder, index and text rule; ``None``: text is not embedded.
+        run_embedding: runs ``encode(texts)`` off the loop (the inference thread).
+        on_applied: called with the number of records applied per batch (metrics).
+    """
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        topic: str,
+        catalog: Catalog,
+        rules: ItemRules,
+        dead_letter: Callable[[Message, InvalidEvent], None],
+        text: TextSupport | None,
+        run_embedding: Callable[[Callable[[], np.ndarray]], Awaitable[np.ndarray]],
+        on_applied: Callable[[int], None] = lambda _n: None,
+    ) -> None:
+        super().__init__(client_config, topic)
+        self.catalog = catalog
+        self.rules = rules
+        self._dead_letter = dead_letter
+        self._text = text
+        self._run_embedding = run_embedding
+        self._on_applied = on_applied
+
+    async def handle_batch(self, messages: Sequence[Message]) -> None:
+        """Apply a batch: rules at once, text embedded in chunks, then published."""
+        texts: dict[str, str | None] = {}  # item -> its text, or None: drop its vector
+        applied = 0
+        for msg in messages:
+            if msg.error():
+                continue
+            decoded = decode_item(msg.key(), msg.value())
+            if isinstance(decoded, InvalidEvent):
+                self._dead_letter(msg, decoded)
+                self._passed(msg)
+                continue
+            item = (msg.key() or b"").decode()
+            if decoded is None:
+                self.catalog.items.discard(item)
+                self.rules.apply(item, None, source="catalog", publish=False)
+                texts[item] = None
+            else:
+                self.catalog.items.add(item)
+                self.rules.apply(item, decoded.rule(), source="catalog", publish=False)
+                if self._text is not None:
+                    texts[item] = self._text.item_text(
+                        decoded.title, decoded.description, decoded.attributes
+                    )
+            applied += 1
+            self._passed(msg)
+        if self._text is not None and texts:
+            await self._embed(self._text, texts)
+        self.rules.publish()
+        self._on_applied(applied)
+        if not self.catalog.loaded and self.at_end:
+            self.catalog.loaded = True
+            log.info("catalog loaded: %d items", len(self.catalog))
+
+    async def _embed(self, text: TextSupport, texts: dict[str, str | None]) -> None:
+        gone = [item for item, t in texts.items() if not t]
+        if gone:
+            text.index.remove(gone)
+        pending = [(item, t) for item, t in texts.items() if t]
+        for start in range(0, len(pending), EMBED_CHUNK):
+            chunk = pending[start : start + EMBED_CHUNK]
+            encode = functools.partial(text.encoder.encode, [t for _, t in chunk])
+            try:
+                vectors = await self._run_embedding(encode)
+                text.index.upsert([item for item, _ in chunk], vectors)
+            except Exception:
+                # Their rules still apply; their text waits for their next update.
+                log.exception("embedding %d catalog items failed", len(chunk))

@@ -1,0 +1,67 @@
+"""Search intent: the embedded query a profile keeps, and how its weight decays.
+
+A search is embedded by the text encoder of the worker (``RECSTREAM_TEXT_ENCODER_DIR``:
+an exported ``models.text_encoder.OnnxTextEncoder`` directory) in the inference thread,
+batched with the scoring, never on the event loop. The profile keeps only the vector
+(float16, base64: 768 bytes for a 384-dimension encoder) and the search's event time,
+never the query text. Every later event of the user carries it to the scorer as an
+intent whose weight halves every ``RECSTREAM_SEARCH_HALF_LIFE_S`` seconds of event
+time; below ``RECSTREAM_SEARCH_MIN_WEIGHT`` it is no longer sent.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+import models.scorer
+
+__all__ = ["QueryIntent", "TextEncoder", "decayed_weight", "make_intent", "pack", "unpack"]
+
+
+class TextEncoder(Protocol):
+    """What the worker needs of ``models.text_encoder.OnnxTextEncoder``."""
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 ``[len(texts), dim]``, unit rows."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueryIntent:
+    """The fields of ``models.scorer.Intent``, for a scorer package that lacks it."""
+
+    vector: np.ndarray
+    weight: float
+
+
+def make_intent(vector: np.ndarray, weight: float) -> Any:
+    """A ``models.scorer.Intent`` (or its stand-in :class:`QueryIntent`) for the scorer."""
+    factory = getattr(models.scorer, "Intent", QueryIntent)
+    return factory(vector=vector, weight=weight)
+
+
+def pack(vector: np.ndarray) -> str:
+    """A unit vector as float16 base64, the profile's compact copy of an intent."""
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def unpack(packed: str) -> np.ndarray:
+    """The float32 unit vector of :func:`pack` (renormalised: float16 rounds)."""
+    vector = np.frombuffer(base64.b64decode(packed), dtype=np.float16).astype(np.float32)
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+def decayed_weight(age_s: float, half_life_s: float) -> float:
+    """``0.5 ** (age / half-life)``; 1 for an intent from the event's own time or later."""
+    return 1.0 if age_s <= 0 else float(0.5 ** (age_s / half_life_s))

@@ -1,0 +1,218 @@
+"""The live catalog (``items`` topic) without a broker: records, rules, text, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from models.scorer import HistoryItem, Recommendation
+from streams.catalog import EMBED_CHUNK, Catalog, CatalogConsumer, CatalogItem, decode_item
+from streams.events import InvalidEvent, ReasonCode
+from streams.rules import ItemRule, ItemRules
+from tests.unit.test_pipeline_inprocess import Harness, click, harness, send, until
+from tests.unit.test_rules import message
+from tests.unit.text_standins import FakeEncoder, StandInTextIndex, fake_text_support
+
+__all__ = ["harness"]  # the fixture, imported for these tests
+
+
+def item(**fields: Any) -> bytes:
+    return orjson.dumps({"title": "Matte red lipstick", **fields})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code", "says"),
+    [
+        (None, item(), ReasonCode.SCHEMA_VIOLATION, "item id key"),
+        (b"\xff", item(), ReasonCode.INVALID_UTF8, "not UTF-8"),
+        (b"sku-1", b"{nope", ReasonCode.INVALID_JSON, "JSON"),
+        (b"sku-1", b"[]", ReasonCode.NOT_AN_OBJECT, "object"),
+        (b"sku-1", orjson.dumps({"price": 3}), ReasonCode.SCHEMA_VIOLATION, "title"),
+        (b"sku-1", item(title=" "), ReasonCode.SCHEMA_VIOLATION, "title"),
+        (b"sku-1", item(price=-1), ReasonCode.SCHEMA_VIOLATION, "price"),
+        (b"sku-1", item(available="no"), ReasonCode.SCHEMA_VIOLATION, "available"),
+        (b"sku-1", item(attributes={"a": [1]}), ReasonCode.SCHEMA_VIOLATION, "attributes"),
+        (b"sku-1", item(description="x" * 40_000), ReasonCode.TOO_LARGE, "bytes"),
+    ],
+)
+def test_bad_catalog_records_are_rejected_with_a_clear_reason(
+    key: bytes | None, value: bytes, code: ReasonCode, says: str
+) -> None:
+    decoded = decode_item(key, value)
+    assert isinstance(decoded, InvalidEvent)
+    assert decoded.code is code and says in decoded.reason
+
+
+def test_a_catalog_record_decodes_and_a_tombstone_retires() -> None:
+    decoded = decode_item(
+        b"sku-1",
+        item(description="Long wear", attributes={"brand": "Acme"}, price=9, category="lips"),
+    )
+    assert decoded == CatalogItem(
+        title="Matte red lipstick",
+        description="Long wear",
+        attributes={"brand": "Acme"},
+        price=9.0,
+        category="lips",
+    )
+    assert decoded.rule() == ItemRule(category="lips")
+    assert decode_item(b"sku-1", item(attributes=["vegan", "matte"])) is not None
+    assert decode_item(b"sku-1", None) is None
+
+
+def test_catalog_and_item_rules_combine_a_ban_from_either_hides() -> None:
+    rules = ItemRules()
+    rules.apply("a", ItemRule(available=False, category="shop"), source="catalog")
+    rules.apply("a", ItemRule(category="merchant"))  # the merchandiser's category wins
+    assert rules.hidden == {"a"} and rules.categories == {"a": "merchant"}
+    rules.apply("a", ItemRule(category="shop"), source="catalog")  # back in stock
+    assert rules.hidden == frozenset()
+    rules.apply("b", ItemRule(blocked=True))
+    rules.apply("b", ItemRule(), source="catalog")  # the catalog cannot lift a ban
+    assert rules.hidden == {"b"}
+    rules.apply("a", None)  # the merchandiser's rule deleted: the catalog's category
+    assert rules.categories == {"a": "shop"}
+    rules.apply("a", None, source="catalog")
+    assert rules.categories == {} and len(rules) == 1
+
+
+def consumer_for(
+    catalog: Catalog,
+    rules: ItemRules,
+    dead: list[InvalidEvent],
+    text: Any,
+    threads: list[str] | None = None,
+) -> CatalogConsumer:
+    async def off_loop(work: Callable[[], np.ndarray]) -> np.ndarray:
+        return await asyncio.to_thread(work)
+
+    return CatalogConsumer(
+        {"bootstrap.servers": "127.0.0.1:1"},
+        "items",
+        catalog,
+        rules,
+        lambda _m, invalid: dead.append(invalid),
+        text,
+        off_loop,
+    )
+
+
+def test_the_catalog_consumer_embeds_text_off_the_loop_and_retires_tombstones() -> None:
+    catalog, rules, dead, text = Catalog(), ItemRules(), [], fake_text_support()
+    encoder, index = text.encoder, text.index
+    assert isinstance(encoder, FakeEncoder) and isinstance(index, StandInTextIndex)
+    consumer = consumer_for(catalog, rules, dead, text)
+
+    async def main() -> None:
+        consumer._assigned, consumer._ends = True, {0: 3}  # what _assign found at start
+        await consumer.handle_batch(
+            [
+                message(b"new", item(title="Cherry gloss", category="lips"), 0, 0),
+                message(b"gone", item(title="Old mascara", available=False), 0, 1),
+            ]
+        )
+        assert set(index.vectors) == {"new", "gone"} and rules.hidden == {"gone"}
+        assert not catalog.loaded
+        await consumer.handle_batch([message(b"gone", None, 0, 2), message(b"bad", b"[", 0, 3)])
+
+    try:
+        asyncio.run(main())
+    finally:
+        consumer.close()
+    assert catalog.loaded and catalog.items == {"new"}
+    assert set(index.vectors) == {"new"} and rules.hidden == frozenset()
+    assert rules.categories == {"new": "lips"}
+    assert [d.code for d in dead] == [ReasonCode.INVALID_JSON]
+    assert encoder.calls == [["Cherry gloss", "Old mascara"]]
+    assert "MainThread" not in encoder.threads  # embedded in a worker thread
+    assert np.allclose(index.vectors["new"], encoder.encode(["Cherry gloss"])[0])
+
+
+def test_catalog_text_is_embedded_in_chunks_and_without_an_encoder_only_rules_apply() -> None:
+    catalog, rules, dead, text = Catalog(), ItemRules(), [], fake_text_support()
+    consumer = consumer_for(catalog, rules, dead, text)
+    plain = consumer_for(Catalog(), ItemRules(), [], None)
+    records = [message(f"i{n}".encode(), item(), 0, n) for n in range(EMBED_CHUNK + 5)]
+
+    async def main() -> None:
+        consumer._assigned = plain._assigned = True
+        await consumer.handle_batch(records)
+        await plain.handle_batch(records[:2])
+
+    try:
+        asyncio.run(main())
+    finally:
+        consumer.close()
+        plain.close()
+    assert isinstance(text.encoder, FakeEncoder)
+    assert [len(c) for c in text.encoder.calls] == [EMBED_CHUNK, 5]
+    assert len(text.index) == EMBED_CHUNK + 5
+    assert plain.catalog.items == {"i0", "i1"} and plain.catalog.loaded
+
+
+class CatalogScorer:
+    """Ranks sku-0..sku-5 minus the exclude sets; remembers the index it was given."""
+
+    provider = "cpu"
+
+    def __init__(self, version: str) -> None:
+        self.model_version = version
+        self.attached: Any = None
+        self.excludes: list[set[str]] = []
+
+    def attach_catalog(self, index: Any) -> None:
+        self.attached = index
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[HistoryItem]],
+        exclude: Sequence[Collection[str]],
+        k: int,
+    ) -> list[Recommendation]:
+        self.excludes.extend(set(e) for e in exclude)
+        ranked = [(f"sku-{i}", 6.0 - i) for i in range(6)]
+        return [
+            Recommendation([p for p in ranked if p[0] not in e][:k], "sequential") for e in exclude
+        ]
+
+
+def test_the_text_index_is_attached_to_every_scorer_and_catalog_bans_mask_lists() -> None:
+    from streams.app import create_app
+    from streams.config import StreamConfig, WebConfig
+    from tests.unit.test_pipeline_inprocess import FakeSink
+
+    text = fake_text_support()
+    first, reloaded = CatalogScorer("m1"), CatalogScorer("m2")
+    config = StreamConfig(app_id="catalog-attach", store="memory://", web=WebConfig(enabled=False))
+    app = create_app(config, first, output=FakeSink(), text=text)  # type: ignore[arg-type]
+    assert first.attached is text.index
+    app.pipeline.set_scorer(reloaded)  # type: ignore[arg-type]
+    assert reloaded.attached is text.index
+    assert app.pipeline.text_encoder is text.encoder
+    assert not app.pipeline.side_topics_loaded  # the catalog is not read yet
+    app.pipeline.rules.loaded = True
+    app.pipeline.catalog.loaded = True
+    assert app.pipeline.side_topics_loaded
+
+
+def test_an_item_the_catalog_marks_unavailable_leaves_the_next_list(harness: Harness) -> None:
+    h = harness
+    scorer = CatalogScorer("m1")
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1"), offset=0)
+        await until(lambda: len(h.recommendations) == 1)
+        h.pipeline.rules.apply("sku-0", ItemRule(available=False), source="catalog")
+        await send(agent, "clicks", click("e2"), offset=1)
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    first, second = ([i["item_id"] for i in r.json()["items"]] for r in h.recommendations)
+    assert first[0] == "sku-0" and "sku-0" not in second and len(second) == 5
+    assert "sku-0" in scorer.excludes[-1]

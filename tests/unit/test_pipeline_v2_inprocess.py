@@ -1,0 +1,282 @@
+"""Issue #17 in the agent, in-process: reasons, search intents, the catalog and bundles.
+
+Same harness as ``test_pipeline_inprocess`` (Faust's test context, a memory:// table,
+an in-memory sink). The scorers here stand in for the graph helper's ``OnnxScorer``
+with its ``intents=`` keyword and ``Recommendation.reasons``: they are duck-typed on
+the interface of docs issue #17 (DESIGN-17), so these tests run before it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from models.scorer import HistoryItem
+from tests.unit import test_pipeline_inprocess as base
+from tests.unit.test_pipeline_inprocess import NOW, Harness, click, send, until
+from tests.unit.text_standins import FakeEncoder
+
+harness = base.harness  # the fixture
+
+
+@dataclass(frozen=True)
+class FakeReason:
+    code: str
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ExplainedRecommendation:
+    items: list[tuple[str, float]]
+    strategy: str
+    reasons: list[FakeReason] | None = None
+
+
+class ExplainingScorer:
+    """Ranks a fixed catalogue; names the last history item as the reason of each."""
+
+    provider = "cpu"
+    model_version = "explaining-1"
+
+    def __init__(self, items: Sequence[str] = ("sku-100", "sku-101", "sku-102")) -> None:
+        self.items = list(items)
+        self.intents: list[Any] = []
+        self.excluded: list[set[str]] = []
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[HistoryItem]],
+        exclude: Sequence[Collection[str]],
+        k: int,
+        *,
+        intents: Sequence[Any] | None = None,
+    ) -> list[ExplainedRecommendation]:
+        self.intents.extend(intents if intents is not None else [None] * len(histories))
+        self.excluded.extend(set(e) for e in exclude)
+        out = []
+        for n, (history, banned) in enumerate(zip(histories, exclude, strict=True)):
+            kept = [i for i in self.items if i not in banned]
+            last = history[-1][0] if history else None
+            reason = FakeReason("similar_to_viewed", last)
+            if intents is not None and intents[n] is not None:
+                kept.reverse()  # the search changes the list
+                reason = FakeReason("matches_search")
+            out.append(
+                ExplainedRecommendation(
+                    items=[(item, float(len(kept) - n)) for n, item in enumerate(kept[:k])],
+                    strategy="sequential",
+                    reasons=[reason for _ in kept[:k]],
+                )
+            )
+        return out
+
+
+def search(event_id: str, query: str = "red lipstick", ts: float = NOW - 905) -> bytes:
+    return orjson.dumps(
+        {"event_id": event_id, "user_id": "u1", "query": query, "ts": ts, "type": "search"}
+    )
+
+
+def test_reasons_of_the_scorer_reach_the_message_and_validate_as_v2(harness: Harness) -> None:
+    import json
+
+    import jsonschema
+
+    from streams.messages import RecommendationMessage
+    from streams.schema_files import SCHEMA_DIR
+
+    h = harness
+    h.pipeline.set_scorer(ExplainingScorer())  # type: ignore[arg-type]
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1", item="sku-9"), offset=1)
+        await until(lambda: len(h.recommendations) == 1)
+
+    h.run(body)
+    doc = h.recommendations[0].json()
+    schema = json.loads((SCHEMA_DIR / "recommendation.v2.json").read_text())
+    jsonschema.validate(doc, schema)
+    msg = RecommendationMessage.model_validate(doc)
+    assert msg.schema_version == 2
+    assert [(i.item_id, i.reason.code if i.reason else None) for i in msg.items] == [
+        ("sku-100", "similar_to_viewed"),
+        ("sku-101", "similar_to_viewed"),
+        ("sku-102", "similar_to_viewed"),
+    ]
+    assert {i.reason.item_id for i in msg.items if i.reason} == {"sku-9"}
+
+
+def test_a_popular_list_says_popular_and_a_scorer_without_reasons_gives_none(
+    harness: Harness,
+) -> None:
+    h = harness  # the default FakeScorer: sequential lists, no reasons
+
+    class PopularScorer:
+        provider = "cpu"
+        model_version = "popular-1"
+
+        def recommend(self, histories: Any, exclude: Any, k: int) -> list[Any]:
+            from models.scorer import Recommendation
+
+            return [
+                Recommendation([("sku-7", 30.0), ("sku-8", 20.0)], "popular") for _ in histories
+            ]
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1"), offset=1)
+        await until(lambda: len(h.recommendations) == 1)
+        h.pipeline.set_scorer(PopularScorer())  # type: ignore[arg-type]
+        await send(agent, "clicks", click("e2"), offset=2)
+        await until(lambda: len(h.recommendations) == 2)
+        await asyncio.sleep(0)
+
+    h.run(body)
+    first, second = (r.json() for r in h.recommendations)
+    assert all("reason" not in item for item in first["items"])
+    assert [item["reason"] for item in second["items"]] == [
+        {"code": "popular", "item_id": None},
+        {"code": "popular", "item_id": None},
+    ]
+    assert orjson.loads(h.profiles.get("u1"))["latest"] == second
+
+
+def test_a_search_is_embedded_scored_with_its_intent_and_later_events_carry_it_decayed(
+    harness: Harness,
+) -> None:
+    h = harness
+    scorer, encoder = ExplainingScorer(), FakeEncoder()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = encoder
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e0", item="sku-9"), offset=1)
+        await until(lambda: len(h.recommendations) == 1)
+        await send(agent, "searches", search("s1"), offset=2)
+        await until(lambda: len(h.recommendations) == 2)
+        await until(lambda: "intent" in orjson.loads(h.profiles.get("u1")))
+        await send(agent, "clicks", click("e2", item="sku-9"), offset=3)  # 900 s later
+        await until(lambda: len(h.recommendations) == 3)
+
+    h.run(body)
+    before, after_search, after_click = (r.json() for r in h.recommendations)
+    assert after_search["trigger_event_type"] == "search"
+    assert after_search["trigger_event_id"] == "s1"
+    # The search changed the list, and says why.
+    assert [i["item_id"] for i in before["items"]] == ["sku-100", "sku-101", "sku-102"]
+    assert [i["item_id"] for i in after_search["items"]] == ["sku-102", "sku-101", "sku-100"]
+    assert {i["reason"]["code"] for i in after_search["items"]} == {"matches_search"}
+    # One encoder call for the query; the scorer got the intent at full weight, then
+    # decayed by the 900 s between the search and the next click (half-life 1800 s).
+    assert encoder.calls == [["red lipstick"]]
+    first, searched, later = scorer.intents
+    assert first is None
+    expected = encoder.encode(["red lipstick"])[0]
+    assert searched.weight == 1.0 and np.allclose(searched.vector, expected)
+    assert later.weight == pytest.approx(0.5**0.5)
+    assert np.allclose(later.vector, expected, atol=1e-3)
+    assert after_click["items"] == after_search["items"]
+    # The profile keeps the vector and its time, never the query text.
+    stored = h.profiles.get("u1")
+    assert b"lipstick" not in stored
+    assert orjson.loads(stored)["intent"][0] == NOW - 905
+    assert all(b"lipstick" not in (r.value or b"") for r in h.sink.records)
+
+
+def test_an_old_search_no_longer_counts(harness: Harness) -> None:
+    h = harness
+    scorer = ExplainingScorer()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = FakeEncoder()
+
+    async def body(agent: Any) -> None:
+        # 5 half-lives before the click: weight 1/32 < the 0.05 floor.
+        await send(agent, "searches", search("s1", ts=NOW - 5 - 5 * 1800), offset=1)
+        await until(lambda: "intent" in orjson.loads(h.profiles.get("u1") or b"{}"))
+        await send(agent, "clicks", click("e2"), offset=2)
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    assert scorer.intents[0] is not None and scorer.intents[1] is None
+
+
+def test_without_an_encoder_a_search_is_counted_and_scored_without_intent(
+    harness: Harness,
+) -> None:
+    h = harness
+    scorer = ExplainingScorer()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+
+    async def body(agent: Any) -> None:
+        await send(agent, "searches", search("s1"), offset=1)
+        await until(lambda: len(h.recommendations) == 1)
+        await send(agent, "searches", search("s1"), offset=2)  # redelivered
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    assert scorer.intents == [None, None]
+    assert h.recommendations[0].json()["trigger_event_type"] == "search"
+    profile = orjson.loads(h.profiles.get("u1"))
+    assert "intent" not in profile and profile["recent"] == [] and len(profile["seen"]) == 1
+    consumed = h.pipeline.metrics.events_consumed.labels("search")._value.get()
+    assert consumed == 2
+    assert h.pipeline.metrics.duplicate_events._value.get() == 1
+
+
+def test_a_bad_search_is_dead_lettered_with_its_reason(harness: Harness) -> None:
+    h = harness
+
+    async def body(agent: Any) -> None:
+        event = await send(agent, "searches", search("s1", query=" "), offset=4)
+        await until(lambda: len(h.dead_letters) == 1)
+        h.sink.deliver_all()
+        assert event.message.acked
+
+    h.run(body)
+    letter = h.dead_letters[0].json()
+    assert letter["reason_code"] == "schema_violation" and letter["topic"] == "searches"
+    assert letter["reason"].startswith("query:")
+    assert h.recommendations == []
+
+
+def test_each_item_keeps_its_own_reason_through_the_category_cap(harness: Harness) -> None:
+    from streams.rules import ItemRule
+
+    h = harness
+    h.pipeline.config = h.config.model_copy(
+        update={"scoring": h.config.scoring.model_copy(update={"category_cap": 1, "top_k": 2})}
+    )
+
+    class MixedReasons(ExplainingScorer):
+        def recommend(self, histories: Any, exclude: Any, k: int, **kw: Any) -> Any:
+            recs = super().recommend(histories, exclude, k, **kw)
+            return [
+                ExplainedRecommendation(
+                    items=r.items,
+                    strategy=r.strategy,
+                    reasons=[FakeReason("similar_to_viewed", f"h{n}") for n in range(len(r.items))],
+                )
+                for r in recs
+            ]
+
+    h.pipeline.set_scorer(MixedReasons())  # type: ignore[arg-type]
+    for item in ("sku-100", "sku-101"):
+        h.pipeline.rules.apply(item, ItemRule(category="same"))
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1"), offset=1)
+        await until(lambda: len(h.recommendations) == 1)
+
+    h.run(body)
+    # sku-101 is capped out; sku-102 moves up and keeps the reason it was ranked with.
+    assert [
+        (i["item_id"], i["reason"]["item_id"]) for i in h.recommendations[0].json()["items"]
+    ] == [
+        ("sku-100", "h0"),
+        ("sku-102", "h2"),
+    ]
