@@ -301,11 +301,11 @@ def convert_variant(src: Path, dst: Path, variant: Precision) -> Path:
         # constant overflows fp16 and TopK on -inf ties is not worth the risk. The
         # ScatterElements ops (exclusions; the repeat head's add) stay fp32 too:
         # onnxruntime's CPU provider has no fp16 kernel for a scatter with reduction;
-        # so do the explanation's ArgMax / ReduceMax (no fp16 CPU kernels either).
+        # so does the explanation's ArgMax (no fp16 CPU kernel either).
         half = convert_float_to_float16(
             model,
             keep_io_types=True,
-            op_block_list=["TopK", "ScatterElements", "ArgMax", "ReduceMax"],
+            op_block_list=["TopK", "ScatterElements", "ArgMax"],
         )
         _toposort(half.graph)  # the converter appends its Cast nodes at the end
         onnx.save(half, str(dst))

@@ -398,6 +398,8 @@ class ServingRecommender(nn.Module):
         cosine = torch.bmm(candidates, history.transpose(1, 2))
         # Padding rows of the unit table are zero; push them below any real cosine (>= -1).
         cosine = cosine + (item_seq == 0).to(cosine.dtype).unsqueeze(1) * -4.0
-        reason_cos, reason_pos = cosine.max(dim=2)
+        # argmax + gather rather than max(): one op for fp16 conversion to keep in fp32.
+        reason_pos = cosine.argmax(dim=2)
+        reason_cos = cosine.gather(2, reason_pos.unsqueeze(2)).squeeze(2)
         history_scores = torch.gather(scores, 1, item_seq)
         return top_scores, top_items, reason_pos, reason_cos, user, history_scores

@@ -66,8 +66,13 @@ ReasonCode = Literal["similar_to_viewed", "bought_together", "matches_search", "
 DEFAULT_SEARCH_WEIGHT = 1.0
 
 #: Ridge penalty of the text -> item-space map for cold items, relative to the mean
-#: per-dimension variance of the text vectors (see `_fit_text_map`).
-COLD_RIDGE = 1.0
+#: per-dimension variance of the text vectors (see `_fit_text_map`). Selected on the
+#: validation split with `COLD_SCALE` (docs/SEMANTIC.md).
+COLD_RIDGE = 10.0
+#: Cold items' logits are this share of ``user . mapped key``: a mapped key is the
+#: typical item of its text, which every user of its category scores high, while a
+#: cold item has earned no such place. Selected on the validation split.
+COLD_SCALE = 1.0
 
 # Refit the cold-item map when the number of vocabulary items with text changed by more
 # than this share since the last fit (an item upsert alone does not refit it).
@@ -245,6 +250,11 @@ class OnnxScorer:
             self._keys = self._unit if metadata.similarity == "cosine" else table
         #: Weight of the search intent term (see `DEFAULT_SEARCH_WEIGHT`).
         self.search_weight = DEFAULT_SEARCH_WEIGHT
+        #: Ridge penalty of the cold-item text map (`COLD_RIDGE`); read when the map is
+        #: (re)fitted, i.e. at the next `attach_catalog`.
+        self.cold_ridge = COLD_RIDGE
+        #: Share of the mapped logit a cold item gets (`COLD_SCALE`).
+        self.cold_scale = COLD_SCALE
         self._index: ItemTextIndex | None = None
         self._catalog: _Catalog | None = None
         self._catalog_lock = threading.Lock()
@@ -486,6 +496,7 @@ class OnnxScorer:
         with self._catalog_lock:
             self._index = index
             self._catalog = None
+            self._text_map = None
 
     @property
     def _fusable(self) -> bool:
@@ -545,7 +556,7 @@ class OnnxScorer:
         cached = self._text_map
         if cached is not None and abs(n - cached[0]) <= _REFIT_SHARE * cached[0]:
             return cached[1], cached[2], cached[3]
-        w, x_mean, y_mean = _fit_text_map(vocab_text, self._table[vocab_rows], COLD_RIDGE)
+        w, x_mean, y_mean = _fit_text_map(vocab_text, self._table[vocab_rows], self.cold_ridge)
         self._text_map = (n, w, x_mean, y_mean)
         return w, x_mean, y_mean
 
@@ -757,7 +768,7 @@ class OnnxScorer:
         cold_seq = np.zeros(0, dtype=np.float32)
         if catalog.has_cold:
             assert catalog.cold_keys is not None  # noqa: S101 - has_cold
-            cold_seq = catalog.cold_keys @ user
+            cold_seq = (catalog.cold_keys @ user) * np.float32(self.cold_scale)
             for item in banned:
                 c = catalog.cold_index.get(item)
                 if c is not None:
