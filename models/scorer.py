@@ -63,7 +63,7 @@ ReasonCode = Literal["similar_to_viewed", "bought_together", "matches_search", "
 #: ``search_weight * intent.weight * std(row's logits) * z(cos(intent, item text))``.
 #: Selected on the validation split of the synthetic shop (`models.semantic_eval`,
 #: ``recstream bench semantic``; docs/SEMANTIC.md has the numbers).
-DEFAULT_SEARCH_WEIGHT = 1.0
+DEFAULT_SEARCH_WEIGHT = 0.5
 
 #: Ridge penalty of the text -> item-space map for cold items, relative to the mean
 #: per-dimension variance of the text vectors (see `_fit_text_map`). Selected on the
@@ -689,6 +689,7 @@ class OnnxScorer:
             clean = (scores[:, k - 1] > MASKED_THRESHOLD).tolist()
         else:
             clean = [False] * len(top_ids)
+        fused: list[tuple[int, Collection[str], Intent | None]] = []
         for j, row in enumerate(rows.tolist()):
             banned = exclude[row]
             if not isinstance(banned, set | frozenset):
@@ -696,9 +697,7 @@ class OnnxScorer:
             intent = intents[row] if intents is not None else None
             searching = intent is not None and intent.weight > 0
             if catalog is not None and (catalog.has_cold or (searching and catalog.has_text)):
-                results[row] = self._fused_row(
-                    out, j, history[j], excl[j], banned, k, intent, catalog
-                )
+                fused.append((j, banned, intent))
                 continue
             if clean[j] and banned.isdisjoint(top_ids[j]):
                 picked = list(zip(top_ids[j], top_scores[j], strict=True))
@@ -711,6 +710,10 @@ class OnnxScorer:
             picked = [(str(self._items[int(items[j, c])]), float(scores[j, c])) for c in cols]
             reasons = None if named is None else [self._similar_to(named[j, c]) for c in cols]
             results[row] = Recommendation(picked, "sequential", reasons)
+        if fused and catalog is not None:
+            ranked = self._fused_rows(out, fused, history, excl, k, catalog)
+            for (j, _, _), rec in zip(fused, ranked, strict=True):
+                results[int(rows[j])] = rec
 
     def _reason_positions(self, out: dict[str, np.ndarray], history: np.ndarray) -> IntArray | None:
         """History position [B, K] named for each graph item (see `Reason`).
@@ -735,28 +738,112 @@ class OnnxScorer:
             reason = self._similar.setdefault(key, Reason("similar_to_viewed", key))
         return reason
 
-    def _fused_row(
+    def _fused_rows(
+        self,
+        out: dict[str, np.ndarray],
+        rows: list[tuple[int, Collection[str], Intent | None]],
+        history: np.ndarray,
+        excl: np.ndarray,
+        k: int,
+        catalog: _Catalog,
+    ) -> list[Recommendation]:
+        """Exact top-k over the vocabulary and the cold items for the graph rows
+        ``(j, banned, intent)`` of `out`, with the intent term where there is one.
+
+        The matrix products run once for all the rows (one GEMM each); only the
+        selection is per row. Rows without an intent merge the graph's top-K (exact for
+        the vocabulary) with the cold items; rows with one score every vocabulary item
+        (see `_searched_row`).
+        """
+        users = np.asarray(out["user"][[j for j, _, _ in rows]], dtype=np.float32)
+        cold = np.zeros((len(rows), 0), dtype=np.float32)
+        if catalog.has_cold:
+            assert catalog.cold_keys is not None  # noqa: S101 - has_cold
+            cold = (users @ catalog.cold_keys.T) * np.float32(self.cold_scale)
+            for r, (_, banned, _) in enumerate(rows):
+                for item in banned:
+                    c = catalog.cold_index.get(item)
+                    if c is not None:
+                        cold[r, c] = -np.inf
+        searches = {
+            r: i
+            for r, (_, _, i) in enumerate(rows)
+            if i is not None and i.weight > 0 and catalog.has_text
+        }
+        order = list(searches)  # rows with a search, in row order: columns below
+        column = {r: s for s, r in enumerate(order)}
+        assert self._keys is not None  # noqa: S101 - _fusable
+        seq = users[order] @ self._keys.T  # [S, n_items + 1]
+        texts = np.concatenate([catalog.vocab_text, catalog.cold_text])
+        queries = np.zeros((texts.shape[1], len(order)), dtype=np.float32)
+        for s, r in enumerate(order):
+            queries[:, s] = searches[r].vector
+        cos = texts @ queries  # [n text items, S]
+        results: list[Recommendation] = []
+        for r, (j, _, _) in enumerate(rows):
+            intent = searches.get(r)
+            if intent is None:
+                results.append(self._merged_row(out, j, history[j], cold[r], k, catalog))
+                continue
+            s = column[r]
+            results.append(
+                self._searched_row(
+                    out, j, history[j], excl[j], seq[s], cold[r], cos[:, s], intent, k, catalog
+                )
+            )
+        return results
+
+    def _merged_row(
+        self,
+        out: dict[str, np.ndarray],
+        j: int,
+        history: np.ndarray,
+        cold: FloatArray,
+        k: int,
+        catalog: _Catalog,
+    ) -> Recommendation:
+        """Graph row `j`'s top-K (exclusions already masked) merged with the cold items."""
+        scores, items = out["scores"][j], out["items"][j]
+        real = scores > MASKED_THRESHOLD
+        n_graph = int(real.sum())
+        merged = np.concatenate([scores[:n_graph], cold])
+        kk = min(k, int(np.isfinite(merged).sum()))
+        chosen = np.argpartition(-merged, kk - 1)[:kk] if kk else np.zeros(0, np.int64)
+        chosen = chosen[np.lexsort((chosen, -merged[chosen]))]
+        picked: list[tuple[str, float]] = []
+        reasons: list[Reason] = []
+        for c in chosen.tolist():
+            if c < n_graph:
+                picked.append((str(self._items[int(items[c])]), float(merged[c])))
+                pos = int(out["reason_pos"][j, c])
+            else:
+                picked.append((str(catalog.cold_ids[c - n_graph]), float(merged[c])))
+                pos = self._nearest_by_text(c - n_graph, history, catalog)
+            reasons.append(self._similar_to(self._items[int(history[pos])]))
+        return Recommendation(picked, "sequential", reasons)
+
+    def _searched_row(
         self,
         out: dict[str, np.ndarray],
         j: int,
         history: np.ndarray,
         excl: np.ndarray,
-        banned: Collection[str],
+        seq: FloatArray,
+        cold_seq: FloatArray,
+        cos: FloatArray,
+        intent: Intent,
         k: int,
-        intent: Intent | None,
         catalog: _Catalog,
     ) -> Recommendation:
-        """Row `j`'s exact top-k over the vocabulary and the cold items, fused score.
+        """Row `j`'s exact top-k of the fused score over the vocabulary and cold items.
 
-        Logits of every vocabulary item come from the graph's query vector and the
-        item keys (the graph's own values where it has them: its top-K and the
-        history items, which carry the repeat head's bias), so the list is exact over
-        the whole catalog, not a re-ranking of the graph's top-K.
+        `seq` is ``user . keys`` for every vocabulary item; the graph's own values
+        replace it where the graph has them (its top-K, and the history items, which
+        carry the repeat head's bias), so the list is exact over the whole catalog, not
+        a re-ranking of the graph's top-K.
         """
-        assert self._keys is not None and self._unit is not None  # noqa: S101 - _fusable
+        assert self._unit is not None  # noqa: S101 - _fusable
         n_vocab = self.n_items + 1
-        user = np.asarray(out["user"][j], dtype=np.float32)
-        seq = self._keys @ user  # [n_items + 1]
         known = history != 0
         seq[history[known]] = out["history_scores"][j][known]
         top_scores, top_items = out["scores"][j], out["items"][j]
@@ -765,26 +852,14 @@ class OnnxScorer:
         scale = float(np.std(seq[1:]))  # before exclusions: a property of the user
         seq[0] = -np.inf
         seq[excl] = -np.inf
-        cold_seq = np.zeros(0, dtype=np.float32)
-        if catalog.has_cold:
-            assert catalog.cold_keys is not None  # noqa: S101 - has_cold
-            cold_seq = (catalog.cold_keys @ user) * np.float32(self.cold_scale)
-            for item in banned:
-                c = catalog.cold_index.get(item)
-                if c is not None:
-                    cold_seq[c] = -np.inf
         term = np.zeros(n_vocab + cold_seq.size, dtype=np.float32)
-        if intent is not None and intent.weight > 0 and catalog.has_text:
-            vector = np.asarray(intent.vector, dtype=np.float32)
-            cos = np.concatenate([catalog.vocab_text @ vector, catalog.cold_text @ vector])
-            spread = float(np.std(cos))
-            if spread > 0:
-                z = (cos - float(np.mean(cos))) / spread
-                z *= self.search_weight * float(intent.weight) * scale
-                n_text = catalog.vocab_rows.size
-                term[catalog.vocab_rows] = z[:n_text]
-                if catalog.has_cold:
-                    term[n_vocab:] = z[n_text:]
+        spread = float(np.std(cos))
+        if spread > 0:
+            z = (cos - float(np.mean(cos))) / spread
+            z *= self.search_weight * float(intent.weight) * scale
+            n_text = catalog.vocab_rows.size
+            term[catalog.vocab_rows] = z[:n_text]
+            term[n_vocab:] = z[n_text:]
         sequence = np.concatenate([seq, cold_seq])
         fused = sequence + term
         kk = min(k, int(np.isfinite(fused).sum()))

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_COLD_RIDGES",
     "DEFAULT_COLD_SCALES",
     "DEFAULT_SEARCH_WEIGHTS",
+    "STAY_TOLERANCE",
     "Embed",
     "SemanticData",
     "cold_metrics",
@@ -54,6 +55,7 @@ __all__ = [
     "run_semantic_eval",
     "search_metrics",
     "search_share",
+    "select_search_weight",
 ]
 
 logger = logging.getLogger("recstream.models.semantic_eval")
@@ -65,6 +67,8 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 DEFAULT_SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 #: Ridge penalties of the cold-item text map tried on the validation split.
 DEFAULT_COLD_RIDGES: tuple[float, ...] = (1.0, 10.0, 100.0)
+#: Largest relative loss of NDCG@10 a search may cost users who stay in their category.
+STAY_TOLERANCE = 0.1
 #: Cold-logit scales (`OnnxScorer.cold_scale`) tried on the validation split.
 DEFAULT_COLD_SCALES: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -258,6 +262,15 @@ def search_share(
     }
 
 
+def select_search_weight(curve: dict[str, dict[str, float]]) -> float:
+    """The weight of best switch-case NDCG@10 whose stay-case NDCG@10 is within
+    `STAY_TOLERANCE` of the smallest weight's (the no-search reference)."""
+    weights = sorted(curve, key=float)
+    floor = (1.0 - STAY_TOLERANCE) * curve[weights[0]]["ndcg@10_stay"]
+    allowed = [w for w in weights if curve[w]["ndcg@10_stay"] >= floor]
+    return float(max(allowed, key=lambda w: (curve[w]["ndcg@10_switch"], -float(w))))
+
+
 def _stay_and_switch(
     cases: Sequence[EvalCase], data: SemanticData
 ) -> tuple[list[EvalCase], list[EvalCase]]:
@@ -316,10 +329,11 @@ def run_semantic_eval(
 
     Selected on the validation users, then used for every test number:
 
-    * `search_weight`: the mean of NDCG@10 with a search for the next item's category
-      over the cases that stay in the category of the user's last item and over those
-      that switch category (a search matters for a switch and must not spoil a stay;
-      the mean weighs both scenarios alike, where the data has few switches);
+    * `search_weight`: with a search for the next item's category, the best NDCG@10 on
+      the cases that switch category (the user's last item is in another one: there
+      the search says something the history does not) among the weights that keep
+      NDCG@10 on the cases that stay in category within `STAY_TOLERANCE` of no search
+      (there the search adds nothing, and must not spoil the sequence order);
     * the cold map's ridge penalty and `cold_scale`: NDCG@10 of the next item over all
       cases (warm and cold targets in the shop's own mix).
     """
@@ -343,12 +357,11 @@ def run_semantic_eval(
         ndcg_stay = search_metrics(scorer, stay, data)["ndcg@10"]
         ndcg_switch = search_metrics(scorer, switch, data)["ndcg@10"]
         weight_curve[str(weight)] = {
-            "objective": (ndcg_stay + ndcg_switch) / 2,
             "ndcg@10_stay": ndcg_stay,
             "ndcg@10_switch": ndcg_switch,
             "category_share@10": search_share(scorer, data.valid, data)["share_with"],
         }
-    best_weight = float(max(search_weights, key=lambda w: (weight_curve[str(w)]["objective"], -w)))
+    best_weight = select_search_weight(weight_curve)
     log("validation: cold ridge and scale")
     cold_curve: dict[str, float] = {}
     for ridge in cold_ridges:
