@@ -64,7 +64,7 @@ logger = logging.getLogger("recstream.models.semantic_eval")
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 #: `search_weight` values tried on the validation split.
-DEFAULT_SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_SEARCH_WEIGHTS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 #: Ridge penalties of the cold-item text map tried on the validation split.
 DEFAULT_COLD_RIDGES: tuple[float, ...] = (1.0, 10.0, 100.0)
 #: Largest relative loss of NDCG@10 a search may cost users who stay in their category.

@@ -150,7 +150,7 @@ def _fused_reference(
     rows = np.asarray(sorted(text))
     cos = np.asarray([text[r] @ intent for r in rows])
     term = np.zeros_like(seq)
-    term[rows] = weight * scale * (cos - cos.mean()) / cos.std()
+    term[rows] = weight * scale * np.tanh(np.maximum((cos - cos.mean()) / cos.std(), 0))
     fused = seq + term
     order = np.lexsort((np.arange(fused.size), -fused))
     return [int(i) for i in order[:k]], seq, term
@@ -196,7 +196,8 @@ def test_intent_fusion_is_exact_over_the_whole_catalog(
         entered_deep += sum(i not in deep for i in top)
         kth = np.sort(seq[np.isfinite(seq)])[::-1][19]
         for i, reason in zip(top, rec.reasons, strict=True):
-            by_search = term[i] > 0 and term[i] > seq[i] - kth
+            full = 0.8 * 3.0 * np.std(logits[row][1:])
+            by_search = term[i] > seq[i] - kth and term[i] >= 0.5 * full
             assert (reason.code == "matches_search") == by_search
         share = np.mean([category[i] == searched[row] for i in ids])
         assert share > np.mean([category[i] == searched[row] for i, _ in plain[row].items])
