@@ -204,6 +204,29 @@ def test_intent_fusion_is_exact_over_the_whole_catalog(
     assert entered_deep > 0  # the test did exercise items beyond the graph's top-K
 
 
+def test_new_user_who_searches_gets_popular_items_of_the_search(
+    scorer: OnnxScorer, tiny_shop: SyntheticShop
+) -> None:
+    vectors, directions = _category_vectors(tiny_shop)
+    category = {item.item_id: item.category for item in tiny_shop.catalog}
+    scorer.attach_catalog(_index(vectors))
+    [plain] = scorer.recommend([[]], [set()], k=10)
+    target = sorted(directions)[1]
+    banned = {i for i, c in category.items() if c == target and i.endswith("1")}
+    [searched] = scorer.recommend([[]], [banned], k=10, intents=[Intent(directions[target], 1.0)])
+    assert searched.strategy == plain.strategy == "popular"
+    assert plain.reasons == [Reason("popular")] * 10
+    ids = [i for i, _ in searched.items]
+    assert len(ids) == 10 and not banned & set(ids)
+    share = np.mean([category[i] == target for i in ids])
+    assert share > np.mean([category[i] == target for i, _ in plain.items])
+    assert searched.reasons is not None
+    for item, reason in zip(ids, searched.reasons, strict=True):
+        assert reason.code in ("matches_search", "popular")
+        if reason.code == "matches_search":
+            assert item not in [i for i, _ in plain.items]  # the search placed it
+
+
 def test_zero_weight_intent_changes_nothing(scorer: OnnxScorer, tiny_shop: SyntheticShop) -> None:
     vectors, directions = _category_vectors(tiny_shop)
     histories = [_history(tiny_shop, f"user-{u:04d}") for u in range(1, 6)]
