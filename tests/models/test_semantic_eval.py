@@ -91,3 +91,38 @@ def test_search_weight_selection_respects_the_stay_tolerance() -> None:
     assert select_search_weight(curve) == 1.0
     curve["1.0"]["ndcg@10_stay"] = 0.40
     assert select_search_weight(curve) == 0.0
+
+
+def test_bench_semantic_cli_with_a_local_encoder(shop: SyntheticShop, tmp_path: Path) -> None:
+    """``recstream bench semantic`` end to end, on a tiny random BERT (offline)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    texts = [item.title for item in shop.catalog] + [item.category for item in shop.catalog]
+    words = sorted({w for text in texts for w in text.lower().split()})
+    (encoder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words]))
+    transformers.BertTokenizer(str(encoder / "vocab.txt")).save_pretrained(str(encoder))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=len(words) + 4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(config).save_pretrained(str(encoder))
+    out = tmp_path / "bench"
+    args = ["bench", "semantic", "--encoder-dir", str(encoder), "--out", str(out)]
+    args += ["--items", "120", "--users", "200", "--categories", "4", "--epochs", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "semantic.json").read_text())
+    assert report["encoder"] == str(encoder)
+    assert report["shop"] == {"items": 120, "cold_items": 12}
+    assert report["test"]["cold"]["cold_recall@20_without_text"] == 0.0
