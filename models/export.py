@@ -25,6 +25,8 @@ import onnxruntime as ort
 import torch
 
 from models.metadata import (
+    EXPLAIN_OUTPUTS,
+    ITEM_TABLE_FILENAME,
     MASKED_SCORE,
     METADATA_FILENAME,
     MODEL_FILENAME,
@@ -86,17 +88,44 @@ def _verify(wrapper: ServingRecommender, model_path: Path, n_items: int, max_len
     # A batch/exclude shape different from the tracing example exercises the dynamic axes.
     inputs = _example_inputs(n_items, max_len, batch=5, n_exclude=7)
     with torch.no_grad():
-        ref_scores, _ = wrapper(*inputs)
+        ref_out = wrapper(*inputs)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(ONNX_INPUTS, inputs, strict=True)}
-    ort_scores, _ = session.run(list(ONNX_OUTPUTS), feeds)
-    ref = ref_scores.numpy()
+    names = _output_names(wrapper.explain)
+    ort_out = dict(zip(names, session.run(names, feeds), strict=True))
+    ref = ref_out[0].numpy()
     real = ref > MASKED_SCORE / 2  # compare real scores; masked ones are all ~MASKED_SCORE
-    diff = float(np.max(np.abs(np.asarray(ort_scores)[real] - ref[real]), initial=0.0))
+    diff = float(np.max(np.abs(np.asarray(ort_out["scores"])[real] - ref[real]), initial=0.0))
+    if wrapper.explain:
+        # The cosine of the named history item (of real items: masked ones tie, in any
+        # order) and the query vector must agree; positions may differ between exact
+        # ties, so the cosines are compared.
+        cos_gap = np.abs(np.asarray(ort_out["reason_cos"]) - ref_out[3].numpy())[real]
+        user_gap = np.abs(np.asarray(ort_out["user"]) - ref_out[4].numpy())
+        diff = max(diff, float(np.max(cos_gap, initial=0.0)), float(np.max(user_gap)))
     if diff > _VERIFY_ATOL:
-        raise ExportError(f"ONNX scores differ from torch by {diff:.3g} (> {_VERIFY_ATOL})")
+        raise ExportError(f"ONNX outputs differ from torch by {diff:.3g} (> {_VERIFY_ATOL})")
+
+
+#: Dynamic axes of every graph input and output: batch, history width, exclusions.
+_DYNAMIC_AXES: dict[str, dict[int, str]] = {
+    "item_seq": {0: "batch", 1: "seq"},
+    "type_seq": {0: "batch", 1: "seq"},
+    "channel_seq": {0: "batch", 1: "seq"},
+    "exclude": {0: "batch", 1: "n_exclude"},
+    "scores": {0: "batch"},
+    "items": {0: "batch"},
+    "reason_pos": {0: "batch"},
+    "reason_cos": {0: "batch"},
+    "user": {0: "batch"},
+    "history_scores": {0: "batch", 1: "seq"},
+}
+
+
+def _output_names(explain: bool) -> list[str]:
+    return [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS] if explain else list(ONNX_OUTPUTS)
 
 
 def export_onnx(
@@ -107,12 +136,16 @@ def export_onnx(
     metrics: Mapping[str, float] | None = None,
     opset: int = DEFAULT_OPSET,
     variant: Precision = "fp32",
+    explain: bool = True,
 ) -> Path:
-    """Write `out_dir/model.onnx` and `out_dir/metadata.json` atomically.
+    """Write `out_dir/model.onnx`, `metadata.json` and `item_table.npy` atomically.
 
     Graph inputs: item_seq, type_seq, channel_seq (int64 [B, max_len]) and exclude
     (int64 [B, E], 0-padded, E >= 1); outputs: scores (float32 [B, K]) and items
-    (int64 [B, K]) with K = min(config.max_k, n_items). B and E are dynamic.
+    (int64 [B, K]) with K = min(config.max_k, n_items), then with `explain` the
+    `EXPLAIN_OUTPUTS` (see `models.network.ServingRecommender`). B and E are dynamic.
+    `item_table.npy` is the item table the graph scores with (float32 [n_items + 1, D]):
+    the scorer maps cold items into it and explains with it where the graph cannot.
 
     Args:
         trained: Result of `train_model`.
@@ -125,6 +158,8 @@ def export_onnx(
             (dynamic int8 quantization of MatMul/Gemm weights; meant for CPU). The
             fp32 graph is always verified first; variants get a "-fp16"/"-int8" version
             suffix by default.
+        explain: Add the explanation outputs (False writes the graph of older
+            exports: scores and items only).
 
     Returns:
         `out_dir`, ready for `OnnxScorer.load`.
@@ -142,7 +177,8 @@ def export_onnx(
     max_k = min(cfg.max_k, n_items)
     # Export a CPU copy so the caller's module keeps its device and train/eval mode.
     module = copy.deepcopy(trained.module).to("cpu").eval()
-    wrapper = ServingRecommender(module, max_k=max_k).eval()
+    wrapper = ServingRecommender(module, max_k=max_k, explain=explain).eval()
+    output_names = _output_names(explain)
 
     default_version = make_model_version(trained.data_fingerprint)
     if variant != "fp32":
@@ -166,6 +202,8 @@ def export_onnx(
         temperature=cfg.temperature if cfg.similarity == "cosine" else 1.0,
         arch=cfg.arch,
         repeat_head=cfg.repeat_head,
+        onnx_outputs=output_names,
+        item_table=ITEM_TABLE_FILENAME,
     )
     meta.validate()
 
@@ -185,15 +223,8 @@ def export_onnx(
                 str(model_path),
                 dynamo=False,
                 input_names=list(ONNX_INPUTS),
-                output_names=list(ONNX_OUTPUTS),
-                dynamic_axes={
-                    "item_seq": {0: "batch", 1: "seq"},
-                    "type_seq": {0: "batch", 1: "seq"},
-                    "channel_seq": {0: "batch", 1: "seq"},
-                    "exclude": {0: "batch", 1: "n_exclude"},
-                    "scores": {0: "batch"},
-                    "items": {0: "batch"},
-                },
+                output_names=output_names,
+                dynamic_axes={name: _DYNAMIC_AXES[name] for name in (*ONNX_INPUTS, *output_names)},
                 opset_version=opset,
                 do_constant_folding=True,
             )
@@ -203,6 +234,7 @@ def export_onnx(
             raise ExportError(f"exported ONNX graph is invalid: {exc}") from exc
         if variant != "fp32":
             convert_variant(model_path, model_path, variant)
+        np.save(tmp / ITEM_TABLE_FILENAME, wrapper.input_table.numpy().astype(np.float32))
         meta.save(tmp / METADATA_FILENAME)
         with open(model_path, "rb") as fh:
             os.fsync(fh.fileno())
@@ -268,11 +300,12 @@ def convert_variant(src: Path, dst: Path, variant: Precision) -> Path:
         # Keep the ops that carry the -1e9 mask / do the final ranking in fp32: the mask
         # constant overflows fp16 and TopK on -inf ties is not worth the risk. The
         # ScatterElements ops (exclusions; the repeat head's add) stay fp32 too:
-        # onnxruntime's CPU provider has no fp16 kernel for a scatter with reduction.
+        # onnxruntime's CPU provider has no fp16 kernel for a scatter with reduction;
+        # so does the explanation's ArgMax (no fp16 CPU kernel either).
         half = convert_float_to_float16(
             model,
             keep_io_types=True,
-            op_block_list=["TopK", "ScatterElements"],
+            op_block_list=["TopK", "ScatterElements", "ArgMax"],
         )
         _toposort(half.graph)  # the converter appends its Cast nodes at the end
         onnx.save(half, str(dst))

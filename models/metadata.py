@@ -39,7 +39,9 @@ MASKED_THRESHOLD = -1.0e4
 __all__ = [
     "CHECKPOINT_FILENAME",
     "DEFAULT_ARCH",
+    "EXPLAIN_OUTPUTS",
     "FORMAT_VERSION",
+    "ITEM_TABLE_FILENAME",
     "MASKED_SCORE",
     "MASKED_THRESHOLD",
     "METADATA_FILENAME",
@@ -61,9 +63,14 @@ METADATA_FILENAME = "metadata.json"
 #: The torch checkpoint a published store version keeps beside its graph (optional; a
 #: warm start from the store, ``recstream train --init-from STORE``, needs it).
 CHECKPOINT_FILENAME = "checkpoint.pt"
-#: Graph input / output names, in order.
+#: The item table (float32 [n_items + 1, D], ``numpy.save`` format) an export writes
+#: beside the graph: what the scorer maps cold items into and explains old graphs with.
+ITEM_TABLE_FILENAME = "item_table.npy"
+#: Graph input / output names, in order. Every graph has `ONNX_OUTPUTS`; graphs that
+#: explain (see `models.network.ServingRecommender`) add `EXPLAIN_OUTPUTS` after them.
 ONNX_INPUTS: tuple[str, ...] = ("item_seq", "type_seq", "channel_seq", "exclude")
 ONNX_OUTPUTS: tuple[str, ...] = ("scores", "items")
+EXPLAIN_OUTPUTS: tuple[str, ...] = ("reason_pos", "reason_cos", "user", "history_scores")
 #: Numeric variants of an exported graph.
 VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -130,6 +137,8 @@ class ModelMetadata:
             graph's inputs and outputs are the same for every architecture.
         repeat_head: Whether the graph scores history items with the repeat-aware head
             (`models.repeat`); the worker's ``model`` history policy needs it.
+        item_table: File name (in the model directory) of the item table the graph
+            scores with, `ITEM_TABLE_FILENAME`; "" when the export has none (older).
     """
 
     model_version: str
@@ -156,11 +165,17 @@ class ModelMetadata:
     temperature: float = 1.0
     arch: str = DEFAULT_ARCH
     repeat_head: bool = False
+    item_table: str = ""
 
     @property
     def n_items(self) -> int:
         """Number of real items (excluding the padding index)."""
         return len(self.items) - 1
+
+    @property
+    def explains(self) -> bool:
+        """Whether the graph has the explanation outputs (`EXPLAIN_OUTPUTS`)."""
+        return self.onnx_outputs == [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS]
 
     def validate(self) -> None:
         """Check internal consistency.
@@ -206,6 +221,10 @@ class ModelMetadata:
             raise MetadataError("temperature must be a positive number")
         if any(not math.isfinite(v) for v in self.metrics.values()):
             raise MetadataError("metrics must be finite numbers")
+        if self.onnx_outputs[:2] != list(ONNX_OUTPUTS):
+            raise MetadataError(f"onnx_outputs must start with {list(ONNX_OUTPUTS)}")
+        if self.item_table and ("/" in self.item_table or self.item_table.startswith(".")):
+            raise MetadataError("item_table must be a file name inside the model directory")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (keys in a stable, readable order)."""

@@ -316,21 +316,37 @@ class Recommender(nn.Module, ABC):
 class ServingRecommender(nn.Module):
     """Export wrapper: score the last position, mask pad/excluded items, return top-K.
 
+    With `explain` (the default) the graph also returns what the scorer needs to say
+    why an item is recommended and to score items the graph does not rank itself:
+
+    * ``reason_pos`` int64 [B, K]: for each top-K item, the history position (0-based,
+      in the left-padded input) of the history item whose embedding is most similar to
+      the candidate's (cosine of item-table rows; padding never wins), and
+      ``reason_cos`` float32 [B, K] that cosine;
+    * ``user`` float32 [B, D]: the query vector, whose inner product with a row of
+      ``score_keys(item_table)`` is that item's similarity logit (used for items
+      outside the top-K and for cold items mapped into the item space);
+    * ``history_scores`` float32 [B, L]: the final score of each history position's
+      item (repeat-head bias included), the one part of a logit `user` cannot give.
+
     Args:
         model: A trained `Recommender` (any architecture) (put into eval mode by the caller).
         max_k: Number of results per row (fixed in the exported graph).
+        explain: Add the outputs above (old graphs have only scores and items).
     """
 
     pad_bias: Tensor  # registered buffer, [n_items + 1] float32
     input_table: Tensor  # registered buffer, [n_items + 1, D]
     output_keys: Tensor  # registered buffer, [D, n_items + 1]
+    unit_table: Tensor  # registered buffer, [n_items + 1, D], rows L2-normalised
 
-    def __init__(self, model: Recommender, max_k: int = 100) -> None:
+    def __init__(self, model: Recommender, max_k: int = 100, *, explain: bool = True) -> None:
         super().__init__()
         if not 1 <= max_k <= model.n_items:
             raise ValueError(f"max_k must be in [1, {model.n_items}], got {max_k}")
         self.model = model
         self.max_k = max_k
+        self.explain = explain
         pad_bias = torch.zeros(model.n_items + 1)
         pad_bias[0] = MASKED_SCORE  # the padding item is never a recommendation
         self.register_buffer("pad_bias", pad_bias, persistent=False)
@@ -342,12 +358,14 @@ class ServingRecommender(nn.Module):
         with torch.no_grad():
             table = model.item_table().detach().clone()
             keys = model.score_keys(table).t().contiguous()
+            unit = F.normalize(table, dim=-1)
         self.register_buffer("input_table", table, persistent=False)
         self.register_buffer("output_keys", keys, persistent=False)
+        self.register_buffer("unit_table", unit, persistent=False)
 
     def forward(
         self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor, exclude: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         """Top-K next items for each row.
 
         Args:
@@ -357,16 +375,31 @@ class ServingRecommender(nn.Module):
             exclude: int64 [B, E] item indices to mask (0-padded; E >= 1).
 
         Returns:
-            (scores float32 [B, K], items int64 [B, K]), best first.
+            (scores float32 [B, K], items int64 [B, K]), best first; with `explain`
+            also reason_pos, reason_cos, user and history_scores (see the class).
         """
-        scores = (
-            self.model.last_scores(
-                item_seq, type_seq, channel_seq, self.input_table, self.output_keys
-            )
-            + self.pad_bias
-        )
+        model = self.model
+        hidden = model.encode_last(item_seq, type_seq, channel_seq, self.input_table)
+        user = model.score_queries(hidden)
+        scores = user @ self.output_keys
+        if model.repeat_head is not None:
+            scores = model.repeat_head.add_to_last(scores, item_seq, hidden)
+        scores = scores + self.pad_bias
         # zeros_like keeps the exclude shape symbolic in the traced graph.
         masked = torch.zeros_like(exclude, dtype=scores.dtype) + MASKED_SCORE
-        scores = scores.scatter(1, exclude, masked)
-        top_scores, top_items = torch.topk(scores, self.max_k, dim=1)
-        return top_scores, top_items
+        ranked = scores.scatter(1, exclude, masked)
+        top_scores, top_items = torch.topk(ranked, self.max_k, dim=1)
+        if not self.explain:
+            return top_scores, top_items
+        # Cosine of each candidate to each history item: [B, K, D] x [B, D, L]. K x L x D
+        # multiply-adds per row, small beside the catalog product (V x D) for K, L << V.
+        candidates = F.embedding(top_items, self.unit_table)
+        history = F.embedding(item_seq, self.unit_table)
+        cosine = torch.bmm(candidates, history.transpose(1, 2))
+        # Padding rows of the unit table are zero; push them below any real cosine (>= -1).
+        cosine = cosine + (item_seq == 0).to(cosine.dtype).unsqueeze(1) * -4.0
+        # argmax + gather rather than max(): one op for fp16 conversion to keep in fp32.
+        reason_pos = cosine.argmax(dim=2)
+        reason_cos = cosine.gather(2, reason_pos.unsqueeze(2)).squeeze(2)
+        history_scores = torch.gather(scores, 1, item_seq)
+        return top_scores, top_items, reason_pos, reason_cos, user, history_scores

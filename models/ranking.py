@@ -291,7 +291,7 @@ class OnnxRanker:
                 strict=True,
             )
         )
-        scores, items = self._session.run(self.metadata.onnx_outputs, feeds)
+        scores, items = self._session.run(self.metadata.onnx_outputs[:2], feeds)
         values = np.asarray(scores, dtype=np.float32)
         values[values <= MASKED_THRESHOLD] = -np.inf  # masked by the graph (pad / excluded)
         out = np.full((b, self._width), -np.inf, dtype=np.float32)

@@ -750,3 +750,6 @@ def register(app: typer.Typer) -> None:
     app.command()(chaos)
     app.command()(demo)
     app.add_typer(bench_app, name="bench")
+
+
+import deploy.lab.semantic_bench  # noqa: E402, F401 - registers ``bench semantic`` on bench_app

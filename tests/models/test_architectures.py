@@ -23,7 +23,14 @@ from models.architectures.sasrec import SequentialRecommender
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import TrainConfig
 from models.export import export_onnx
-from models.metadata import MASKED_SCORE, MODEL_FILENAME, ONNX_INPUTS, ONNX_OUTPUTS, ModelMetadata
+from models.metadata import (
+    EXPLAIN_OUTPUTS,
+    MASKED_SCORE,
+    MODEL_FILENAME,
+    ONNX_INPUTS,
+    ONNX_OUTPUTS,
+    ModelMetadata,
+)
 from models.network import Recommender, ServingRecommender
 from models.session import create_session
 from models.speed import untrained_model
@@ -123,22 +130,33 @@ def test_encode_last_is_the_last_position_of_encode(arch: str) -> None:
 
 @pytest.mark.parametrize("batch", [1, 7, 256])
 def test_onnx_matches_torch(exported: tuple[TrainedModel, Path], batch: int) -> None:
-    """Same serving wrapper for every architecture: scores within 1e-4, same top-K."""
+    """Same serving wrapper for every architecture: scores within 1e-4, same top-K, and
+    the explanation outputs (named history position, its cosine, the query vector and
+    the history items' scores) equal as well."""
     trained, model_dir = exported
     metadata = ModelMetadata.load(model_dir)
     assert metadata.arch == trained.config.arch
     assert metadata.repeat_head == trained.config.repeat_head
+    assert metadata.explains
     session, _ = create_session(model_dir / MODEL_FILENAME, "cpu", 1)
     feeds = _batch(batch, metadata.max_len, seed=batch)
     wrapper = ServingRecommender(trained.module.eval(), max_k=metadata.max_k).eval()
     with torch.no_grad():
-        ref_scores, ref_items = wrapper(*(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS))
-    ort_scores, ort_items = session.run(list(ONNX_OUTPUTS), feeds)
-    ref = ref_scores.numpy()
-    real = ref > MASKED_SCORE / 2  # masked (excluded / padding) scores are all ~MASKED_SCORE
+        ref = [t.numpy() for t in wrapper(*(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS))]
+    names = [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS]
+    ort_scores, ort_items, ort_pos, ort_cos, ort_user, ort_hist = session.run(names, feeds)
+    real = ref[0] > MASKED_SCORE / 2  # masked (excluded / padding) scores are all ~MASKED_SCORE
     assert real.any()
-    assert np.abs(np.asarray(ort_scores)[real] - ref[real]).max() <= 1e-4
-    np.testing.assert_array_equal(np.asarray(ort_items), ref_items.numpy())
+    assert np.abs(np.asarray(ort_scores)[real] - ref[0][real]).max() <= 1e-4
+    np.testing.assert_array_equal(np.asarray(ort_items), ref[1])
+    np.testing.assert_allclose(np.asarray(ort_cos)[real], ref[3][real], atol=1e-4)
+    # Positions agree except between history items of (numerically) equal cosine.
+    rows, cols = np.nonzero((np.asarray(ort_pos) != ref[2]) & real)
+    assert np.all(np.abs(ref[3][rows, cols] - ort_cos[rows, cols]) <= 1e-4)
+    np.testing.assert_allclose(ort_user, ref[4], atol=1e-4)
+    hist_real = ref[5] > MASKED_SCORE / 2
+    np.testing.assert_allclose(np.asarray(ort_hist)[hist_real], ref[5][hist_real], atol=1e-4)
+    assert np.all(np.asarray(ort_hist)[~hist_real] <= MASKED_SCORE / 2)
 
 
 def test_checkpoint_rebuilds_the_architecture(

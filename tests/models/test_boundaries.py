@@ -18,6 +18,7 @@ TORCH_FREE = {
     "metadata",
     "encoding",
     "scorer",
+    "catalog",
     "store",
     "datasets",
     "splits",

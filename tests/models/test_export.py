@@ -13,6 +13,7 @@ import torch
 
 from models.export import export_onnx
 from models.metadata import (
+    EXPLAIN_OUTPUTS,
     FORMAT_VERSION,
     MASKED_SCORE,
     ONNX_INPUTS,
@@ -44,14 +45,18 @@ def _random_batch(
 
 
 def test_files_and_graph(tiny_model_dir: Path) -> None:
-    assert sorted(p.name for p in tiny_model_dir.iterdir()) == ["metadata.json", "model.onnx"]
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == [
+        "item_table.npy",
+        "metadata.json",
+        "model.onnx",
+    ]
     # No temp/old directories left next to the model.
     assert [p.name for p in tiny_model_dir.parent.iterdir()] == [tiny_model_dir.name]
     model = onnx.load(str(tiny_model_dir / "model.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
     assert [i.name for i in model.graph.input] == list(ONNX_INPUTS)
-    assert [o.name for o in model.graph.output] == list(ONNX_OUTPUTS)
+    assert [o.name for o in model.graph.output] == [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS]
     dims = {
         i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
         for i in model.graph.input
@@ -151,7 +156,7 @@ def test_ort_matches_torch(
 
     wrapper = ServingRecommender(tiny_trained.module, max_k=50).eval()
     with torch.no_grad():
-        ref_scores_t, ref_items_t = wrapper(*(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS))
+        ref_scores_t, ref_items_t, *_ = wrapper(*(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS))
     ref_scores, ref_items = ref_scores_t.numpy(), ref_items_t.numpy()
 
     assert ort_scores.dtype == np.float32 and ort_items.dtype == np.int64

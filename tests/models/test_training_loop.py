@@ -149,7 +149,14 @@ def test_fp16_graph_scores_close(tiny_trained: TrainedModel, tmp_path: Path) -> 
         )
         for p in (fp32, fp16)
     ]
-    (s32, i32), (s16, i16) = outs
+    (s32, i32, _, c32, u32, _), (s16, i16, p16, c16, u16, _) = outs
+    # The explanation outputs survive the conversion: fp32 I/O, cosines and the query
+    # vector close to the fp32 graph's, positions inside the history.
+    assert c16.dtype == u16.dtype == np.float32 and p16.dtype == np.int64
+    same = i32 == i16  # the cosine of the same candidate (fp16 may swap close ranks)
+    assert np.max(np.abs(c32 - c16)[same]) < 0.02
+    assert np.max(np.abs(u32 - u16)) < 0.05
+    assert ((p16 >= 0) & (p16 < length)).all()
     assert s16.dtype == np.float32 and i16.dtype == np.int64  # I/O types kept
     assert np.max(np.abs(s32[:, :10] - s16[:, :10])) < 0.05
     overlap = np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(i32, i16, strict=True)])
