@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import logging
 import os
 import sys
@@ -12,14 +11,16 @@ from pathlib import Path
 
 from deploy.logs import logging_config
 from deploy.settings import Settings
+from models.bundles import CoPurchaseCounts, latest_pairs
+from models.catalog import ItemTextIndex
 from models.experiment import Experiment, read_experiment
 from models.scorer import OnnxScorer, Provider, Scorer
 from models.store import CURRENT_FILENAME, ModelStore
+from models.text_encoder import OnnxTextEncoder
 from streams._faust import quiet_worker_class
 from streams.app import RecstreamApp, create_app
 from streams.bundles import CoPurchaseModel
 from streams.catalog import TextSupport
-from streams.intent import TextEncoder
 
 __all__ = [
     "StoreModelSource",
@@ -87,24 +88,18 @@ def load_text_support(settings: Settings) -> TextSupport | None:
     """The worker's text side (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` if unset.
 
     The encoder is loaded once; the catalog's text index starts empty and fills as the
-    ``items`` topic is read. ``models.text_encoder`` is imported only when an encoder
-    is configured: it needs the ``tokenizers`` package (the ``text`` extra).
+    ``items`` topic is read. Without an encoder the worker still reads the catalog for
+    its availability and blocklist rules.
     """
     if settings.text_encoder_dir is None:
         return None
-    text_encoder = importlib.import_module("models.text_encoder")
-    catalog = importlib.import_module("models.catalog")
-    encoder: TextEncoder = text_encoder.OnnxTextEncoder.load(
+    encoder = OnnxTextEncoder.load(
         settings.text_encoder_dir,
         provider=settings.provider,
         intra_op_threads=settings.intra_op_threads,
     )
     log.info("text encoder loaded from %s (dim %d)", settings.text_encoder_dir, encoder.dim)
-    return TextSupport(
-        encoder=encoder,
-        index=catalog.ItemTextIndex(encoder.dim),
-        item_text=text_encoder.item_text,
-    )
+    return TextSupport(encoder=encoder, index=ItemTextIndex(encoder.dim))
 
 
 def load_co_purchase_model(settings: Settings) -> CoPurchaseModel | None:
@@ -112,15 +107,10 @@ def load_co_purchase_model(settings: Settings) -> CoPurchaseModel | None:
     bundles = settings.stream.bundles
     if not bundles.enabled:
         return None
-    try:
-        module = importlib.import_module("models.bundles")
-    except ModuleNotFoundError:
-        log.warning("models.bundles is not installed: purchases are not paired into bundles")
-        return None
     counts = functools.partial(
-        module.CoPurchaseCounts, half_life_s=bundles.half_life_s, max_partners=bundles.max_partners
+        CoPurchaseCounts, half_life_s=bundles.half_life_s, max_partners=bundles.max_partners
     )
-    return CoPurchaseModel(counts=counts, latest_pairs=module.latest_pairs)
+    return CoPurchaseModel(counts=counts, latest_pairs=latest_pairs)
 
 
 def build_app(settings: Settings) -> RecstreamApp:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -42,7 +41,7 @@ from faust import current_event
 
 from models.diversity import CANDIDATE_POOL
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment
-from models.scorer import Recommendation, Scorer
+from models.scorer import Intent, Recommendation, Scorer
 from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
@@ -108,10 +107,9 @@ class ScoreRequest:
     model_version: str = ""
     arm: str = CONTROL
     experiment: str = NO_EXPERIMENT
-    # item -> (reason code, item it names), from the scorer's explanation.
-    reasons: dict[str, tuple[str, str | None]] | None = None
-    # The search intent sent to the scorer (a models.scorer.Intent), if any.
-    intent: Any = None
+    # The search intent sent to the scorer, if any, and the time of its search.
+    intent: Intent | None = None
+    intent_ts: float | None = None
     # A search's query, embedded in the inference thread (then dropped; never stored),
     # and its vector once embedded (remembered in the profile after scoring).
     query: str | None = None
@@ -120,31 +118,6 @@ class ScoreRequest:
 
 #: A popular list's items are there for one reason.
 _POPULAR: tuple[str, None] = ("popular", None)
-
-
-def _takes_intents(scorer: Scorer) -> bool:
-    """Whether ``scorer.recommend`` takes search intents (``intents=``)."""
-    try:
-        return "intents" in inspect.signature(scorer.recommend).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _explanations(rec: Recommendation) -> dict[str, tuple[str, str | None]] | None:
-    """item -> (code, item_id) of the scorer's reasons (``Recommendation.reasons``).
-
-    Taken before the category cap re-ranks the list, so each item keeps its own
-    reason whatever the cap drops. ``None`` when the scorer gives no reasons (a model
-    exported before explanations existed).
-    """
-    reasons = getattr(rec, "reasons", None)
-    if not reasons:
-        return None
-    return {
-        item: (str(reason.code), reason.item_id)
-        for (item, _score), reason in zip(rec.items, reasons, strict=False)
-        if reason is not None
-    }
 
 
 def _last_activity(document: dict[str, Any]) -> float:
@@ -212,6 +185,8 @@ class Pipeline:
         self.catalog = Catalog()
         self._catalog_task: asyncio.Future[None] | None = None
         self.bundles = Bundles()
+        # user -> (time, vector) of the searches of the last scored batch.
+        self._recent_searches: dict[str, tuple[float, np.ndarray]] = {}
         self._bundles_task: asyncio.Future[None] | None = None
         enabled = config.bundles.enabled and bundle_counts is not None
         self.co_purchases = co_purchases if enabled else None
@@ -392,7 +367,7 @@ class Pipeline:
         if isinstance(decoded, PurchaseEvent) and self.co_purchases is not None:
             self._emit_co_purchases(event, profile, decoded, self.co_purchases)
         self._stage_profile.add(time.perf_counter() - t1)
-        await self._submit(event, decoded, user, profile, intent=self._intent(profile, decoded.ts))
+        await self._submit(event, decoded, user, profile)
 
     async def _search(self, event: EventT[Any]) -> None:
         """A search: fold its id and time into the profile, then score like an event.
@@ -427,10 +402,11 @@ class Pipeline:
         user: str,
         profile: Profile,
         *,
-        intent: Any = None,
         query: str | None = None,
     ) -> None:
         experiment = self.experiment
+        # A search is scored with its own query (embedded with the batch), not the last.
+        intent = None if isinstance(decoded, SearchEvent) else self._intent(profile, decoded.ts)
         history = profile.history()
         purchased = profile.purchased_items()
         await self.batcher.submit(
@@ -443,21 +419,54 @@ class Pipeline:
                 purchased,
                 arm=CONTROL if experiment is None else experiment[0].arm(decoded.user_id),
                 experiment=NO_EXPERIMENT if experiment is None else experiment[0].id,
-                intent=intent,
+                intent=intent[0] if intent is not None else None,
+                intent_ts=intent[1] if intent is not None else None,
                 query=query,
             )
         )
 
-    def _intent(self, profile: Profile, ts: float) -> Any:
-        """The profile's latest search as an intent decayed to ``ts``, or ``None``."""
+    def _intent(self, profile: Profile, ts: float) -> tuple[Intent, float] | None:
+        """The profile's latest search as an intent decayed to ``ts`` and the search's
+        time, or ``None``."""
         stored = profile.intent
         if stored is None:
             return None
+        return self._decayed(unpack(stored[1]), float(stored[0]), ts)
+
+    def _decayed(
+        self, vector: np.ndarray, search_ts: float, ts: float
+    ) -> tuple[Intent, float] | None:
+        """A search's intent decayed from ``search_ts`` to ``ts``; ``None`` below the floor."""
         search = self.config.search
-        weight = decayed_weight(ts - float(stored[0]), search.half_life_s)
+        weight = decayed_weight(ts - search_ts, search.half_life_s)
         if weight < search.min_weight:
             return None
-        return make_intent(unpack(stored[1]), weight)
+        return make_intent(vector, weight), search_ts
+
+    def _carry_searches(self, batch: Sequence[ScoreRequest]) -> None:
+        """Give a search's intent to the same user's later events in this batch and the
+        next one (inference thread, after the batch's queries are embedded).
+
+        Their profiles were read before the search's vector was remembered (that is
+        written once its list is out, ``_remember``), so without this the first events
+        after a search would be scored without it. Only the last batch's searches are
+        kept here, keyed by the user's state key, never the query text.
+        """
+        previous, current = self._recent_searches, {}
+        for req in batch:
+            ts = req.decoded.ts
+            if req.query_vector is not None:
+                current[req.user] = (ts, req.query_vector)
+                continue
+            if isinstance(req.decoded, SearchEvent):
+                continue
+            found = current.get(req.user) or previous.get(req.user)
+            if found is None or found[0] > ts or (req.intent_ts or -np.inf) >= found[0]:
+                continue
+            decayed = self._decayed(found[1], found[0], ts)
+            if decayed is not None:
+                req.intent, req.intent_ts = decayed
+        self._recent_searches = current
 
     def _embed_queries(self, batch: Sequence[ScoreRequest]) -> None:
         """Embed the batch's search queries in one encoder call (inference thread)."""
@@ -526,6 +535,7 @@ class Pipeline:
                 req.arm = CONTROL if experiment is None else experiment[0].arm(req.decoded.user_id)
             groups.setdefault(req.arm, []).append(i)
         self._embed_queries(batch)
+        self._carry_searches(batch)
         recs: list[Recommendation | None] = [None] * len(batch)
         # The rules as read so far, for the whole batch: hidden items are masked by the
         # model before its top-K (lists stay K long); categories cap the list after.
@@ -539,15 +549,12 @@ class Pipeline:
             excludes = [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices]
             k = top_k * CANDIDATE_POOL if categories else top_k
             intents = [batch[i].intent for i in indices]
-            if _takes_intents(arm_scorer) and any(i is not None for i in intents):
-                # The keyword only when there is an intent: scorers without search
-                # support (older models, fakes) are called as before.
-                with_intents: Any = arm_scorer.recommend  # Scorer.recommend(..., intents=)
-                results = with_intents(histories, excludes, k, intents=intents)
-            else:
-                results = arm_scorer.recommend(histories, excludes, k)
-            for i, rec in zip(indices, results, strict=True):
-                batch[i].reasons = _explanations(rec)
+            results = arm_scorer.recommend(
+                histories,
+                excludes,
+                k,
+                intents=intents if any(i is not None for i in intents) else None,
+            )
             if categories:
                 results = [diversify(rec, categories, cap, top_k) for rec in results]
             elapsed = time.perf_counter() - started
@@ -584,7 +591,7 @@ class Pipeline:
             message = recommendation_dict(
                 user_id=req.user,
                 items=rec.items,
-                reasons=self._reasons(req, rec, bundle),
+                reasons=self._reasons(rec, bundle),
                 bundle=bundle,
                 model_version=req.model_version,
                 arm=req.arm,
@@ -630,19 +637,18 @@ class Pipeline:
 
     @staticmethod
     def _reasons(
-        req: ScoreRequest,
         rec: Recommendation,
         bundle: tuple[str, Sequence[tuple[str, float]]] | None,
     ) -> list[tuple[str, str | None] | None] | None:
         """The ``reason`` of each item of the message, aligned with ``rec.items``.
 
         An item of the trigger item's bundle is there because it is bought with it
-        (``bought_together``, naming the trigger); the others keep the scorer's reason.
+        (``bought_together``, naming the trigger); the others keep the scorer's reason
+        (``Recommendation.reasons``, kept aligned by the category cap).
         """
-        explained = req.reasons
         reasons: list[tuple[str, str | None] | None] | None
-        if explained is not None:
-            reasons = [explained.get(item) for item, _score in rec.items]
+        if rec.reasons is not None:
+            reasons = [(str(r.code), r.item_id) for r in rec.reasons]
         elif rec.strategy == "popular":
             reasons = [_POPULAR] * len(rec.items)
         else:
@@ -988,8 +994,10 @@ class Pipeline:
 
     @property
     def side_topics_loaded(self) -> bool:
-        """Whether the item rules and the catalog were read to their start's end."""
-        return self.rules.loaded and self.catalog.loaded
+        """Whether the item rules, the catalog and the bundles were read to their
+        start's end (a worker that serves before has lists without their bans, cold
+        items or bundles)."""
+        return self.rules.loaded and self.catalog.loaded and self.bundles.loaded
 
     def _rules_applied(self, applied: int) -> None:
         self.metrics.item_rules_applied.inc(applied)

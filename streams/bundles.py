@@ -22,21 +22,22 @@ Three steps, each on its own topic so that every step is keyed where its state i
    ``bought_together``.
 
 The model side (``CoPurchaseCounts``, ``latest_pairs``) lives in ``models.bundles``;
-this module needs only the :class:`CoPurchaseState` interface of it.
+the worker passes them in as a :class:`CoPurchaseModel` (half-life and bound set).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 import orjson
 from confluent_kafka import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from models.bundles import CoPurchaseCounts
 from streams.events import InvalidEvent, ReasonCode
 from streams.profile import event_id_hash
 from streams.rules import BroadcastReader
@@ -48,7 +49,6 @@ __all__ = [
     "BundlesConsumer",
     "CoPurchase",
     "CoPurchaseModel",
-    "CoPurchaseState",
     "bundle_bytes",
     "co_purchase_records",
     "decode_bundle",
@@ -66,26 +66,6 @@ Id = Annotated[str, Field(min_length=1, max_length=256)]
 UserPurchase = tuple[str, str | None, float]
 
 
-class CoPurchaseState(Protocol):
-    """What the counts agent needs of ``models.bundles.CoPurchaseCounts``."""
-
-    def add(self, anchor: str, partner: str, ts: float, weight: float = 1.0) -> None:
-        """Count one co-purchase."""
-        ...
-
-    def top(self, anchor: str, n: int, now: float | None = None) -> list[tuple[str, float]]:
-        """The ``n`` heaviest partners, weights decayed to ``now``."""
-        ...
-
-    def to_dict(self, anchor: str) -> dict[str, Any]:
-        """JSON-able state of one anchor."""
-        ...
-
-    def from_dict(self, anchor: str, data: Mapping[str, Any]) -> None:
-        """Replace the state of one anchor."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class CoPurchaseModel:
     """The model side of bundles: ``models.bundles`` in the worker.
@@ -96,7 +76,7 @@ class CoPurchaseModel:
             (last) purchase forms with the earlier ones, both directions.
     """
 
-    counts: Callable[[], CoPurchaseState]
+    counts: Callable[[], CoPurchaseCounts]
     latest_pairs: Callable[..., list[tuple[str, str, float]]]
 
 
@@ -194,7 +174,7 @@ def decode_bundle(key: bytes | None, value: bytes | None) -> BundleRecord | None
 
 
 def fold_co_purchase(
-    stored: bytes | None, record: CoPurchase, counts: CoPurchaseState, dedup_window: int
+    stored: bytes | None, record: CoPurchase, counts: CoPurchaseCounts, dedup_window: int
 ) -> tuple[bytes | None, bool]:
     """Fold one co-purchase record into an anchor's stored counts.
 

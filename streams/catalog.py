@@ -15,7 +15,7 @@ What a record does:
   wins over the catalog's.
 * With a text encoder (``RECSTREAM_TEXT_ENCODER_DIR``), the item's text
   (``models.text_encoder.item_text`` of title, description and attributes) is embedded
-  and upserted into the :class:`TextIndex` attached to the scorer, so a new item is
+  and upserted into the ``models.catalog.ItemTextIndex`` attached to the scorer, so a new item is
   recommendable through its text at once, without a re-export; an update replaces its
   vector, a tombstone removes it. Embedding runs in the inference thread in chunks
   (a scored batch waits for at most one chunk), never on the event loop.
@@ -29,15 +29,17 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 from confluent_kafka import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from models.catalog import ItemTextIndex
+from models.text_encoder import item_text
 from streams.events import InvalidEvent, ReasonCode
 from streams.intent import TextEncoder
 from streams.rules import BroadcastReader, ItemRule, ItemRules
@@ -48,8 +50,6 @@ __all__ = [
     "Catalog",
     "CatalogConsumer",
     "CatalogItem",
-    "ItemText",
-    "TextIndex",
     "TextSupport",
     "decode_item",
 ]
@@ -138,33 +138,12 @@ def decode_item(key: bytes | None, value: bytes | None) -> CatalogItem | None | 
         return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=problems)
 
 
-class TextIndex(Protocol):
-    """What the worker needs of ``models.catalog.ItemTextIndex``."""
-
-    def upsert(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Add or replace unit vectors."""
-        ...
-
-    def remove(self, item_ids: Sequence[str]) -> None:
-        """Forget items."""
-        ...
-
-    def __len__(self) -> int:
-        """Items indexed."""
-        ...
-
-
-#: ``item_text(title, description, attributes)``: ``models.text_encoder.item_text``.
-ItemText = Callable[[str, str | None, Mapping[str, object] | Sequence[str] | None], str]
-
-
 @dataclass(frozen=True, slots=True)
 class TextSupport:
-    """The worker's text side: the encoder, the catalog's text index, the text rule."""
+    """The worker's text side: the encoder and the catalog's text index."""
 
     encoder: TextEncoder
-    index: TextIndex
-    item_text: ItemText
+    index: ItemTextIndex
 
 
 class Catalog:
@@ -233,9 +212,7 @@ class CatalogConsumer(BroadcastReader):
                 self.catalog.items.add(item)
                 self.rules.apply(item, decoded.rule(), source="catalog", publish=False)
                 if self._text is not None:
-                    texts[item] = self._text.item_text(
-                        decoded.title, decoded.description, decoded.attributes
-                    )
+                    texts[item] = item_text(decoded.title, decoded.description, decoded.attributes)
             applied += 1
             self._passed(msg)
         if self._text is not None and texts:

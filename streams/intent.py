@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-import models.scorer
+from models.scorer import Intent
 
-__all__ = ["QueryIntent", "TextEncoder", "decayed_weight", "make_intent", "pack", "unpack"]
+__all__ = ["TextEncoder", "decayed_weight", "make_intent", "pack", "unpack"]
 
 
 class TextEncoder(Protocol):
-    """What the worker needs of ``models.text_encoder.OnnxTextEncoder``."""
+    """What the worker needs of ``models.text_encoder.OnnxTextEncoder`` (the seam
+    where tests pass a deterministic fake instead of an ONNX model)."""
 
     @property
     def dim(self) -> int:
@@ -36,18 +36,9 @@ class TextEncoder(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class QueryIntent:
-    """The fields of ``models.scorer.Intent``, for a scorer package that lacks it."""
-
-    vector: np.ndarray
-    weight: float
-
-
-def make_intent(vector: np.ndarray, weight: float) -> Any:
-    """A ``models.scorer.Intent`` (or its stand-in :class:`QueryIntent`) for the scorer."""
-    factory = getattr(models.scorer, "Intent", QueryIntent)
-    return factory(vector=vector, weight=weight)
+def make_intent(vector: np.ndarray, weight: float) -> Intent:
+    """The scorer's intent for an embedded query decayed to ``weight``."""
+    return Intent(vector=vector, weight=weight)
 
 
 def pack(vector: np.ndarray) -> str:

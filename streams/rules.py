@@ -161,10 +161,23 @@ def diversify(rec: Recommendation, categories: dict[str, str], cap: int, k: int)
     (`models.diversity.cap_per_category`, the rule the offline evaluation measures).
 
     Items without a category are not capped. The list is shorter than ``k`` only when
-    the candidates do not hold enough items of other categories.
+    the candidates do not hold enough items of other categories. Each kept item keeps
+    its own reason (``reasons`` stays aligned with ``items``).
     """
-    items = cap_per_category(rec.items, lambda entry: categories.get(entry[0]), cap, k)
-    return Recommendation(items=items, strategy=rec.strategy)
+    if rec.reasons is None:
+        items = cap_per_category(rec.items, lambda entry: categories.get(entry[0]), cap, k)
+        return Recommendation(items=items, strategy=rec.strategy)
+    kept = cap_per_category(
+        zip(rec.items, rec.reasons, strict=True),
+        lambda entry: categories.get(entry[0][0]),
+        cap,
+        k,
+    )
+    return Recommendation(
+        items=[item for item, _ in kept],
+        strategy=rec.strategy,
+        reasons=[reason for _, reason in kept],
+    )
 
 
 class BroadcastReader:

@@ -1,13 +1,11 @@
 """Issue #17 through a live worker: v2 lists, searches, the catalog, bundles, bad records.
 
 The worker is the production one (``recstream worker`` in a child process, the tiny
-exported model) on the embedded broker. What needs the model side of #17 runs only
-where it is installed: co-purchase counting needs ``models.bundles``.
+exported model) on the embedded broker.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import time
@@ -133,10 +131,6 @@ def test_searches_catalog_bundles_and_bad_records_through_a_live_worker(
     assert worker.stop() == 0
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("models.bundles") is None,
-    reason="co-purchase counting needs models.bundles (issue #17, model side)",
-)
 def test_purchases_of_one_order_become_a_bundle_on_later_lists(deployment: Deployment) -> None:
     worker = deployment.start_worker()
     topics = deployment.topics

@@ -1,15 +1,13 @@
 """A search changes the next list, through a live worker with a real (tiny) text encoder.
 
-Runs where the model side of issue #17 is installed (``models.text_encoder`` and a
-scorer with ``attach_catalog``): a random 2-layer BERT whose vocabulary is the synthetic
-shop's title words is exported to ONNX (the worker stays torch-free), the shop's
-catalog is published to ``items`` (embedded by the worker), and a search naming an
-item's title brings that item into the searching user's list.
+A random 2-layer BERT whose vocabulary is the synthetic shop's title words is exported
+to ONNX (the worker stays torch-free), the shop's catalog is published to ``items``
+(embedded by the worker), and a search naming an item's title brings that item into the
+searching user's list.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
 from pathlib import Path
@@ -18,20 +16,14 @@ from typing import Any
 import pytest
 
 from models.synthetic import SyntheticShop
+from models.text_encoder import export_text_encoder
 from streams.catalog import CatalogItem
 from streams.client import event_from_dict
 from streams.events import SearchEvent
 
 from .conftest import Deployment
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        importlib.util.find_spec("models.text_encoder") is None
-        or importlib.util.find_spec("models.catalog") is None,
-        reason="needs models.text_encoder and models.catalog (issue #17, model side)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 
 def _tiny_encoder(shop: SyntheticShop, out: Path) -> Path:
@@ -70,9 +62,7 @@ def _tiny_encoder(shop: SyntheticShop, out: Path) -> Path:
         max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(str(hf))
-    text_encoder = pytest.importorskip("models.text_encoder")
-    encoder_dir: Path = text_encoder.export_text_encoder(hf, out / "encoder", max_length=16)
-    return encoder_dir
+    return export_text_encoder(hf, out / "encoder", max_length=16)
 
 
 def _gauge(text: str, kind: str) -> float:

@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
+from models.bundles import CoPurchaseCounts, latest_pairs
 from streams.acks import InOrderAcks
 from streams.app import create_app
 from streams.bundles import (
     BundleRecord,
     Bundles,
     CoPurchase,
+    CoPurchaseModel,
     co_purchase_records,
     decode_bundle,
     decode_co_purchase,
@@ -25,7 +27,6 @@ from streams.bundles import (
 from streams.config import BundleConfig, ScoringConfig, StreamConfig, WebConfig
 from streams.events import InvalidEvent, ReasonCode
 from streams.topics import BUNDLE_COUNTS_TABLE, changelog_topic
-from tests.unit.bundle_standins import StandInCounts, standin_model
 from tests.unit.test_pipeline_inprocess import NOW, FakeClock, FakeSink, click, send, until
 from tests.unit.test_pipeline_v2_inprocess import ExplainingScorer
 
@@ -47,14 +48,14 @@ def test_pairs_are_grouped_into_one_record_per_anchor() -> None:
 
 def test_a_purchase_counts_once_per_anchor_and_the_seen_ids_are_bounded() -> None:
     record = CoPurchase(anchor_item_id="x", partners=["a", "b", "a", "x"], ts=NOW, event_id="p1")
-    stored, counted = fold_co_purchase(None, record, StandInCounts(), dedup_window=2)
+    stored, counted = fold_co_purchase(None, record, CoPurchaseCounts(), dedup_window=2)
     assert counted and stored is not None
     assert orjson.loads(stored)["partners"] == {"a": 1.0, "b": 1.0}  # each partner once
-    again, counted = fold_co_purchase(stored, record, StandInCounts(), dedup_window=2)
+    again, counted = fold_co_purchase(stored, record, CoPurchaseCounts(), dedup_window=2)
     assert not counted and again == stored  # redelivered: counted once
     for n in (2, 3):
         later = record.model_copy(update={"event_id": f"p{n}", "partners": ["a"]})
-        stored, counted = fold_co_purchase(stored, later, StandInCounts(), dedup_window=2)
+        stored, counted = fold_co_purchase(stored, later, CoPurchaseCounts(), dedup_window=2)
         assert counted and stored is not None
     state = orjson.loads(stored)
     assert state["partners"] == {"a": 3.0, "b": 1.0} and len(state["seen"]) == 2
@@ -144,7 +145,9 @@ def bundled() -> BundleHarness:
     )
     scorer = ExplainingScorer()
     sink = FakeSink()
-    app = create_app(config, scorer, output=sink, co_purchases=standin_model())  # type: ignore[arg-type]
+    app = create_app(
+        config, scorer, output=sink, co_purchases=CoPurchaseModel(CoPurchaseCounts, latest_pairs)
+    )  # type: ignore[arg-type]
     app.pipeline.acks = InOrderAcks(clock=FakeClock())
     return BundleHarness(app, config, sink, scorer)
 

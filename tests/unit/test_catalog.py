@@ -10,13 +10,14 @@ import numpy as np
 import orjson
 import pytest
 
-from models.scorer import HistoryItem, Recommendation
+from models.catalog import ItemTextIndex
+from models.scorer import HistoryItem, Intent, Recommendation
 from streams.catalog import EMBED_CHUNK, Catalog, CatalogConsumer, CatalogItem, decode_item
 from streams.events import InvalidEvent, ReasonCode
 from streams.rules import ItemRule, ItemRules
 from tests.unit.test_pipeline_inprocess import Harness, click, harness, send, until
 from tests.unit.test_rules import message
-from tests.unit.text_standins import FakeEncoder, StandInTextIndex, fake_text_support
+from tests.unit.text_fakes import FakeEncoder, fake_text_support
 
 __all__ = ["harness"]  # the fixture, imported for these tests
 
@@ -105,7 +106,7 @@ def consumer_for(
 def test_the_catalog_consumer_embeds_text_off_the_loop_and_retires_tombstones() -> None:
     catalog, rules, dead, text = Catalog(), ItemRules(), [], fake_text_support()
     encoder, index = text.encoder, text.index
-    assert isinstance(encoder, FakeEncoder) and isinstance(index, StandInTextIndex)
+    assert isinstance(encoder, FakeEncoder) and isinstance(index, ItemTextIndex)
     consumer = consumer_for(catalog, rules, dead, text)
 
     async def main() -> None:
@@ -116,7 +117,7 @@ def test_the_catalog_consumer_embeds_text_off_the_loop_and_retires_tombstones() 
                 message(b"gone", item(title="Old mascara", available=False), 0, 1),
             ]
         )
-        assert set(index.vectors) == {"new", "gone"} and rules.hidden == {"gone"}
+        assert set(index.snapshot().item_ids) == {"new", "gone"} and rules.hidden == {"gone"}
         assert not catalog.loaded
         await consumer.handle_batch([message(b"gone", None, 0, 2), message(b"bad", b"[", 0, 3)])
 
@@ -125,12 +126,12 @@ def test_the_catalog_consumer_embeds_text_off_the_loop_and_retires_tombstones() 
     finally:
         consumer.close()
     assert catalog.loaded and catalog.items == {"new"}
-    assert set(index.vectors) == {"new"} and rules.hidden == frozenset()
+    assert set(index.snapshot().item_ids) == {"new"} and rules.hidden == frozenset()
     assert rules.categories == {"new": "lips"}
     assert [d.code for d in dead] == [ReasonCode.INVALID_JSON]
     assert encoder.calls == [["Cherry gloss", "Old mascara"]]
     assert "MainThread" not in encoder.threads  # embedded in a worker thread
-    assert np.allclose(index.vectors["new"], encoder.encode(["Cherry gloss"])[0])
+    assert np.allclose(index.vector("new"), encoder.encode(["Cherry gloss"])[0])
 
 
 def test_catalog_text_is_embedded_in_chunks_and_without_an_encoder_only_rules_apply() -> None:
@@ -173,6 +174,8 @@ class CatalogScorer:
         histories: Sequence[Sequence[HistoryItem]],
         exclude: Sequence[Collection[str]],
         k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         self.excludes.extend(set(e) for e in exclude)
         ranked = [(f"sku-{i}", 6.0 - i) for i in range(6)]
@@ -197,6 +200,8 @@ def test_the_text_index_is_attached_to_every_scorer_and_catalog_bans_mask_lists(
     assert not app.pipeline.side_topics_loaded  # the catalog is not read yet
     app.pipeline.rules.loaded = True
     app.pipeline.catalog.loaded = True
+    assert not app.pipeline.side_topics_loaded  # the bundles are not read yet
+    app.pipeline.bundles.loaded = True
     assert app.pipeline.side_topics_loaded
 
 

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment, assign_arm
-from models.scorer import HistoryItem, Recommendation, Scorer
+from models.scorer import HistoryItem, Intent, Recommendation, Scorer
 from streams.events import EventType
 from streams.reload import ExperimentSource, ModelReloader
 from tests.unit.test_feedback_inprocess import (
@@ -38,6 +38,8 @@ class OffsetScorer:
         histories: Sequence[Sequence[HistoryItem]],
         exclude: Sequence[Collection[str]],
         k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         out = []
         for h in histories:
@@ -123,7 +125,12 @@ class FakeScorer:
         self.provider = "cpu"
 
     def recommend(
-        self, histories: Sequence[Sequence[HistoryItem]], exclude: Sequence[Collection[str]], k: int
+        self,
+        histories: Sequence[Sequence[HistoryItem]],
+        exclude: Sequence[Collection[str]],
+        k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         return [Recommendation(items=[], strategy="popular") for _ in histories]
 

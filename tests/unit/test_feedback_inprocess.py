@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from models.experiment import NO_EXPERIMENT
-from models.scorer import HistoryItem, Recommendation
+from models.scorer import HistoryItem, Intent, Recommendation
 from streams.acks import InOrderAcks
 from streams.app import create_app
 from streams.config import FeedbackConfig, ScoringConfig, StreamConfig, WebConfig
@@ -55,6 +55,8 @@ class NextItemScorer:
         histories: Sequence[Sequence[HistoryItem]],
         exclude: Sequence[Collection[str]],
         k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         return [
             Recommendation(items=[(i, 1.0) for i in next_items(h[-1][0])], strategy="sequential")

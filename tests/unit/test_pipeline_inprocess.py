@@ -25,7 +25,7 @@ import orjson
 import pytest
 from faust.types import EventT, Message
 
-from models.scorer import HistoryItem, Recommendation, Scorer
+from models.scorer import HistoryItem, Intent, Recommendation, Scorer
 from streams.acks import InOrderAcks
 from streams.agents import Pipeline
 from streams.app import create_app
@@ -54,6 +54,8 @@ class FakeScorer:
         histories: Sequence[Sequence[HistoryItem]],
         exclude: Sequence[Collection[str]],
         k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         self.batches.append(len(histories))
         self.excluded.extend(set(e) for e in exclude)

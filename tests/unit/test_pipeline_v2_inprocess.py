@@ -1,41 +1,26 @@
 """Issue #17 in the agent, in-process: reasons, search intents, the catalog and bundles.
 
 Same harness as ``test_pipeline_inprocess`` (Faust's test context, a memory:// table,
-an in-memory sink). The scorers here stand in for the graph helper's ``OnnxScorer``
-with its ``intents=`` keyword and ``Recommendation.reasons``: they are duck-typed on
-the interface of docs issue #17 (DESIGN-17), so these tests run before it exists.
+an in-memory sink). The scorers here are small fakes of ``models.scorer.Scorer`` with
+its ``intents=`` keyword, returning real ``Recommendation`` s with ``Reason`` s.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
-from models.scorer import HistoryItem
+from models.scorer import HistoryItem, Intent, Reason, Recommendation
 from tests.unit import test_pipeline_inprocess as base
 from tests.unit.test_pipeline_inprocess import NOW, Harness, click, send, until
-from tests.unit.text_standins import FakeEncoder
+from tests.unit.text_fakes import FakeEncoder
 
 harness = base.harness  # the fixture
-
-
-@dataclass(frozen=True)
-class FakeReason:
-    code: str
-    item_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ExplainedRecommendation:
-    items: list[tuple[str, float]]
-    strategy: str
-    reasons: list[FakeReason] | None = None
 
 
 class ExplainingScorer:
@@ -46,7 +31,7 @@ class ExplainingScorer:
 
     def __init__(self, items: Sequence[str] = ("sku-100", "sku-101", "sku-102")) -> None:
         self.items = list(items)
-        self.intents: list[Any] = []
+        self.intents: list[Intent | None] = []
         self.excluded: list[set[str]] = []
 
     def recommend(
@@ -55,26 +40,32 @@ class ExplainingScorer:
         exclude: Sequence[Collection[str]],
         k: int,
         *,
-        intents: Sequence[Any] | None = None,
-    ) -> list[ExplainedRecommendation]:
+        intents: Sequence[Intent | None] | None = None,
+    ) -> list[Recommendation]:
         self.intents.extend(intents if intents is not None else [None] * len(histories))
         self.excluded.extend(set(e) for e in exclude)
         out = []
         for n, (history, banned) in enumerate(zip(histories, exclude, strict=True)):
             kept = [i for i in self.items if i not in banned]
             last = history[-1][0] if history else None
-            reason = FakeReason("similar_to_viewed", last)
+            reason = Reason("similar_to_viewed", last)
             if intents is not None and intents[n] is not None:
                 kept.reverse()  # the search changes the list
-                reason = FakeReason("matches_search")
+                reason = Reason("matches_search")
             out.append(
-                ExplainedRecommendation(
+                Recommendation(
                     items=[(item, float(len(kept) - n)) for n, item in enumerate(kept[:k])],
                     strategy="sequential",
                     reasons=[reason for _ in kept[:k]],
                 )
             )
         return out
+
+
+def click_at(event_id: str, ts: float = NOW - 5, user: str = "u1") -> bytes:
+    return orjson.dumps(
+        {"event_id": event_id, "user_id": user, "item_id": "sku-1", "ts": ts, "type": "click"}
+    )
 
 
 def search(event_id: str, query: str = "red lipstick", ts: float = NOW - 905) -> bytes:
@@ -121,7 +112,7 @@ def test_a_popular_list_says_popular_and_a_scorer_without_reasons_gives_none(
         provider = "cpu"
         model_version = "popular-1"
 
-        def recommend(self, histories: Any, exclude: Any, k: int) -> list[Any]:
+        def recommend(self, histories: Any, exclude: Any, k: int, **_: Any) -> list[Any]:
             from models.scorer import Recommendation
 
             return [
@@ -186,6 +177,37 @@ def test_a_search_is_embedded_scored_with_its_intent_and_later_events_carry_it_d
     assert b"lipstick" not in stored
     assert orjson.loads(stored)["intent"][0] == NOW - 905
     assert all(b"lipstick" not in (r.value or b"") for r in h.sink.records)
+
+
+def test_events_scored_with_a_search_or_right_after_it_carry_its_intent(
+    harness: Harness,
+) -> None:
+    """The click after a search is read before the search's vector is in the profile
+    (that is written once the search's list is out): in the same batch or the next."""
+    h = harness
+    scorer, encoder = ExplainingScorer(), FakeEncoder()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = encoder
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click_at("e0", NOW - 2000), offset=1)  # before: none
+        await send(agent, "searches", search("s1"), offset=2)
+        await send(agent, "clicks", click_at("e1", NOW - 2000), offset=3)  # late, older
+        await send(agent, "clicks", click_at("e2"), offset=4)
+        await send(agent, "clicks", click_at("e3", user="u2"), key=b"u2", offset=5)
+        await until(lambda: len(h.recommendations) == 5)
+
+    h.run(body)
+    by_id = {r.json()["trigger_event_id"]: n for n, r in enumerate(h.recommendations)}
+    intents = {event: scorer.intents[n] for event, n in by_id.items()}
+    assert intents["e0"] is None and intents["e1"] is None and intents["e3"] is None
+    expected = encoder.encode(["red lipstick"])[0]
+    assert intents["s1"] is not None and intents["e2"] is not None
+    assert intents["e2"].weight == pytest.approx(0.5 ** (900 / 1800))
+    assert np.allclose(intents["e2"].vector, expected)
+    assert {i["reason"]["code"] for i in h.recommendations[by_id["e2"]].json()["items"]} == {
+        "matches_search"
+    }
 
 
 def test_an_old_search_no_longer_counts(harness: Harness) -> None:
@@ -256,10 +278,10 @@ def test_each_item_keeps_its_own_reason_through_the_category_cap(harness: Harnes
         def recommend(self, histories: Any, exclude: Any, k: int, **kw: Any) -> Any:
             recs = super().recommend(histories, exclude, k, **kw)
             return [
-                ExplainedRecommendation(
+                Recommendation(
                     items=r.items,
                     strategy=r.strategy,
-                    reasons=[FakeReason("similar_to_viewed", f"h{n}") for n in range(len(r.items))],
+                    reasons=[Reason("similar_to_viewed", f"h{n}") for n in range(len(r.items))],
                 )
                 for r in recs
             ]

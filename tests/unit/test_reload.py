@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from models.scorer import HistoryItem, Recommendation
+from models.scorer import HistoryItem, Intent, Recommendation
 from streams.reload import ModelReloader
 
 
@@ -16,7 +16,12 @@ class FakeScorer:
     provider: str = "cpu"
 
     def recommend(
-        self, histories: Sequence[Sequence[HistoryItem]], exclude: Sequence[Collection[str]], k: int
+        self,
+        histories: Sequence[Sequence[HistoryItem]],
+        exclude: Sequence[Collection[str]],
+        k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         return [Recommendation(items=[], strategy="popular") for _ in histories]
 

@@ -9,7 +9,7 @@ from unittest.mock import create_autospec
 import pytest
 from confluent_kafka import Message
 
-from models.scorer import HistoryItem, Recommendation
+from models.scorer import HistoryItem, Intent, Reason, Recommendation
 from streams.events import InvalidEvent, ReasonCode
 from streams.rules import ItemRule, ItemRules, RulesConsumer, decode_rule, diversify
 from tests.unit.test_pipeline_inprocess import Harness, click, harness, send, until
@@ -63,6 +63,22 @@ def test_diversify_caps_each_category_and_keeps_the_order() -> None:
     assert out.items == [("a1", 9.0), ("a2", 8.0), ("b1", 6.0), ("n1", 5.0)]
     assert out.strategy == "sequential"
     assert [i for i, _ in diversify(rec, cats, cap=1, k=10).items] == ["a1", "b1", "n1"]
+    assert out.reasons is None
+
+
+def test_diversify_keeps_each_items_own_reason() -> None:
+    items = [("a1", 9.0), ("a2", 8.0), ("a3", 7.0), ("b1", 6.0), ("n1", 5.0)]
+    reasons = [
+        Reason("similar_to_viewed", "h1"),
+        Reason("matches_search"),
+        Reason("similar_to_viewed", "h2"),
+        Reason("similar_to_viewed", "h3"),
+        Reason("matches_search"),
+    ]
+    rec = Recommendation(items=items, strategy="sequential", reasons=reasons)
+    out = diversify(rec, {"a1": "a", "a2": "a", "a3": "a", "b1": "b"}, cap=1, k=3)
+    assert [i for i, _ in out.items] == ["a1", "b1", "n1"]
+    assert out.reasons == [reasons[0], reasons[3], reasons[4]]
 
 
 def message(key: bytes | None, value: bytes | None, partition: int, offset: int) -> Any:
@@ -107,6 +123,8 @@ class CapturingScorer:
         histories: Sequence[Sequence[HistoryItem]],
         exclude: Sequence[Collection[str]],
         k: int,
+        *,
+        intents: Sequence[Intent | None] | None = None,
     ) -> list[Recommendation]:
         self.ks.append(k)
         out = []
