@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 from rich.console import Console
 
 from deploy.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.topics import TopicNames
 
 __all__ = ["app", "main"]
 
@@ -107,21 +110,48 @@ def _type_of(payload: object) -> str | None:
     return None
 
 
+def route_line(
+    payload: object, names: TopicNames, default_type: str | None
+) -> tuple[str, str | None] | None:
+    """The topic and key a ``recstream produce`` line goes to, or ``None`` if unknown.
+
+    Interactions go to their type's input topic and searches to ``searches``, keyed by
+    ``user_id``; a catalog record (``"type": "item"``) goes to ``items``, keyed by its
+    ``item_id`` (the worker ignores the two routing fields in the value).
+    """
+    from streams.events import EventType
+
+    kind = _type_of(payload) or default_type
+    field = "item_id" if kind == "item" else "user_id"
+    value = payload.get(field) if isinstance(payload, dict) else None
+    key = str(value) if value is not None else None
+    if kind == "item":
+        return names.items, key
+    if kind == "search":
+        return names.searches, key
+    try:
+        return (names.for_type(EventType(kind)), key) if kind else None
+    except (ValueError, KeyError):
+        return None
+
+
 @app.command()
 def produce(
     source: Annotated[str, typer.Argument(help="JSON-lines file, or - for stdin.")] = "-",
     event_type: Annotated[
-        str | None, typer.Option("--type", help="click|browse|purchase for lines without a type.")
+        str | None,
+        typer.Option("--type", help="click|browse|purchase|search|item for lines without a type."),
     ] = None,
 ) -> None:
-    """Send events (one JSON object per line) to the input topic of their type.
+    """Send events, searches and catalog records (one JSON object per line).
 
-    Each line goes unchanged to the topic of its ``type`` field (or ``--type``),
-    keyed by its ``user_id``; the worker validates it, so a bad line ends up in the
-    dead-letter topic with a reason rather than being fixed silently here.
+    Each line goes unchanged to the topic of its ``type`` field (or ``--type``):
+    interactions to their input topic and searches to ``searches``, keyed by
+    ``user_id``; ``"type": "item"`` lines to the ``items`` catalog, keyed by
+    ``item_id``. The worker validates them, so a bad line ends up in the dead-letter
+    topic with a reason rather than being fixed silently here.
     """
     from streams.client import EventProducer
-    from streams.events import EventType
 
     settings = Settings()
     names = settings.stream.topics
@@ -136,17 +166,12 @@ def produce(
                 payload = orjson.loads(line)
             except orjson.JSONDecodeError:
                 payload = None
-            kind = _type_of(payload) or event_type
-            try:
-                topic = names.for_type(EventType(kind)) if kind else None
-            except ValueError:
-                topic = None
-            if topic is None:
+            route = route_line(payload, names, event_type)
+            if route is None:
                 console.print(f"line {lineno}: no known event type; use --type to send it anyway")
                 skipped += 1
                 continue
-            key = payload.get("user_id") if isinstance(payload, dict) else None
-            producer.send_raw(topic, str(key) if key is not None else None, line)
+            producer.send_raw(route[0], route[1], line)
             sent += 1
     if producer.errors:
         console.print(f"[red]{len(producer.errors)} deliveries failed[/]: {producer.errors[0]}")
