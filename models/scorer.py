@@ -624,7 +624,8 @@ class OnnxScorer:
 
     def _build_catalog(self, index: ItemTextIndex) -> _Catalog:
         snap = index.snapshot()  # shared and immutable: no copy
-        vocab_pos = [self._item_index.get(i, -1) for i in snap.item_ids]
+        lookup = self._item_index.get
+        vocab_pos = [lookup(i, -1) for i in snap.item_ids]
         model_idx = np.asarray(vocab_pos, dtype=np.int64).reshape(len(vocab_pos))
         in_vocab = np.flatnonzero(model_idx >= 0)
         cold = np.flatnonzero(model_idx < 0)
@@ -644,7 +645,7 @@ class OnnxScorer:
         cold_keys = cold_unit = None
         if mapping is not None:
             w, x_mean, y_mean = mapping
-            mapped = (cold_text - x_mean) @ w + y_mean
+            mapped = cold_text @ w + (y_mean - x_mean @ w)  # no [Nc, T] temporary
             cold_unit = _normalise(mapped)
             cold_keys = cold_unit if self._metadata.similarity == "cosine" else mapped
         return _Catalog(
@@ -657,7 +658,7 @@ class OnnxScorer:
             vocab_text=texts[:n_vocab],
             text_row=text_row,
             cold_ids=cold_ids,
-            cold_index={str(i): r for r, i in enumerate(cold_ids.tolist())},
+            cold_index=dict(zip(cold_ids.tolist(), range(cold_ids.size), strict=True)),
             cold_text=cold_text,
             cold_keys=None if cold_keys is None else np.asarray(cold_keys, dtype=np.float32),
             cold_unit=cold_unit,
