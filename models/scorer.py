@@ -1115,13 +1115,14 @@ class OnnxScorer:
         chosen = chosen[np.lexsort((chosen, -merged[chosen]))]
         picked: list[tuple[str, float]] = []
         reasons: list[Reason] = []
+        near = iter(self._nearest_by_text(chosen[chosen >= n_graph] - n_graph, history, catalog))
         for c in chosen.tolist():
             if c < n_graph:
                 picked.append((str(self._items[int(items[c])]), float(merged[c])))
                 pos = int(out["reason_pos"][j, c])
             else:
                 picked.append((str(catalog.cold_ids[c - n_graph]), float(merged[c])))
-                pos = self._nearest_by_text(c - n_graph, history, catalog)
+                pos = int(next(near))
             reasons.append(self._similar_to(self._items[int(history[pos])]))
         return Recommendation(picked, "sequential", reasons)
 
@@ -1172,6 +1173,7 @@ class OnnxScorer:
         graph_col = {int(i): c for c, i in enumerate(top_items.tolist()) if real[c]}
         graph_pos = out["reason_pos"][j]
         hist_unit = self._unit[history]
+        near = iter(self._nearest_by_text(chosen[chosen >= n_vocab] - n_vocab, history, catalog))
         picked: list[tuple[str, float]] = []
         reasons: list[Reason] = []
         for idx in chosen.tolist():
@@ -1179,6 +1181,7 @@ class OnnxScorer:
                 picked.append((str(self._items[idx]), float(fused[idx])))
             else:
                 picked.append((str(catalog.cold_ids[idx - n_vocab]), float(fused[idx])))
+                nearest = int(next(near))
             t = float(term[idx])
             # The search placed it (the lift exceeds its margin over the k-th sequence
             # score) and it matches the search (at least half the full lift).
@@ -1186,7 +1189,7 @@ class OnnxScorer:
                 reasons.append(_SEARCH)
                 continue
             if idx >= n_vocab:
-                pos = self._nearest_by_text(idx - n_vocab, history, catalog)
+                pos = nearest
             elif idx in graph_col:
                 pos = int(graph_pos[graph_col[idx]])
             else:
@@ -1194,17 +1197,20 @@ class OnnxScorer:
             reasons.append(self._similar_to(self._items[int(history[pos])]))
         return Recommendation(picked, "sequential", reasons)
 
-    def _nearest_by_text(self, cold: int, history: np.ndarray, catalog: _Catalog) -> int:
-        """History position of the item whose text is nearest to cold item `cold`'s
-        (by its mapped item-space direction when no history item has text)."""
+    def _nearest_by_text(self, cold: IntArray, history: np.ndarray, catalog: _Catalog) -> IntArray:
+        """History position of the item whose text is nearest to each cold item of
+        `cold` (by its mapped item-space direction when no history item has text); one
+        product for all of a row's cold picks."""
+        if cold.size == 0:
+            return _NO_INDICES
         rows = catalog.text_row[history]
         with_text = (history != 0) & (rows >= 0)
         if with_text.any():
-            cosine = catalog.vocab_text[np.maximum(rows, 0)] @ catalog.cold_text[cold]
-            return int(np.where(with_text, cosine, -4.0).argmax())
+            cosine = catalog.vocab_text[np.maximum(rows, 0)] @ catalog.cold_text[cold].T
+            return np.asarray(np.where(with_text[:, None], cosine, -4.0).argmax(axis=0))
         assert catalog.cold_unit is not None and self._unit is not None  # noqa: S101
-        cosine = self._unit[history] @ catalog.cold_unit[cold]
-        return int(np.where(history != 0, cosine, -4.0).argmax())
+        cosine = self._unit[history] @ catalog.cold_unit[cold].T
+        return np.asarray(np.where((history != 0)[:, None], cosine, -4.0).argmax(axis=0))
 
     def _pick(
         self,
