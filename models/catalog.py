@@ -26,6 +26,9 @@ FloatArray = npt.NDArray[np.float32]
 
 # Vectors must be unit length (the encoder L2-normalises); this much drift is rounding.
 _UNIT_TOLERANCE = 1e-3
+# A replacement that moves no component by more than this is the same vector (an
+# encoder run on the same text in another batch differs by float rounding at most).
+_SAME_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +74,9 @@ class ItemTextIndex:
 
     Rows live in one matrix with spare capacity that doubles when full (appends are
     amortised O(1) per row and touch no published row); replacing or removing rows
-    copies the matrix once per call (removal moves the last row into the hole). Batch
-    writes into few calls.
+    copies the matrix once per call (removal moves the last row into the hole), so
+    batch such writes, or make them off the event loop (writes are thread-safe).
+    Upserting the vector an item already has changes nothing (not even `version`).
 
     Args:
         dim: Width of the text vectors.
@@ -117,20 +121,34 @@ class ItemTextIndex:
             raise ValueError("vectors must be finite unit-length rows")
         if not item_ids:
             return
+        last = {item_id: p for p, item_id in enumerate(item_ids)}  # the last one wins
+        if len(last) < len(item_ids):
+            item_ids = list(last)
+            array = array[list(last.values())]
         with self._write_lock:
             state = self._state
-            rows = dict(state.rows)
-            ids = list(state.ids)
-            targets: list[int] = []
-            for item_id in item_ids:
-                row = rows.get(item_id)
-                if row is None:
-                    row = rows[item_id] = len(ids)
-                    ids.append(item_id)
-                targets.append(row)
+            # A row replaced by the vector it has (a record read again, its text
+            # unchanged) is no change: no copy, no new version, no scorer rebuild.
+            known = np.asarray([state.rows.get(i, -1) for i in item_ids], dtype=np.int64)
+            same = known >= 0
+            if same.any():
+                delta = np.abs(state.buffer[known[same]] - array[same]).max(axis=1)
+                same[same] = delta <= _SAME_TOLERANCE
+                if same.all():
+                    return
+                item_ids = [i for i, s in zip(item_ids, same.tolist(), strict=True) if not s]
+                array, known = array[~same], known[~same]
+            rows, ids = state.rows, state.ids
+            if (known < 0).any():
+                rows, grown_ids = dict(rows), list(ids)
+                for p in np.flatnonzero(known < 0).tolist():
+                    known[p] = rows[item_ids[p]] = len(grown_ids)
+                    grown_ids.append(item_ids[p])
+                ids = tuple(grown_ids)
+            targets = known
             buffer = state.buffer
             n_old = len(state.ids)
-            replaces = min(targets) < n_old
+            replaces = bool((targets < n_old).any())
             if len(ids) > buffer.shape[0] or replaces:
                 capacity = buffer.shape[0]
                 while capacity < len(ids):
@@ -138,8 +156,8 @@ class ItemTextIndex:
                 grown = np.zeros((capacity, self.dim), dtype=np.float32)
                 grown[:n_old] = buffer[:n_old]
                 buffer = grown
-            buffer[np.asarray(targets, dtype=np.int64)] = array  # the last duplicate wins
-            self._state = _publish(state.version + 1, tuple(ids), rows, buffer)
+            buffer[targets] = array
+            self._state = _publish(state.version + 1, ids, rows, buffer)
 
     def remove(self, item_ids: Sequence[str]) -> None:
         """Forget `item_ids` (unknown ids are ignored)."""

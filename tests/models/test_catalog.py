@@ -168,3 +168,19 @@ def test_concurrent_replacements_are_seen_whole() -> None:
         t.join()
     assert not errors
     assert len(index) == n + len(generations) - 1
+
+
+def test_upserting_the_vectors_an_item_has_changes_nothing() -> None:
+    index = ItemTextIndex(4)
+    vectors = _unit_rows(3, 4, 7)
+    index.upsert(["a", "b"], vectors[:2])
+    snap = index.snapshot()
+    index.upsert(["b", "a"], vectors[1::-1] + np.float32(1e-8))  # re-read, same text
+    assert index.version == 1 and index.snapshot() is snap
+    # Mixed with a real change, only the change counts; the last duplicate wins.
+    index.upsert(["a", "c", "c"], np.stack([vectors[0], vectors[1], vectors[2]]))
+    now = index.snapshot()
+    assert now.version == 2 and now.item_ids == ("a", "b", "c")
+    np.testing.assert_array_equal(now.vectors, vectors[[0, 1, 2]])
+    index.upsert(["c", "c"], np.stack([vectors[0], vectors[2]]))  # last = what it has
+    assert index.version == 2
