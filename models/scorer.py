@@ -35,6 +35,8 @@ from models.session import (
 from models.store import resolve_model_dir
 
 __all__ = [
+    "CATALOG_REFRESH_S",
+    "COLD_MIN_FIT",
     "DEFAULT_SEARCH_WEIGHT",
     "HistoryItem",
     "Intent",
@@ -74,6 +76,22 @@ COLD_RIDGE = 10.0
 #: typical item of its text, which every user of its category scores high, while a
 #: cold item has earned no such place. Selected on the validation split.
 COLD_SCALE = 1.0
+
+#: Fewest vocabulary items with text the cold-item map is fitted on (with at least as
+#: many as the text width, `OnnxScorer.min_cold_fit`): a ridge map from a 384-wide text
+#: space fitted on a handful of items is mostly its penalty, and would place every cold
+#: item near the mean item. Below it cold items are not scored at all (not
+#: recommendable, no intent term either): without a sequence part their fused score
+#: would have no scale to compare with the logits.
+COLD_MIN_FIT = 200
+
+#: Seconds a catalog view is kept after the index changed (`OnnxScorer.catalog_refresh_s`):
+#: a live catalog changes record by record, and the view (one gather of the text matrix
+#: and the cold-item map) is rebuilt in the inference thread, so a burst of upserts
+#: costs one rebuild per this many seconds, not one per batch. The first change after
+#: a quiet spell is seen at once. Retired or banned items are hidden by the item rules
+#: (exclusions), not by the view, so a view this stale shows no item it must not.
+CATALOG_REFRESH_S = 1.0
 
 # Refit the cold-item map when the number of vocabulary items with text changed by more
 # than this share since the last fit (an item upsert alone does not refit it).
@@ -137,23 +155,36 @@ _SEARCH = Reason("matches_search")
 
 @dataclass(frozen=True, slots=True)
 class _Catalog:
-    """The attached catalog as the scorer uses it, built once per index version.
+    """The attached catalog as the scorer uses it (see `OnnxScorer._current_catalog`).
+
+    Cold items are in the view only when they can be scored (the text map is fitted,
+    see `COLD_MIN_FIT`); otherwise `cold_ids` is empty and `unscored_cold` counts them.
 
     Attributes:
         version: `ItemTextIndex.version` it was built from.
+        params: The scorer settings it was built with (`OnnxScorer._view_params`).
+        built_at: `time.monotonic()` of the build.
+        dim: Width of the text vectors.
         vocab_rows: Model indices of vocabulary items with text [Nv].
-        vocab_text: Their text vectors [Nv, T].
+        texts: Text vectors, vocabulary items then cold items [Nv + Nc, T]; one matrix
+            so a batch's intents take one product.
+        vocab_text: Its first Nv rows (a view).
         text_row: Model index -> row of `vocab_text`, -1 without text [n_items + 1].
         cold_ids: Ids of the cold items (in the index, not in the model) [Nc].
         cold_index: Cold id -> row.
-        cold_text: Their text vectors [Nc, T].
-        cold_keys: Their score keys in the model's item space [Nc, D] (None when the
-            export has no item table or too few vocabulary items have text to map).
+        cold_text: The last Nc rows of `texts` (a view).
+        cold_keys: Their score keys in the model's item space [Nc, D] (None without
+            cold items to score).
         cold_unit: `cold_keys` rows' unit directions in item space (for explanations).
+        unscored_cold: Cold items of the index left out (too few items to fit the map).
     """
 
     version: int
+    params: tuple[float, int]
+    built_at: float
+    dim: int
     vocab_rows: IntArray
+    texts: FloatArray
     vocab_text: FloatArray
     text_row: IntArray
     cold_ids: npt.NDArray[np.object_]
@@ -161,6 +192,7 @@ class _Catalog:
     cold_text: FloatArray
     cold_keys: FloatArray | None
     cold_unit: FloatArray | None
+    unscored_cold: int
 
     @property
     def has_cold(self) -> bool:
@@ -169,6 +201,29 @@ class _Catalog:
     @property
     def has_text(self) -> bool:
         return self.vocab_rows.size + self.cold_ids.size > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Hidden:
+    """A batch's shared hidden set, mapped once (see `OnnxScorer._hidden_for`).
+
+    Attributes:
+        ids: The set as the caller passed it (kept: the cache is by identity).
+        size: Its size when mapped (a guard against a set mutated in place).
+        vocab: Model indices of its vocabulary items, sorted.
+        cold: Its cold items' rows in the catalog view (`_Catalog.cold_ids`).
+        catalog: The view `cold` refers to.
+    """
+
+    ids: Collection[str]
+    size: int
+    vocab: IntArray
+    cold: IntArray
+    catalog: _Catalog | None
+
+
+_NO_INDICES = np.zeros(0, dtype=np.int64)
+_NO_IDS = np.zeros(0, dtype=object)
 
 
 @runtime_checkable
@@ -259,10 +314,19 @@ class OnnxScorer:
         self.cold_ridge = COLD_RIDGE
         #: Share of the mapped logit a cold item gets (`COLD_SCALE`).
         self.cold_scale = COLD_SCALE
+        #: Fewest vocabulary items with text to score cold items (`COLD_MIN_FIT`); the
+        #: map needs ``max(text dim, min_cold_fit)``.
+        self.min_cold_fit = COLD_MIN_FIT
+        #: How long a catalog view outlives an index change (`CATALOG_REFRESH_S`).
+        self.catalog_refresh_s = CATALOG_REFRESH_S
         self._index: ItemTextIndex | None = None
         self._catalog: _Catalog | None = None
         self._catalog_lock = threading.Lock()
-        self._text_map: tuple[int, FloatArray, FloatArray, FloatArray] | None = None
+        self._text_map: tuple[int, float, FloatArray, FloatArray, FloatArray] | None = None
+        self._unscored_warned = False
+        self._hidden: _Hidden | None = None  # the last hidden set, mapped
+        self._skipped_intents = 0
+        self._intent_warned = False
         self._similar: dict[str, Reason] = {}  # one shared Reason per history item
         self._count_arrays: dict[str | None, FloatArray] = {}  # see _popular_counts
         #: Run through an onnxruntime IO binding (inputs bound from host arrays, outputs
@@ -487,10 +551,14 @@ class OnnxScorer:
         Vocabulary items with text take part in the intent term; items in the index but
         not in the model's vocabulary (cold items) are recommendable at once, scored
         through a map of their text into the model's item space (ridge regression fitted
-        on the vocabulary items with text; see `_fit_text_map`). The scorer rebuilds its
-        view lazily when `index.version` changes. None detaches; without a catalog the
-        behaviour is unchanged. Needs an export with the explanation outputs and its
-        item table; older exports log a warning and ignore the catalog.
+        on the vocabulary items with text; see `_fit_text_map`), once at least
+        ``max(text dim, min_cold_fit)`` vocabulary items have text (`COLD_MIN_FIT`).
+        The scorer rebuilds its view lazily when `index.version` changes, at most once
+        per `catalog_refresh_s` (`CATALOG_REFRESH_S`); `prepare_catalog` builds it now.
+        Attaching the index already attached keeps the view (and its fitted map). None
+        detaches; without a catalog the behaviour is unchanged. Needs an export with
+        the explanation outputs and its item table; older exports log a warning and
+        ignore the catalog.
         """
         if index is not None and not self._fusable:
             logger.warning(
@@ -499,70 +567,138 @@ class OnnxScorer:
                 self.model_version,
             )
         with self._catalog_lock:
+            if index is self._index:
+                return
             self._index = index
             self._catalog = None
             self._text_map = None
+
+    def prepare_catalog(self) -> None:
+        """Build the catalog view (and fit the cold-item map) now, whatever its age.
+
+        For a hot reload: ``new.attach_catalog(index); new.prepare_catalog()`` in the
+        reloader's thread, before the new scorer is swapped in, so the first batch it
+        serves does not pay the rebuild (seconds at 50k items with a refit) in the
+        inference thread. Attaching the same index again afterwards keeps the view.
+        A no-op without a catalog or for exports that cannot use one.
+        """
+        self._current_catalog(force=True)
+
+    @property
+    def skipped_intents(self) -> int:
+        """Intents ignored so far because their vector does not fit the catalog's text
+        width (another encoder) or is not finite; the first one logs a warning."""
+        return self._skipped_intents
 
     @property
     def _fusable(self) -> bool:
         return self._explains and self._keys is not None
 
-    def _current_catalog(self) -> _Catalog | None:
-        """The catalog view for the index's current version (rebuilt when it changed)."""
+    @property
+    def _view_params(self) -> tuple[float, int]:
+        """The settings a catalog view depends on besides the index."""
+        return (float(self.cold_ridge), int(self.min_cold_fit))
+
+    def _current_catalog(self, force: bool = False) -> _Catalog | None:
+        """The catalog view: rebuilt when the index changed and the view is older than
+        `catalog_refresh_s` (or `force`), or when `_view_params` changed."""
         index = self._index
         if index is None or not self._fusable:
             return None
         catalog = self._catalog
-        if catalog is not None and catalog.version == index.version:
+        if catalog is not None and self._fresh(catalog, index, force):
             return catalog
         with self._catalog_lock:
-            if self._catalog is None or self._catalog.version != index.version:
-                self._catalog = self._build_catalog(index)
-            return self._catalog
+            catalog = self._catalog
+            if catalog is None or not self._fresh(catalog, index, force):
+                catalog = self._catalog = self._build_catalog(index)
+            return catalog
+
+    def _fresh(self, catalog: _Catalog, index: ItemTextIndex, force: bool) -> bool:
+        """Whether `catalog` may serve now (see `_current_catalog`)."""
+        if catalog.params != self._view_params:
+            return False
+        if catalog.version == index.version:
+            return True
+        return not force and time.monotonic() - catalog.built_at < self.catalog_refresh_s
 
     def _build_catalog(self, index: ItemTextIndex) -> _Catalog:
-        snap = index.snapshot()
-        vocab_pos = [(self._item_index.get(i), r) for r, i in enumerate(snap.item_ids)]
-        in_vocab = [(idx, r) for idx, r in vocab_pos if idx is not None]
-        cold = [r for idx, r in vocab_pos if idx is None]
-        vocab_rows = np.asarray([idx for idx, _ in in_vocab], dtype=np.int64)
-        vocab_text = snap.vectors[[r for _, r in in_vocab]].reshape(len(in_vocab), index.dim)
+        snap = index.snapshot()  # shared and immutable: no copy
+        lookup = self._item_index.get
+        vocab_pos = [lookup(i, -1) for i in snap.item_ids]
+        model_idx = np.asarray(vocab_pos, dtype=np.int64).reshape(len(vocab_pos))
+        in_vocab = np.flatnonzero(model_idx >= 0)
+        cold = np.flatnonzero(model_idx < 0)
+        vocab_rows = model_idx[in_vocab]
         text_row = np.full(self.n_items + 1, -1, dtype=np.int64)
         text_row[vocab_rows] = np.arange(vocab_rows.size)
-        cold_ids = np.asarray([snap.item_ids[r] for r in cold], dtype=object)
-        cold_text = snap.vectors[cold].reshape(len(cold), index.dim)
+        mapping = None
+        if cold.size:
+            mapping = self._text_map_for(vocab_rows, snap.vectors[in_vocab], index.dim)
+        scored = cold if mapping is not None else cold[:0]
+        self._log_unscored(int(cold.size - scored.size), int(vocab_rows.size), index.dim)
+        # One gather: vocabulary rows then cold rows.
+        texts = snap.vectors[np.concatenate([in_vocab, scored])].reshape(-1, index.dim)
+        n_vocab = int(in_vocab.size)
+        cold_text = texts[n_vocab:]
+        cold_ids = np.asarray(snap.item_ids, dtype=object)[scored] if scored.size else _NO_IDS
         cold_keys = cold_unit = None
-        mapping = self._text_map_for(vocab_rows, vocab_text)
-        if mapping is not None and cold:
+        if mapping is not None:
             w, x_mean, y_mean = mapping
-            mapped = (cold_text - x_mean) @ w + y_mean
+            mapped = cold_text @ w + (y_mean - x_mean @ w)  # no [Nc, T] temporary
             cold_unit = _normalise(mapped)
             cold_keys = cold_unit if self._metadata.similarity == "cosine" else mapped
         return _Catalog(
             version=snap.version,
+            params=self._view_params,
+            built_at=time.monotonic(),
+            dim=index.dim,
             vocab_rows=vocab_rows,
-            vocab_text=np.asarray(vocab_text, dtype=np.float32),
+            texts=texts,
+            vocab_text=texts[:n_vocab],
             text_row=text_row,
             cold_ids=cold_ids,
-            cold_index={str(i): r for r, i in enumerate(cold_ids.tolist())},
-            cold_text=np.asarray(cold_text, dtype=np.float32),
+            cold_index=dict(zip(cold_ids.tolist(), range(cold_ids.size), strict=True)),
+            cold_text=cold_text,
             cold_keys=None if cold_keys is None else np.asarray(cold_keys, dtype=np.float32),
             cold_unit=cold_unit,
+            unscored_cold=int(cold.size - scored.size),
         )
 
+    def _log_unscored(self, unscored: int, n_fit: int, dim: int) -> None:
+        """Warn when cold items start or stop being left out (not on every build)."""
+        if bool(unscored) == self._unscored_warned:
+            return
+        self._unscored_warned = bool(unscored)
+        if unscored:
+            logger.warning(
+                "%d cold items are not scored: their text map needs at least %d "
+                "vocabulary items with text, the catalog has %d",
+                unscored,
+                max(dim, self.min_cold_fit),
+                n_fit,
+            )
+        else:
+            logger.info("cold items are scored again (%d vocabulary items with text)", n_fit)
+
     def _text_map_for(
-        self, vocab_rows: IntArray, vocab_text: FloatArray
+        self, vocab_rows: IntArray, vocab_text: FloatArray, dim: int
     ) -> tuple[FloatArray, FloatArray, FloatArray] | None:
-        """The text -> item-table map, refitted only when the fitted set grew or shrank
-        by more than `_REFIT_SHARE` (a live catalog upserts items one by one)."""
+        """The text -> item-table map, or None below ``max(dim, min_cold_fit)`` fitted
+        items; refitted only when the fitted set grew or shrank by more than
+        `_REFIT_SHARE` (a live catalog upserts items one by one) or the ridge changed."""
         n = int(vocab_rows.size)
-        if self._table is None or n < 2:
+        if self._table is None or n < max(2, dim, self.min_cold_fit):
             return None
         cached = self._text_map
-        if cached is not None and abs(n - cached[0]) <= _REFIT_SHARE * cached[0]:
-            return cached[1], cached[2], cached[3]
+        if (
+            cached is not None
+            and cached[1] == self.cold_ridge
+            and abs(n - cached[0]) <= _REFIT_SHARE * cached[0]
+        ):
+            return cached[2], cached[3], cached[4]
         w, x_mean, y_mean = _fit_text_map(vocab_text, self._table[vocab_rows], self.cold_ridge)
-        self._text_map = (n, w, x_mean, y_mean)
+        self._text_map = (n, float(self.cold_ridge), w, x_mean, y_mean)
         return w, x_mean, y_mean
 
     def recommend(
@@ -572,6 +708,7 @@ class OnnxScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
         """Recommend up to k items per history, batching rows into a few inference calls.
 
@@ -612,6 +749,13 @@ class OnnxScorer:
             exclude: One collection of item ids to exclude per user (e.g. purchases).
             k: Results per user, 1 <= k <= max_k.
             intents: Optional, one per history: the user's latest search (None = none).
+                An intent whose vector is not the catalog's text width (another
+                encoder) or not finite is ignored for its row (`skipped_intents`).
+            hidden: Item ids excluded from every row (the item rules' hidden set): the
+                same lists as adding them to each exclude set, but mapped to model and
+                cold-item indices once per set and catalog view instead of once per
+                row. The cache is by identity: pass a set that is replaced, not
+                mutated, when it changes (a frozenset).
 
         Returns:
             One `Recommendation` per history, in input order.
@@ -639,21 +783,85 @@ class OnnxScorer:
             channel_index=self._channel_index,
         )
         catalog = self._current_catalog()
+        intents = self._usable_intents(intents, catalog)
+        masks = self._hidden_for(hidden, catalog)
         rows = np.flatnonzero(enc.has_known)
         results: list[Recommendation | None] = [None] * len(histories)
         if rows.size:
             for group in self._length_groups(enc.lengths[rows]):
-                self._rank_rows(enc, rows[group], exclude, k, results, catalog, intents)
+                self._rank_rows(enc, rows[group], exclude, k, results, catalog, intents, masks)
         for row, rec in enumerate(results):
             if rec is None:
                 channel = histories[row][-1][2] if histories[row] else None
                 intent = intents[row] if intents is not None else None
                 if catalog is not None and catalog.has_text and intent and intent.weight > 0:
-                    results[row] = self._searched_popular(exclude[row], k, channel, intent, catalog)
+                    results[row] = self._searched_popular(
+                        exclude[row], k, channel, intent, catalog, masks
+                    )
                     continue
-                items = self._popular_top(exclude[row], k, channel)
+                items = self._popular_top(exclude[row], k, channel, masks.ids)
                 results[row] = Recommendation(items, "popular", [_POPULAR] * len(items))
         return [rec for rec in results if rec is not None]
+
+    def _usable_intents(
+        self, intents: Sequence[Intent | None] | None, catalog: _Catalog | None
+    ) -> Sequence[Intent | None] | None:
+        """`intents` with None for each one the catalog cannot fuse: a vector of another
+        width (a stored search embedded by another encoder) or not finite. One bad
+        intent must not fail its whole batch; counted in `skipped_intents`."""
+        if intents is None or catalog is None:
+            return intents  # without a catalog intents are not used
+        usable: list[Intent | None] = list(intents)
+        for r, intent in enumerate(usable):
+            if intent is None:
+                continue
+            try:
+                vector = np.asarray(intent.vector, dtype=np.float32)
+            except (TypeError, ValueError):
+                vector = np.zeros(0, dtype=np.float32)
+            if vector.shape == (catalog.dim,) and bool(np.isfinite(vector).all()):
+                continue
+            usable[r] = None
+            self._skipped_intents += 1
+            if not self._intent_warned:
+                self._intent_warned = True
+                logger.warning(
+                    "ignoring a search intent of shape %s: the catalog's text vectors are "
+                    "%d wide (another text encoder?); further ones are only counted "
+                    "(skipped_intents)",
+                    vector.shape,
+                    catalog.dim,
+                )
+        return usable
+
+    def _hidden_for(self, hidden: Collection[str], catalog: _Catalog | None) -> _Hidden:
+        """`hidden` mapped to model indices and cold-item rows of `catalog`.
+
+        Cached by the set's identity (and size) and the view: a batch pays nothing for
+        a hidden set it shares with the previous batch, and a new set or view costs one
+        pass over the smaller of the set and the cold items.
+        """
+        cached = self._hidden
+        if cached is not None and cached.ids is hidden and len(cached.ids) == cached.size:
+            if cached.catalog is catalog:
+                return cached
+            vocab = cached.vocab
+        elif not hidden:
+            vocab = _NO_INDICES
+        else:
+            found = {i for item in hidden if (i := self._item_index.get(item)) is not None}
+            vocab = np.asarray(sorted(found), dtype=np.int64)
+        cold = _NO_INDICES
+        if catalog is not None and catalog.cold_index and hidden:
+            index = catalog.cold_index
+            if len(index) < len(hidden):
+                cols = [c for item, c in index.items() if item in hidden]
+            else:
+                cols = [c for item in hidden if (c := index.get(item)) is not None]
+            cold = np.asarray(sorted(cols), dtype=np.int64)
+        masks = _Hidden(hidden, len(hidden), vocab, cold, catalog)
+        self._hidden = masks
+        return masks
 
     def _intent_lift(
         self, cos: FloatArray, scale: float, intent: Intent
@@ -673,6 +881,7 @@ class OnnxScorer:
         channel: str | None,
         intent: Intent,
         catalog: _Catalog,
+        masks: _Hidden,
     ) -> Recommendation:
         """A user without known items who searched: the popularity list with the
         intent term, ``log1p(count) + lift`` (cold items count 0), still "popular".
@@ -683,9 +892,8 @@ class OnnxScorer:
         base = np.concatenate([np.log1p(counts), np.zeros(catalog.cold_ids.size, np.float32)])
         vocab = base[: self.n_items + 1]
         base[0] = -np.inf
-        texts = np.concatenate([catalog.vocab_text, catalog.cold_text])
         lift, full = self._intent_lift(
-            texts @ np.asarray(intent.vector, np.float32), float(np.std(vocab[1:])), intent
+            catalog.texts @ np.asarray(intent.vector, np.float32), float(np.std(vocab[1:])), intent
         )
         term = np.zeros_like(base)
         term[catalog.vocab_rows] = lift[: catalog.vocab_rows.size]
@@ -697,6 +905,8 @@ class OnnxScorer:
                 idx = None if c is None else self.n_items + 1 + c
             if idx is not None:
                 base[idx] = -np.inf
+        base[masks.vocab] = -np.inf
+        base[self.n_items + 1 + masks.cold] = -np.inf
         fused = base + term
         kk = min(k, int(np.isfinite(fused).sum()))
         if kk == 0:
@@ -749,11 +959,16 @@ class OnnxScorer:
         exclude: Sequence[Collection[str]],
         k: int,
         results: list[Recommendation | None],
-        catalog: _Catalog | None = None,
-        intents: Sequence[Intent | None] | None = None,
+        catalog: _Catalog | None,
+        intents: Sequence[Intent | None] | None,
+        masks: _Hidden,
     ) -> None:
         """One inference call for ``rows`` of ``enc``; fills their ``results``."""
         excl = encode_exclude([exclude[int(r)] for r in rows], self._item_index)
+        if masks.vocab.size:  # the shared hidden set: the same columns in every row
+            shared = np.broadcast_to(masks.vocab, (excl.shape[0], masks.vocab.size))
+            excl = np.concatenate([excl, shared], axis=1)
+        hidden = masks.ids
         # Drop the columns that are padding in every row (left padding: a prefix).
         # Exact, and the transformer's cost is proportional to the length left.
         start = self.max_len - int(enc.lengths[rows].max()) if self._dynamic_seq else 0
@@ -785,19 +1000,19 @@ class OnnxScorer:
             if catalog is not None and (catalog.has_cold or (searching and catalog.has_text)):
                 fused.append((j, banned, intent))
                 continue
-            if clean[j] and banned.isdisjoint(top_ids[j]):
+            if clean[j] and banned.isdisjoint(top_ids[j]) and not _meets(hidden, top_ids[j]):
                 picked = list(zip(top_ids[j], top_scores[j], strict=True))
                 reasons = None
                 if top_named is not None:
                     reasons = [self._similar_to(i) for i in top_named[j]]
                 results[row] = Recommendation(picked, "sequential", reasons)
                 continue
-            cols = self._pick(scores[j], items[j], banned, k)
+            cols = self._pick(scores[j], items[j], banned, hidden, k)
             picked = [(str(self._items[int(items[j, c])]), float(scores[j, c])) for c in cols]
             reasons = None if named is None else [self._similar_to(named[j, c]) for c in cols]
             results[row] = Recommendation(picked, "sequential", reasons)
         if fused and catalog is not None:
-            ranked = self._fused_rows(out, fused, history, excl, k, catalog)
+            ranked = self._fused_rows(out, fused, history, excl, k, catalog, masks)
             for (j, _, _), rec in zip(fused, ranked, strict=True):
                 results[int(rows[j])] = rec
 
@@ -832,6 +1047,7 @@ class OnnxScorer:
         excl: np.ndarray,
         k: int,
         catalog: _Catalog,
+        masks: _Hidden,
     ) -> list[Recommendation]:
         """Exact top-k over the vocabulary and the cold items for the graph rows
         ``(j, banned, intent)`` of `out`, with the intent term where there is one.
@@ -846,7 +1062,8 @@ class OnnxScorer:
         if catalog.has_cold:
             assert catalog.cold_keys is not None  # noqa: S101 - has_cold
             cold = (users @ catalog.cold_keys.T) * np.float32(self.cold_scale)
-            for r, (_, banned, _) in enumerate(rows):
+            cold[:, masks.cold] = -np.inf
+            for r, (_, banned, _) in enumerate(rows):  # the users' own exclusions
                 for item in banned:
                     c = catalog.cold_index.get(item)
                     if c is not None:
@@ -860,7 +1077,7 @@ class OnnxScorer:
         column = {r: s for s, r in enumerate(order)}
         assert self._keys is not None  # noqa: S101 - _fusable
         seq = users[order] @ self._keys.T  # [S, n_items + 1]
-        texts = np.concatenate([catalog.vocab_text, catalog.cold_text])
+        texts = catalog.texts
         queries = np.zeros((texts.shape[1], len(order)), dtype=np.float32)
         for s, r in enumerate(order):
             queries[:, s] = searches[r].vector
@@ -898,13 +1115,14 @@ class OnnxScorer:
         chosen = chosen[np.lexsort((chosen, -merged[chosen]))]
         picked: list[tuple[str, float]] = []
         reasons: list[Reason] = []
+        near = iter(self._nearest_by_text(chosen[chosen >= n_graph] - n_graph, history, catalog))
         for c in chosen.tolist():
             if c < n_graph:
                 picked.append((str(self._items[int(items[c])]), float(merged[c])))
                 pos = int(out["reason_pos"][j, c])
             else:
                 picked.append((str(catalog.cold_ids[c - n_graph]), float(merged[c])))
-                pos = self._nearest_by_text(c - n_graph, history, catalog)
+                pos = int(next(near))
             reasons.append(self._similar_to(self._items[int(history[pos])]))
         return Recommendation(picked, "sequential", reasons)
 
@@ -955,6 +1173,7 @@ class OnnxScorer:
         graph_col = {int(i): c for c, i in enumerate(top_items.tolist()) if real[c]}
         graph_pos = out["reason_pos"][j]
         hist_unit = self._unit[history]
+        near = iter(self._nearest_by_text(chosen[chosen >= n_vocab] - n_vocab, history, catalog))
         picked: list[tuple[str, float]] = []
         reasons: list[Reason] = []
         for idx in chosen.tolist():
@@ -962,6 +1181,7 @@ class OnnxScorer:
                 picked.append((str(self._items[idx]), float(fused[idx])))
             else:
                 picked.append((str(catalog.cold_ids[idx - n_vocab]), float(fused[idx])))
+                nearest = int(next(near))
             t = float(term[idx])
             # The search placed it (the lift exceeds its margin over the k-th sequence
             # score) and it matches the search (at least half the full lift).
@@ -969,7 +1189,7 @@ class OnnxScorer:
                 reasons.append(_SEARCH)
                 continue
             if idx >= n_vocab:
-                pos = self._nearest_by_text(idx - n_vocab, history, catalog)
+                pos = nearest
             elif idx in graph_col:
                 pos = int(graph_pos[graph_col[idx]])
             else:
@@ -977,29 +1197,36 @@ class OnnxScorer:
             reasons.append(self._similar_to(self._items[int(history[pos])]))
         return Recommendation(picked, "sequential", reasons)
 
-    def _nearest_by_text(self, cold: int, history: np.ndarray, catalog: _Catalog) -> int:
-        """History position of the item whose text is nearest to cold item `cold`'s
-        (by its mapped item-space direction when no history item has text)."""
+    def _nearest_by_text(self, cold: IntArray, history: np.ndarray, catalog: _Catalog) -> IntArray:
+        """History position of the item whose text is nearest to each cold item of
+        `cold` (by its mapped item-space direction when no history item has text); one
+        product for all of a row's cold picks."""
+        if cold.size == 0:
+            return _NO_INDICES
         rows = catalog.text_row[history]
         with_text = (history != 0) & (rows >= 0)
         if with_text.any():
-            cosine = catalog.vocab_text[np.maximum(rows, 0)] @ catalog.cold_text[cold]
-            return int(np.where(with_text, cosine, -4.0).argmax())
+            cosine = catalog.vocab_text[np.maximum(rows, 0)] @ catalog.cold_text[cold].T
+            return np.asarray(np.where(with_text[:, None], cosine, -4.0).argmax(axis=0))
         assert catalog.cold_unit is not None and self._unit is not None  # noqa: S101
-        cosine = self._unit[history] @ catalog.cold_unit[cold]
-        return int(np.where(history != 0, cosine, -4.0).argmax())
+        cosine = self._unit[history] @ catalog.cold_unit[cold].T
+        return np.asarray(np.where((history != 0)[:, None], cosine, -4.0).argmax(axis=0))
 
     def _pick(
-        self, scores: np.ndarray, items: np.ndarray, exclude: Collection[str], k: int
+        self,
+        scores: np.ndarray,
+        items: np.ndarray,
+        banned: Collection[str],
+        hidden: Collection[str],
+        k: int,
     ) -> list[int]:
         """Columns of the first k real, non-excluded items of one graph row."""
-        banned = set(exclude)
         picked: list[int] = []
         for col, (score, idx) in enumerate(zip(scores.tolist(), items.tolist(), strict=True)):
             if score <= MASKED_THRESHOLD:
                 break  # sorted descending: only masked items follow
             item = self._items[idx]
-            if item is None or item in banned:  # defensive; the graph masks these
+            if item is None or item in banned or item in hidden:  # defensive: graph-masked
                 continue
             picked.append(col)
             if len(picked) == k:
@@ -1017,15 +1244,24 @@ class OnnxScorer:
         return self._recent.get("all", self._popular)
 
     def _popular_top(
-        self, banned: Collection[str], k: int, channel: str | None = None
+        self,
+        banned: Collection[str],
+        k: int,
+        channel: str | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[tuple[str, float]]:
         picked: list[tuple[str, float]] = []
         for item, count in self.popular_list(channel):
-            if item not in banned:
+            if item not in banned and item not in hidden:
                 picked.append((item, count))
                 if len(picked) == k:
                     break
         return picked
+
+
+def _meets(hidden: Collection[str], items: Sequence[str]) -> bool:
+    """Whether any of `items` (a top-k, short) is in `hidden` (large): k lookups."""
+    return bool(hidden) and any(item in hidden for item in items)
 
 
 def _intent_shape(z: FloatArray) -> FloatArray:

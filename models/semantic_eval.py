@@ -38,7 +38,7 @@ from models.config import TrainConfig
 from models.evaluate import leave_last_out
 from models.interactions import Interaction
 from models.metrics import ranking_metrics
-from models.scorer import Intent, OnnxScorer, Recommendation
+from models.scorer import COLD_MIN_FIT, Intent, OnnxScorer, Recommendation
 from models.splits import EvalCase
 from models.synthetic import SyntheticShop
 
@@ -324,8 +324,12 @@ def run_semantic_eval(
     seed: int = 0,
     threads: int = 1,
     on_step: Callable[[str], None] | None = None,
+    min_cold_fit: int = COLD_MIN_FIT,
 ) -> dict[str, Any]:
     """Train, export and measure (see the module docstring); returns a JSON-able report.
+
+    `min_cold_fit` is the scorer's (`OnnxScorer.min_cold_fit`): lower it only for shops
+    too small to fit the cold-item map by the serving rule (tests).
 
     Selected on the validation users, then used for every test number:
 
@@ -346,6 +350,7 @@ def run_semantic_eval(
     trained = train_model(train, config)
     model_dir = export_onnx(trained, Path(work_dir) / "model", model_version="semantic-eval")
     scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=threads)
+    scorer.min_cold_fit = min_cold_fit
     warm_index, full_index = data.index(with_cold=False), data.index()
 
     log("validation: search_weight")

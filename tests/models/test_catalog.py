@@ -99,3 +99,88 @@ def test_concurrent_writers_and_readers() -> None:
         t.join()
     assert not errors
     assert len(index) == 4 * (100 - 34)
+
+
+def test_snapshots_are_shared_and_never_change_after_later_writes() -> None:
+    index = ItemTextIndex(4)
+    vectors = _unit_rows(40, 4, 5)
+    index.upsert([f"i{n}" for n in range(20)], vectors[:20])
+    snap = index.snapshot()
+    assert index.snapshot() is snap  # no copy per reader
+    before = snap.vectors.copy()
+    index.upsert([f"i{n}" for n in range(20, 40)], vectors[20:])  # appends (and growth)
+    index.upsert(["i3"], vectors[39:40])  # a replacement
+    index.remove(["i0", "i5"])  # removals move rows
+    assert snap.version == 1 and snap.item_ids == tuple(f"i{n}" for n in range(20))
+    np.testing.assert_array_equal(snap.vectors, before)
+    assert not snap.vectors.flags.writeable
+    now = index.snapshot()
+    assert len(now.item_ids) == 38 and now.version == 4
+    np.testing.assert_array_equal(now.vectors[now.item_ids.index("i3")], vectors[39])
+
+
+def test_readers_never_wait_for_a_writer() -> None:
+    index = ItemTextIndex(4)
+    index.upsert(["a"], _unit_rows(1, 4, 6))
+    seen: list[object] = []
+
+    def read() -> None:
+        seen.extend([index.snapshot().item_ids, len(index), "a" in index, index.version])
+
+    with index._write_lock:  # a writer mid-upsert
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive()
+    assert seen == [("a",), 1, True, 1]
+
+
+def test_concurrent_replacements_are_seen_whole() -> None:
+    """A writer replaces every vector at once, generation after generation; a reader's
+    snapshot always holds one generation, never a mix."""
+    n, dim = 300, 8
+    generations = [_unit_rows(n, dim, 100 + g) for g in range(30)]
+    ids = [f"i{r}" for r in range(n)]
+    index = ItemTextIndex(dim)
+    index.upsert(ids, generations[0])
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        for g in range(1, len(generations)):
+            index.upsert(ids, generations[g])
+            index.upsert([f"extra{g}"], generations[g][:1])  # growth on the way
+        done.set()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                snap = index.snapshot()
+                # version 1: generation 0; then 2g (generation g) and 2g + 1 (its extra)
+                np.testing.assert_array_equal(snap.vectors[:n], generations[snap.version // 2])
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(index) == n + len(generations) - 1
+
+
+def test_upserting_the_vectors_an_item_has_changes_nothing() -> None:
+    index = ItemTextIndex(4)
+    vectors = _unit_rows(3, 4, 7)
+    index.upsert(["a", "b"], vectors[:2])
+    snap = index.snapshot()
+    index.upsert(["b", "a"], vectors[1::-1] + np.float32(1e-8))  # re-read, same text
+    assert index.version == 1 and index.snapshot() is snap
+    # Mixed with a real change, only the change counts; the last duplicate wins.
+    index.upsert(["a", "c", "c"], np.stack([vectors[0], vectors[1], vectors[2]]))
+    now = index.snapshot()
+    assert now.version == 2 and now.item_ids == ("a", "b", "c")
+    np.testing.assert_array_equal(now.vectors, vectors[[0, 1, 2]])
+    index.upsert(["c", "c"], np.stack([vectors[0], vectors[2]]))  # last = what it has
+    assert index.version == 2

@@ -243,6 +243,9 @@ def test_cold_items_are_recommended_excluded_and_explained(
 ) -> None:
     tiny_shop, model_dir = category_model
     scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=1)
+    # 120 items with text: fit the map on them (the default asks for 200), and see
+    # every index change at once.
+    scorer.min_cold_fit, scorer.catalog_refresh_s = 0, 0.0
     vectors, directions = _category_vectors(tiny_shop)
     category = {item.item_id: item.category for item in tiny_shop.catalog}
     rng = np.random.default_rng(1)
@@ -315,3 +318,149 @@ def test_fp16_variant_explains(
         seen = {i for i, _, _ in history}
         assert all(r.code == "matches_search" or r.item_id in seen for r in rec.reasons)
     shutil.rmtree(tmp_path / "fp16")
+
+
+def _cold_index(
+    shop: SyntheticShop, n_per_category: int = 3, vocab: int | None = None
+) -> tuple[ItemTextIndex, dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    """The shop's planted text (its first `vocab` items) plus cold items per category."""
+    vectors, directions = _category_vectors(shop)
+    rng = np.random.default_rng(1)
+    cold = {
+        f"new-{c}-{n}": _unit(directions[c] + 0.3 * rng.normal(size=TEXT_DIM))
+        for c in sorted(directions)
+        for n in range(n_per_category)
+    }
+    kept = dict(sorted(vectors.items())[:vocab]) if vocab is not None else vectors
+    return _index(kept | cold), kept, directions, sorted(cold)
+
+
+def test_an_intent_of_another_width_is_skipped_for_its_row_only(
+    scorer: OnnxScorer, tiny_shop: SyntheticShop, caplog: pytest.LogCaptureFixture
+) -> None:
+    vectors, directions = _category_vectors(tiny_shop)
+    scorer.attach_catalog(_index(vectors))
+    histories = [_history(tiny_shop, f"user-{u:04d}") for u in range(1, 5)] + [[]]
+    good = Intent(directions[sorted(directions)[0]], 1.0)
+    other = Intent(_unit(np.ones(TEXT_DIM * 2)).astype(np.float32), 1.0)  # another encoder
+    broken = Intent(np.full(TEXT_DIM, np.nan, dtype=np.float32), 1.0)
+    intents: list[Intent | None] = [good, other, None, broken, other]
+    exclude: list[set[str]] = [set()] * 5
+    with caplog.at_level(logging.WARNING, logger="recstream.models.scorer"):
+        recs = scorer.recommend(histories, exclude, k=10, intents=intents)
+        again = scorer.recommend(histories, exclude, k=10, intents=intents)
+    assert recs == again
+    plain = scorer.recommend(histories, exclude, k=10)
+    assert [recs[i] for i in (1, 2, 3, 4)] == [plain[i] for i in (1, 2, 3, 4)]
+    [alone] = scorer.recommend(histories[:1], exclude[:1], k=10, intents=[good])
+    assert recs[0] == alone != plain[0]  # the good intent of the batch still counts
+    assert scorer.skipped_intents == 6
+    warnings = [r for r in caplog.records if "ignoring a search intent" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_shared_hidden_set_gives_the_lists_of_per_row_exclusions(
+    category_model: tuple[SyntheticShop, Path],
+) -> None:
+    shop, model_dir = category_model
+    scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=1)
+    scorer.min_cold_fit, scorer.catalog_refresh_s = 0, 0.0
+    index, _, directions, cold = _cold_index(shop, n_per_category=10)
+    scorer.attach_catalog(index)
+    histories = [_history(shop, f"user-{u:04d}") for u in range(1, 25)] + [[], []]
+    n = len(histories)
+    plain = scorer.recommend(histories, [set()] * n, k=20)
+    shown = sorted({i for r in plain for i, _ in r.items})
+    # Hidden: popular vocabulary items, a third of the cold items, ids nobody knows.
+    hidden = frozenset(shown[::3] + cold[::3] + [f"gone-{g}" for g in range(500)])
+    own = [{histories[r][-1][0]} if histories[r] else {shown[1]} for r in range(n)]
+    names = sorted(directions)
+    intents: list[Intent | None] = [
+        Intent(directions[names[r % 4]], 1.0) if r % 3 else None for r in range(n)
+    ]
+    for kw in ({}, {"intents": intents}):
+        union = scorer.recommend(histories, [o | hidden for o in own], k=20, **kw)
+        shared = scorer.recommend(histories, own, k=20, hidden=hidden, **kw)
+        assert shared == union
+        assert scorer.recommend(histories, own, k=20, hidden=hidden, **kw) == union  # cached
+        assert any(i in cold for r in union for i, _ in r.items)
+        for rec, mine in zip(shared, own, strict=True):
+            assert len(rec.items) == 20 and not {i for i, _ in rec.items} & (hidden | mine)
+    # A new catalog view (more cold items) maps the same hidden set again.
+    index.upsert(["new-late"], _unit(np.ones(TEXT_DIM))[None].astype(np.float32))
+    late = frozenset(hidden | {"new-late"})
+    union = scorer.recommend(histories, [o | late for o in own], k=20, intents=intents)
+    assert scorer.recommend(histories, own, k=20, hidden=late, intents=intents) == union
+
+
+def test_cold_items_wait_for_enough_vocabulary_items_with_text(
+    category_model: tuple[SyntheticShop, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    shop, model_dir = category_model
+    scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=1)
+    histories = [_history(shop, f"user-{u:04d}") for u in range(1, 21)] + [[]]
+    index, _, directions, cold = _cold_index(shop, n_per_category=10)
+    intents = [Intent(directions[sorted(directions)[r % 4]], 1.0) for r in range(21)]
+
+    def cold_shown() -> int:
+        recs = scorer.recommend(histories, [set()] * 21, k=20, intents=intents)
+        recs += scorer.recommend(histories, [set()] * 21, k=20)
+        return sum(i in cold for r in recs for i, _ in r.items)
+
+    # 120 vocabulary items with text < COLD_MIN_FIT = 200: cold items are not scored,
+    # not even by a search for their category.
+    assert scorer.min_cold_fit == 200
+    with caplog.at_level(logging.WARNING, logger="recstream.models.scorer"):
+        scorer.attach_catalog(index)
+        assert cold_shown() == 0
+    assert any("40 cold items are not scored" in r.getMessage() for r in caplog.records)
+    scorer.min_cold_fit = 100  # 120 >= max(16, 100): scored
+    assert cold_shown() > 0
+    # The text width is a floor too: 12 items with 16-wide text fit no map.
+    few, _, _, _ = _cold_index(shop, n_per_category=10, vocab=12)
+    scorer.min_cold_fit = 0
+    scorer.attach_catalog(few)
+    assert cold_shown() == 0
+    scorer.attach_catalog(_cold_index(shop, n_per_category=10, vocab=16)[0])
+    assert cold_shown() > 0
+
+
+def test_the_catalog_view_is_rebuilt_at_most_once_per_refresh_and_prepared_eagerly(
+    category_model: tuple[SyntheticShop, Path],
+) -> None:
+    shop, model_dir = category_model
+    scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=1)
+    scorer.min_cold_fit, scorer.catalog_refresh_s = 0, 3600.0
+    index, vectors, _, cold = _cold_index(shop)
+    histories = [_history(shop, f"user-{u:04d}") for u in range(1, 21)]
+    scorer.attach_catalog(index)
+    scorer.prepare_catalog()  # e.g. in the reloader's thread, before the swap
+    view = scorer._catalog
+    assert view is not None and view.version == index.version
+    first = scorer.recommend(histories, [set()] * 20, k=20)
+    assert scorer._catalog is view  # the first batch did not rebuild
+    np.testing.assert_array_equal(view.texts[: view.vocab_rows.size], view.vocab_text)
+    scorer.attach_catalog(index)  # the stream layer attaches the same index on the swap
+    assert scorer._catalog is view
+    # Changes within the refresh interval keep the view (a burst costs no rebuilds).
+    index.remove(cold)
+    for item in sorted(vectors)[:5]:
+        index.upsert([item], vectors[item][None].astype(np.float32))
+    assert scorer.recommend(histories, [set()] * 20, k=20) == first
+    assert scorer._catalog is view
+    scorer.prepare_catalog()  # forced: the new version
+    assert scorer._catalog is not view and scorer._catalog is not None
+    assert scorer._catalog.version == index.version
+    assert not any(
+        i in cold for r in scorer.recommend(histories, [set()] * 20, k=20) for i, _ in r.items
+    )
+    # Once the interval has passed, the next batch sees a change.
+    scorer.catalog_refresh_s = 0.0
+    index.upsert(cold[:1], np.stack([_unit(np.ones(TEXT_DIM))]).astype(np.float32))
+    scorer.recommend(histories[:1], [set()], k=20)
+    assert scorer._catalog.version == index.version
+    # A setting the view depends on rebuilds it at once.
+    view = scorer._catalog
+    scorer.cold_ridge = 3.0
+    scorer.recommend(histories[:1], [set()], k=20)
+    assert scorer._catalog is not view

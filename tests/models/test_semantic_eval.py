@@ -65,6 +65,7 @@ def test_search_and_text_move_the_report_the_right_way(shop: SyntheticShop, tmp_
         cold_ridges=(1.0,),
         cold_scales=(1.0,),
         seed=1,
+        min_cold_fit=0,  # 108 warm items: below the serving minimum of 200
     )
     json.dumps(report)  # JSON-able
     test = report["test"]
