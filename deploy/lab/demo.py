@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -493,7 +493,7 @@ def _searches(
 def _text_summary(
     summary: Table,
     outcomes: Sequence[dict[str, Any]],
-    lists: Any,
+    lists: Iterable[RecommendationMessage],
     new_items: frozenset[str],
 ) -> None:
     """The summary rows of the search part."""
@@ -502,11 +502,11 @@ def _text_summary(
         share = [
             sum(e["category"] == o["category"] for e in o[side]) for side in ("before", "after")
         ]
-        changed.append(f"{o['user_id']} {o['query']!r}: {share[0]} -> {share[1]} items")
+        changed.append(f"{o['user_id']} {o['query']!r} {share[0]} -> {share[1]}")
     summary.add_row(
         "searches",
         f"{len(outcomes)} shoppers searched a category they never browsed"
-        + (f" ({'; '.join(changed)} of it)" if changed else ""),
+        + (f"; its items in their lists: {', '.join(changed)}" if changed else ""),
     )
     recommended = {i.item_id for rec in lists for i in rec.items} & new_items
     summary.add_row(
