@@ -43,8 +43,10 @@ class StoreModelSource:
         provider: Provider,
         intra_op_threads: int,
         warmup_batches: tuple[int, ...] = (1, 8, 64),
+        search_weight: float | None = None,
     ) -> None:
         self.store = ModelStore(root)
+        self.search_weight = search_weight
         self.provider = provider
         self.intra_op_threads = intra_op_threads
         self.warmup_batches = warmup_batches
@@ -70,6 +72,8 @@ class StoreModelSource:
             provider=self.provider,
             intra_op_threads=self.intra_op_threads,
         )
+        if self.search_weight is not None:
+            scorer.search_weight = self.search_weight
         reused = self._costs is not None and scorer.adopt_grouping_costs(*self._costs)
         scorer.warmup(self.warmup_batches, calibrate=not reused)
         self._costs = (scorer.grouping_shape, scorer.grouping_costs)
@@ -140,7 +144,11 @@ def build_app(settings: Settings) -> RecstreamApp:
     warmup = warmup_batch_sizes(settings.stream.scoring.max_batch)
     if (settings.model_dir / CURRENT_FILENAME).is_file():
         source = StoreModelSource(
-            settings.model_dir, settings.provider, settings.intra_op_threads, warmup
+            settings.model_dir,
+            settings.provider,
+            settings.intra_op_threads,
+            warmup,
+            search_weight=settings.stream.search.weight,
         )
         version = source.current_version()
         if version is None:
@@ -168,6 +176,8 @@ def build_app(settings: Settings) -> RecstreamApp:
             provider=settings.provider,
             intra_op_threads=settings.intra_op_threads,
         )
+        if settings.stream.search.weight is not None:
+            scorer.search_weight = settings.stream.search.weight
         scorer.warmup(warmup)
     log.info(
         "model %s loaded from %s; execution provider %s%s",

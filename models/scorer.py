@@ -65,7 +65,7 @@ ReasonCode = Literal["similar_to_viewed", "bought_together", "matches_search", "
 #: ``search_weight * intent.weight * std(row's logits) * tanh(max(z, 0))`` with z the
 #: item's cos(intent, text) standardised over the catalog (see `_intent_shape`).
 #: Selected on the validation split of the synthetic shop (`models.semantic_eval`,
-#: ``recstream bench semantic``; docs/SEMANTIC.md has the numbers).
+#: ``recstream bench semantic``; docs/BENCHMARKS.md has the numbers).
 DEFAULT_SEARCH_WEIGHT = 3.0
 
 #: Ridge penalty of the text -> item-space map for cold items, relative to the mean

@@ -298,6 +298,13 @@ class SearchConfig(ConfigGroup):
         le=1,
         description="A search's intent is no longer used once its decayed weight is below this.",
     )
+    weight: float | None = Field(
+        None,
+        ge=0,
+        description="How much a search moves lists (`OnnxScorer.search_weight`: the intent "
+        "term's scale against the row's own logits); unset: the default 3.0, selected on "
+        "validation users (README, search and catalog).",
+    )
 
 
 class BundleConfig(ConfigGroup):
@@ -308,7 +315,7 @@ class BundleConfig(ConfigGroup):
     enabled: bool = Field(
         True,
         description="Pair purchases, count co-purchases per item and add a `bundle` to "
-        "lists (needs `models.bundles`); false: no co-purchases are written or counted.",
+        "lists; false: no co-purchases are written or counted.",
     )
     window_s: float = Field(
         3600.0,

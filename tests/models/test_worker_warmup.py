@@ -70,3 +70,19 @@ def test_reload_of_the_same_shape_reuses_measured_costs(
     assert not b.adopt_grouping_costs(
         b.grouping_shape, {"row": 1.0, "call": 1.0, "source": "modelled"}
     )
+
+
+def test_every_version_the_store_loads_gets_the_configured_search_weight(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from models.scorer import DEFAULT_SEARCH_WEIGHT
+
+    store = ModelStore(tmp_path / "store")
+    first = _publish_copy(store, tiny_model_dir, "v1")
+    second = _publish_copy(store, tiny_model_dir, "v2")
+    assert StoreModelSource(store.root, "cpu", 1).load(first).search_weight == (
+        DEFAULT_SEARCH_WEIGHT
+    )
+    source = StoreModelSource(store.root, "cpu", 1, search_weight=1.5)
+    assert source.load(first).search_weight == 1.5
+    assert source.load(second).search_weight == 1.5  # a hot reload keeps it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -45,3 +46,55 @@ def test_summary_heading_does_not_continue_the_tables_bottom_border(terminal: bo
     # Directly below the table: its bottom border is the line before, no blank line.
     bottom = lines[at - 1].strip()
     assert bottom.startswith("└") and bottom.endswith("┘"), bottom
+
+
+def test_a_reason_prints_its_code_and_the_item_it_names() -> None:
+    from deploy.lab.demo import reason_text
+
+    assert reason_text({"code": "similar_to_viewed", "item_id": "sku-00012"}) == (
+        "similar_to_viewed sku-00012"
+    )
+    assert reason_text({"code": "bought_together", "item_id": "sku-7"}) == "bought_together sku-7"
+    assert reason_text({"code": "matches_search", "item_id": None}) == "matches_search"
+    assert reason_text(None) == "-"
+
+
+def test_the_search_table_shows_both_lists_with_reasons_and_marks_new_items() -> None:
+    from deploy.lab.demo import _search_table, search_outcome
+    from models.synthetic import generate_shop
+    from streams.messages import RecommendationMessage
+
+    shop = generate_shop(n_items=24, n_users=5, seed=3)
+    tea = [i.item_id for i in shop.catalog if i.category == "Tea"]
+    other = [i.item_id for i in shop.catalog if i.category != "Tea"]
+    events = [e for e in shop.events if e.user_id == shop.events[0].user_id]
+
+    def message(items: list[tuple[str, dict[str, str | None]]], trigger: str) -> Any:
+        return RecommendationMessage.model_validate(
+            {
+                "schema_version": 2,
+                "user_id": "user-0001",
+                "items": [{"item_id": i, "score": 1.0, "reason": r} for i, r in items],
+                "model_version": "m",
+                "strategy": "sequential",
+                "trigger_event_id": trigger,
+                "trigger_event_type": "search",
+                "event_ts": 1.0,
+                "produced_ts": 2.0,
+            }
+        )
+
+    viewed = {"code": "similar_to_viewed", "item_id": events[0].item_id}
+    before = message([(other[0], viewed), (other[1], viewed)], "e1")
+    after = message(
+        [(tea[0], {"code": "matches_search", "item_id": None}), (other[0], viewed)], "s1"
+    )
+    outcome = search_outcome(shop, events, "Tea", before, after, frozenset({tea[0]}))
+    assert outcome["query"] == "tea" and events[0].item_id in outcome["history"]
+    assert [e["new"] for e in outcome["after"]] == [True, False]
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(_search_table(shop, outcome))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "searches 'tea'" in text and "before the search" in text and "after the search" in text
+    assert f"{shop.item(tea[0]).title} (new)" in text
+    assert f"similar_to_viewed {events[0].item_id}" in text and "matches_search" in text
