@@ -2,7 +2,9 @@
 
 The shop's product feed arrives on the compacted ``items`` topic: key = item id, value
 :class:`CatalogItem` (title, description, attributes, price, availability, blocked,
-category); a tombstone (no value) retires the item. Like the item rules (see
+category); a tombstone (no value) retires the item for good (until a new record for it
+arrives): it is hidden like an unavailable one, from lists and bundles alike, even
+when the model's vocabulary still holds it. Like the item rules (see
 ``streams.rules``), items are keyed by item and events by user, so every worker reads
 the whole topic itself (a :class:`~streams.rules.BroadcastReader`) and is not ready
 (``/readyz``) before it has read up to the end offsets it found at start.
@@ -47,6 +49,7 @@ from streams.rules import BroadcastReader, ItemRule, ItemRules
 __all__ = [
     "EMBED_CHUNK",
     "MAX_ITEM_BYTES",
+    "RETIRED",
     "Catalog",
     "CatalogConsumer",
     "CatalogItem",
@@ -60,6 +63,9 @@ log = logging.getLogger("recstream.catalog")
 MAX_ITEM_BYTES = 32 * 1024
 #: Texts embedded per encoder call (a scored batch waits behind at most one call).
 EMBED_CHUNK = 64
+#: The catalog's rule for an item it retired (a tombstone): never recommended. Not
+#: "no rule": that would let an item of the model's vocabulary back into lists.
+RETIRED = ItemRule(available=False)
 
 Attribute = str | int | float | bool
 
@@ -206,7 +212,7 @@ class CatalogConsumer(BroadcastReader):
             item = (msg.key() or b"").decode()
             if decoded is None:
                 self.catalog.items.discard(item)
-                self.rules.apply(item, None, source="catalog", publish=False)
+                self.rules.apply(item, RETIRED, source="catalog", publish=False)
                 texts[item] = None
             else:
                 self.catalog.items.add(item)

@@ -12,6 +12,7 @@ import pytest
 
 from models.catalog import ItemTextIndex
 from models.scorer import HistoryItem, Intent, Recommendation
+from streams.bundles import BundleItem, BundleRecord
 from streams.catalog import EMBED_CHUNK, Catalog, CatalogConsumer, CatalogItem, decode_item
 from streams.events import InvalidEvent, ReasonCode
 from streams.rules import ItemRule, ItemRules
@@ -126,7 +127,7 @@ def test_the_catalog_consumer_embeds_text_off_the_loop_and_retires_tombstones() 
     finally:
         consumer.close()
     assert catalog.loaded and catalog.items == {"new"}
-    assert set(index.snapshot().item_ids) == {"new"} and rules.hidden == frozenset()
+    assert set(index.snapshot().item_ids) == {"new"} and rules.hidden == {"gone"}  # retired
     assert rules.categories == {"new": "lips"}
     assert [d.code for d in dead] == [ReasonCode.INVALID_JSON]
     assert encoder.calls == [["Cherry gloss", "Old mascara"]]
@@ -221,3 +222,35 @@ def test_an_item_the_catalog_marks_unavailable_leaves_the_next_list(harness: Har
     first, second = ([i["item_id"] for i in r.json()["items"]] for r in h.recommendations)
     assert first[0] == "sku-0" and "sku-0" not in second and len(second) == 5
     assert "sku-0" in scorer.excludes[-1]
+
+
+def test_a_retired_vocab_item_stays_out_of_lists_and_bundles(harness: Harness) -> None:
+    """available:false, then a tombstone: the item is gone for good, not back again."""
+    h = harness
+    scorer = CatalogScorer("m1")  # sku-0 is in the model's vocabulary
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.bundles.apply(
+        "sku-1",
+        BundleRecord(
+            anchor_item_id="sku-1",
+            items=[BundleItem(item_id="sku-0", score=3.0), BundleItem(item_id="sku-2", score=1.0)],
+            updated_ts=0.0,
+        ),
+    )
+    consumer = consumer_for(h.pipeline.catalog, h.pipeline.rules, [], None)
+
+    async def body(agent: Any) -> None:
+        consumer._assigned = True
+        await consumer.handle_batch([message(b"sku-0", item(available=False), 0, 0)])
+        await consumer.handle_batch([message(b"sku-0", None, 0, 1)])  # retired
+        await send(agent, "clicks", click("e1"), offset=0)
+        await until(lambda: len(h.recommendations) == 1)
+
+    try:
+        h.run(body)
+    finally:
+        consumer.close()
+    doc = h.recommendations[0].json()
+    assert "sku-0" not in [i["item_id"] for i in doc["items"]] and len(doc["items"]) == 5
+    assert [b["item_id"] for b in doc["bundle"]["items"]] == ["sku-2"]
+    assert "sku-0" in h.pipeline.rules.hidden and "sku-0" not in h.pipeline.catalog.items
