@@ -180,6 +180,7 @@ class Pipeline:
         self.acks = InOrderAcks()
         self.rules = ItemRules()
         self._rules_task: asyncio.Future[None] | None = None
+        self._bans_ready = False  # see _hold_for_bans
         self.text = text
         self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
         self.catalog = Catalog()
@@ -404,6 +405,8 @@ class Pipeline:
         *,
         query: str | None = None,
     ) -> None:
+        if not self._bans_ready:
+            await self._hold_for_bans()
         experiment = self.experiment
         # A search is scored with its own query (embedded with the batch), not the last.
         intent = None if isinstance(decoded, SearchEvent) else self._intent(profile, decoded.ts)
@@ -424,6 +427,25 @@ class Pipeline:
                 query=query,
             )
         )
+
+    @property
+    def bans_loaded(self) -> bool:
+        """Whether the item rules and the catalog's eligibility, where read here, were
+        read to their start's end (not the catalog's text: that may take minutes)."""
+        return (self._rules_task is None or self.rules.loaded) and (
+            self._catalog_task is None or self.catalog.rules_loaded
+        )
+
+    async def _hold_for_bans(self) -> None:
+        """Hold the first scoring until :attr:`bans_loaded`: a list scored before would
+        hold banned or unavailable items. An empty or absent side topic is loaded as
+        soon as its reader found its (no) partitions, so this never waits for data that
+        will not come."""
+        if not self.bans_loaded:
+            log.info("holding scoring until the item rules and the catalog are read")
+            while not self.bans_loaded:
+                await asyncio.sleep(0.05)
+        self._bans_ready = True
 
     def _intent(self, profile: Profile, ts: float) -> tuple[Intent, float] | None:
         """The profile's latest search as an intent decayed to ``ts`` and the search's

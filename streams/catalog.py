@@ -157,7 +157,11 @@ class Catalog:
 
     def __init__(self) -> None:
         self.items: set[str] = set()
-        #: True once every partition was read up to its end offset at start.
+        #: True once the eligibility (rules) of every record up to the end offsets at
+        #: start is published: scoring waits for this, not for the text.
+        self.rules_loaded = False
+        #: True once every partition was read up to its end offset at start and its
+        #: text embedded (``/readyz``).
         self.loaded = False
 
     def __len__(self) -> int:
@@ -198,7 +202,7 @@ class CatalogConsumer(BroadcastReader):
         self._on_applied = on_applied
 
     async def handle_batch(self, messages: Sequence[Message]) -> None:
-        """Apply a batch: rules at once, text embedded in chunks, then published."""
+        """Apply a batch: rules published at once, then the text embedded in chunks."""
         texts: dict[str, str | None] = {}  # item -> its text, or None: drop its vector
         applied = 0
         for msg in messages:
@@ -221,9 +225,13 @@ class CatalogConsumer(BroadcastReader):
                     texts[item] = item_text(decoded.title, decoded.description, decoded.attributes)
             applied += 1
             self._passed(msg)
+        # Bans first: they apply from the next scored batch, not after the text is
+        # embedded (up to seconds for a poll of 500 records with descriptions).
+        self.rules.publish()
+        if not self.catalog.rules_loaded and self.at_end:
+            self.catalog.rules_loaded = True
         if self._text is not None and texts:
             await self._embed(self._text, texts)
-        self.rules.publish()
         self._on_applied(applied)
         if not self.catalog.loaded and self.at_end:
             self.catalog.loaded = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -13,7 +14,14 @@ import pytest
 from models.catalog import ItemTextIndex
 from models.scorer import HistoryItem, Intent, Recommendation
 from streams.bundles import BundleItem, BundleRecord
-from streams.catalog import EMBED_CHUNK, Catalog, CatalogConsumer, CatalogItem, decode_item
+from streams.catalog import (
+    EMBED_CHUNK,
+    Catalog,
+    CatalogConsumer,
+    CatalogItem,
+    TextSupport,
+    decode_item,
+)
 from streams.events import InvalidEvent, ReasonCode
 from streams.rules import ItemRule, ItemRules
 from tests.unit.test_pipeline_inprocess import Harness, click, harness, send, until
@@ -254,3 +262,74 @@ def test_a_retired_vocab_item_stays_out_of_lists_and_bundles(harness: Harness) -
     assert "sku-0" not in [i["item_id"] for i in doc["items"]] and len(doc["items"]) == 5
     assert [b["item_id"] for b in doc["bundle"]["items"]] == ["sku-2"]
     assert "sku-0" in h.pipeline.rules.hidden and "sku-0" not in h.pipeline.catalog.items
+
+
+class BlockingEncoder(FakeEncoder):
+    """A fake encoder that waits for :attr:`release` (a slow catalog embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not self.release.wait(10):
+            raise TimeoutError("never released")
+        return super().encode(texts)
+
+
+def test_scoring_waits_for_the_catalogs_bans_but_not_for_its_text(harness: Harness) -> None:
+    h = harness
+    scorer = CatalogScorer("m1")
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    encoder = BlockingEncoder()
+    text = TextSupport(encoder=encoder, index=ItemTextIndex(encoder.dim))
+    catalog, rules = h.pipeline.catalog, h.pipeline.rules
+    consumer = consumer_for(catalog, rules, [], text)
+
+    async def body(agent: Any) -> None:
+        # The worker started a catalog reader that has not read the topic yet.
+        h.pipeline._catalog_task = asyncio.get_running_loop().create_future()
+        await send(agent, "clicks", click("e1"), offset=0)
+        await asyncio.sleep(0.3)
+        assert h.recommendations == []  # held: the bans are not read yet
+        consumer._assigned, consumer._ends = True, {0: 1}
+        applying = asyncio.ensure_future(
+            consumer.handle_batch([message(b"sku-0", item(available=False), 0, 0)])
+        )
+        await until(lambda: len(h.recommendations) == 1)  # while the text still waits
+        assert not applying.done() and catalog.rules_loaded and not catalog.loaded
+        encoder.release.set()
+        await applying
+        assert catalog.loaded and "sku-0" in text.index
+        h.pipeline._catalog_task.cancel()
+
+    try:
+        h.run(body)
+    finally:
+        encoder.release.set()
+        consumer.close()
+    items = [i["item_id"] for i in h.recommendations[0].json()["items"]]
+    assert "sku-0" not in items and len(items) == 5
+
+
+def test_scoring_is_not_held_by_an_empty_catalog_or_rules_topic(harness: Harness) -> None:
+    h = harness
+    catalog_reader = consumer_for(h.pipeline.catalog, h.pipeline.rules, [], None)
+
+    async def body(agent: Any) -> None:
+        loop = asyncio.get_running_loop()
+        h.pipeline._rules_task = loop.create_future()
+        h.pipeline._catalog_task = loop.create_future()
+        h.pipeline.rules.loaded = True  # an empty item-rules topic
+        catalog_reader._assigned = True  # what _assign found: no partition with data
+        await catalog_reader.handle_batch([])
+        await send(agent, "clicks", click("e1"), offset=0)
+        await until(lambda: len(h.recommendations) == 1)
+        h.pipeline._rules_task.cancel()
+        h.pipeline._catalog_task.cancel()
+
+    try:
+        h.run(body)
+    finally:
+        catalog_reader.close()
+    assert h.pipeline.catalog.rules_loaded and h.pipeline.catalog.loaded
