@@ -622,6 +622,7 @@ class Pipeline:
                 trigger_event_type=ev.type,
                 event_ts=ev.ts,
                 produced_ts=now,
+                schema_version=self.config.scoring.output_schema_version,
             )
             value = orjson.dumps(message)
             key = req.user.encode()

@@ -135,6 +135,15 @@ class ScoringConfig(ConfigGroup):
         "nothing from the recent history either. `model`: no exclusions; the model decides, "
         "bought items included (shops of consumables). Item rules apply in every case.",
     )
+    output_schema_version: int = Field(
+        2,
+        ge=1,
+        le=2,
+        description="`schema_version` of the recommendation lists written. 2 (default): "
+        "with reasons and bundles. 1: the same lists, reasons and bundles included (v2 only "
+        "adds optional fields), labelled 1, for consumers that still pin version 1 during "
+        "a rolling upgrade; switch to 2 once they read it.",
+    )
     inference_thread: bool = Field(
         True,
         description="Score batches in a thread, overlapping the stream (false: on the loop).",

@@ -15,6 +15,7 @@ from models.bundles import CoPurchaseCounts, latest_pairs
 from streams.acks import InOrderAcks
 from streams.app import create_app
 from streams.bundles import (
+    BundleItem,
     BundleRecord,
     Bundles,
     CoPurchase,
@@ -251,3 +252,41 @@ def test_a_list_carries_the_trigger_items_bundle_and_says_bought_together(
     reasons = {i["item_id"]: i["reason"] for i in after_click["items"]}
     assert reasons["sku-101"] == {"code": "bought_together", "item_id": "sku-1"}
     assert reasons["sku-100"] == {"code": "similar_to_viewed", "item_id": "sku-1"}
+
+
+def test_with_output_schema_version_1_the_released_v1_client_reads_the_worker_list() -> None:
+    import json
+
+    import jsonschema
+
+    from streams.messages import RecommendationMessage
+    from streams.schema_files import SCHEMA_DIR
+    from tests.unit.test_schemas import V1RecommendationMessage
+
+    config = StreamConfig(
+        app_id=f"v1-out-{uuid.uuid4().hex[:8]}",
+        store="memory://",
+        scoring=ScoringConfig(max_batch=8, max_wait_ms=10.0, output_schema_version=1),
+        web=WebConfig(enabled=False),
+    )
+    sink = FakeSink()
+    app = create_app(config, ExplainingScorer(), output=sink)  # type: ignore[arg-type]
+    app.pipeline.acks = InOrderAcks(clock=FakeClock())
+    items = [BundleItem(item_id="sku-101", score=2.0)]
+    app.pipeline.bundles.apply(
+        "sku-1", BundleRecord(anchor_item_id="sku-1", items=items, updated_ts=NOW)
+    )
+    h = BundleHarness(app, config, sink, ExplainingScorer())
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1", item="sku-1"), offset=1)
+        await until(lambda: len(h.on(config.topics.recommendations)) == 1)
+
+    h.run("score_user_events", body)
+    doc = h.on(config.topics.recommendations)[0].json()
+    assert doc["schema_version"] == 1 and doc["bundle"]["anchor_item_id"] == "sku-1"
+    assert {i["reason"]["code"] for i in doc["items"]} == {"similar_to_viewed", "bought_together"}
+    schema = json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert V1RecommendationMessage.model_validate(doc).items[0].item_id == "sku-100"
+    assert RecommendationMessage.model_validate(doc).bundle is not None
