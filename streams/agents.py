@@ -66,7 +66,7 @@ from streams.events import (
     decode_event,
     decode_search,
 )
-from streams.intent import TextEncoder, decayed_weight, make_intent, pack, unpack
+from streams.intent import TextEncoder, decayed_weight, make_intent, pack, stored_vector
 from streams.messages import dead_letter_bytes, erasure_audit_bytes, recommendation_dict
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
@@ -450,10 +450,13 @@ class Pipeline:
     def _intent(self, profile: Profile, ts: float) -> tuple[Intent, float] | None:
         """The profile's latest search as an intent decayed to ``ts`` and the search's
         time, or ``None``."""
-        stored = profile.intent
-        if stored is None:
+        if profile.intent is None:
             return None
-        return self._decayed(unpack(stored[1]), float(stored[0]), ts)
+        encoder = self.text_encoder
+        found = stored_vector(profile.intent, encoder.dim if encoder is not None else None)
+        if found is None:
+            return None  # another encoder's (or no encoder now): not comparable
+        return self._decayed(found[1], found[0], ts)
 
     def _decayed(
         self, vector: np.ndarray, search_ts: float, ts: float
@@ -709,7 +712,8 @@ class Pipeline:
                 profile = Profile.from_json(stored)
                 remember_latest(profile, message)
                 if req.query_vector is not None:
-                    remember_intent(profile, ev.ts, pack(req.query_vector))
+                    vector = req.query_vector
+                    remember_intent(profile, ev.ts, pack(vector), int(vector.shape[-1]))
                 remember_list(
                     profile,
                     ev.ts,

@@ -302,3 +302,27 @@ def test_each_item_keeps_its_own_reason_through_the_category_cap(harness: Harnes
         ("sku-100", "h0"),
         ("sku-102", "h2"),
     ]
+
+
+def test_an_intent_stored_by_another_encoder_is_dropped_and_the_batch_scored(
+    harness: Harness,
+) -> None:
+    """A profile from a worker with another encoder (8 dims, this one has 26)."""
+    from streams.intent import pack
+    from streams.profile import Profile, remember_intent
+
+    h = harness
+    scorer = ExplainingScorer()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = FakeEncoder()
+    profile = Profile()
+    remember_intent(profile, NOW - 10, pack(np.full(8, 8**-0.5, dtype=np.float32)), 8)
+    h.profiles.data["u1"] = profile.to_json()  # as a restore from the changelog would
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1", item="sku-9"), offset=1)
+        await send(agent, "clicks", click("e2", user="u2", item="sku-9"), key=b"u2", offset=2)
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    assert scorer.intents == [None, None] and h.dead_letters == []
