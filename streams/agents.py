@@ -967,7 +967,13 @@ class Pipeline:
         anchor = record.anchor_item_id
         bundles = self.config.bundles
         counts = model.counts()
-        stored, counted = fold_co_purchase(table.get(anchor), record, counts, bundles.dedup_window)
+        stored, counted = fold_co_purchase(
+            table.get(anchor),
+            record,
+            counts,
+            horizon_s=bundles.dedup_horizon_s,
+            cap=bundles.dedup_max,
+        )
         if not counted:
             self._duplicates.add()
             if stored is not None:

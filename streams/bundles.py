@@ -14,8 +14,11 @@ Three steps, each on its own topic so that every step is keyed where its state i
    state in the ``bundle-counts`` table, changelogged like the profiles) and publishes
    the anchor's top partners to the compacted ``bundles`` topic (:class:`BundleRecord`).
    Exactly-once-ish: a purchase redelivered after a crash is paired again (its pairs
-   are recomputed from the purchases up to its own time), and each anchor remembers the
-   hashes of the latest ``event_id`` s it counted, so a replayed record counts once.
+   are recomputed from the purchases up to its own time), and each anchor remembers
+   ``(ts, hash)`` of the ``event_id`` s it counted within ``RECSTREAM_BUNDLE_DEDUP_HORIZON_S``
+   of its newest (at most ``RECSTREAM_BUNDLE_DEDUP_MAX``), so a replayed record counts
+   once however busy the item; a record at or before the newest one forgotten (the
+   anchor's ``floor``) is not counted: it cannot be told from a replay.
 3. **bundles** (read whole by every worker, like the item rules). Each list triggered by
    an interaction with an item carries that item's bundle, minus the user's purchases,
    hidden items and the item itself; items of the list that are in it get the reason
@@ -173,28 +176,61 @@ def decode_bundle(key: bytes | None, value: bytes | None) -> BundleRecord | None
     return _decode(BundleRecord, "bundle", key, value)  # type: ignore[no-any-return]
 
 
+def _seen(doc: dict[str, Any]) -> list[tuple[float, int]]:
+    """An anchor's remembered ``(ts, event id hash)``, oldest first."""
+    entries = doc.get("seen", [])
+    last = float(doc.get("last", 0.0))
+    # A bare hash: the state of a worker before the time horizon; its time is unknown
+    # but no later than the anchor's newest co-purchase.
+    return sorted(
+        (float(e[0]), int(e[1])) if isinstance(e, list) else (last, int(e)) for e in entries
+    )
+
+
 def fold_co_purchase(
-    stored: bytes | None, record: CoPurchase, counts: CoPurchaseCounts, dedup_window: int
+    stored: bytes | None,
+    record: CoPurchase,
+    counts: CoPurchaseCounts,
+    *,
+    horizon_s: float,
+    cap: int,
 ) -> tuple[bytes | None, bool]:
-    """Fold one co-purchase record into an anchor's stored counts.
+    """Fold one co-purchase record into an anchor's stored counts, once per purchase.
+
+    The anchor remembers ``(ts, hash)`` of the purchases it counted within
+    ``horizon_s`` of its newest, at most ``cap`` of them; ``floor`` is the latest time
+    it forgot. A record with a remembered hash, or from at or before ``floor`` (whose
+    hash may have been forgotten), is not counted: redelivery is exact for records
+    up to ``horizon_s`` behind the anchor's newest (``cap`` shortens that for items
+    bought more than ``cap`` times within it).
 
     Returns:
         The new stored state and ``True``, or the stored state unchanged and ``False``
-        when this purchase was already counted for this anchor (a replay).
+        when this purchase was (or may have been) counted for this anchor already.
     """
     anchor = record.anchor_item_id
     doc: dict[str, Any] = orjson.loads(stored) if stored else {}
-    seen: list[int] = doc.get("seen", [])
+    seen = _seen(doc)
+    floor = float(doc.get("floor", -math.inf))
     digest = event_id_hash(record.event_id)
-    if digest in seen:
+    if record.ts <= floor or any(h == digest for _, h in seen):
         return stored, False
     if doc:
         counts.from_dict(anchor, doc)
     for partner in dict.fromkeys(record.partners):
         if partner != anchor:
             counts.add(anchor, partner, record.ts)
+    seen.append((record.ts, digest))
+    seen.sort()
+    cutoff = seen[-1][0] - horizon_s
+    keep = next((n for n, (ts, _) in enumerate(seen) if ts >= cutoff), len(seen))
+    keep = max(keep, len(seen) - cap)
+    if keep:
+        floor = max(floor, seen[keep - 1][0])
     state = dict(counts.to_dict(anchor))
-    state["seen"] = [*seen, digest][-dedup_window:]
+    state["seen"] = [[ts, h] for ts, h in seen[keep:]]
+    if math.isfinite(floor):
+        state["floor"] = floor
     return orjson.dumps(state), True
 
 

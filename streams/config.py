@@ -332,8 +332,19 @@ class BundleConfig(ConfigGroup):
         50, ge=1, description="Co-purchase partners kept per item (the lightest is evicted)."
     )
     size: int = Field(5, ge=1, le=50, description="Items in the `bundle` of a recommendation list.")
-    dedup_window: int = Field(
-        64, ge=1, description="Purchase event ids remembered per item so a replay counts once."
+    dedup_horizon_s: float = Field(
+        86400.0,
+        ge=0,
+        description="A co-purchase is counted once per item when redelivered up to this many "
+        "seconds (event time) behind the item's newest; an older one is not counted. A day "
+        "covers a redelivery after a crash (the records since the last commit) and the skew "
+        "between partitions while a worker catches up after an outage.",
+    )
+    dedup_max: int = Field(
+        1024,
+        ge=1,
+        description="Most purchase ids remembered per item within the horizon (bounds the "
+        "state of a busy item; beyond it the horizon shortens, replays still count once).",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,17 +50,51 @@ def test_pairs_are_grouped_into_one_record_per_anchor() -> None:
 
 def test_a_purchase_counts_once_per_anchor_and_the_seen_ids_are_bounded() -> None:
     record = CoPurchase(anchor_item_id="x", partners=["a", "b", "a", "x"], ts=NOW, event_id="p1")
-    stored, counted = fold_co_purchase(None, record, CoPurchaseCounts(), dedup_window=2)
+    fold = functools.partial(fold_co_purchase, horizon_s=100.0, cap=2)
+    stored, counted = fold(None, record, CoPurchaseCounts())
     assert counted and stored is not None
     assert orjson.loads(stored)["partners"] == {"a": 1.0, "b": 1.0}  # each partner once
-    again, counted = fold_co_purchase(stored, record, CoPurchaseCounts(), dedup_window=2)
+    again, counted = fold(stored, record, CoPurchaseCounts())
     assert not counted and again == stored  # redelivered: counted once
     for n in (2, 3):
-        later = record.model_copy(update={"event_id": f"p{n}", "partners": ["a"]})
-        stored, counted = fold_co_purchase(stored, later, CoPurchaseCounts(), dedup_window=2)
+        later = record.model_copy(update={"event_id": f"p{n}", "partners": ["a"], "ts": NOW})
+        stored, counted = fold(stored, later, CoPurchaseCounts())
         assert counted and stored is not None
     state = orjson.loads(stored)
     assert state["partners"] == {"a": 3.0, "b": 1.0} and len(state["seen"]) == 2
+    # p1 was forgotten (the cap): its time is the floor, so its replay still counts once.
+    assert state["floor"] == NOW
+    assert fold(stored, record, CoPurchaseCounts()) == (stored, False)
+
+
+def test_replays_of_a_busy_item_count_once_by_time_horizon_not_by_the_last_ids() -> None:
+    """200 interleaved records of two anchors (100 each, more than the old 64 ids),
+    then all of them redelivered: the counts do not move."""
+    fold = functools.partial(fold_co_purchase, horizon_s=3600.0, cap=1024)
+    records = [
+        CoPurchase(
+            anchor_item_id=anchor, partners=[f"q{n % 7}"], ts=NOW + n, event_id=f"p{n}-{anchor}"
+        )
+        for n in range(100)
+        for anchor in ("x", "y")
+    ]
+    state: dict[str, bytes | None] = {"x": None, "y": None}
+
+    def replay(batch: list[CoPurchase]) -> int:
+        counted = 0
+        for r in batch:
+            state[r.anchor_item_id], fresh = fold(state[r.anchor_item_id], r, CoPurchaseCounts())
+            counted += fresh
+        return counted
+
+    assert replay(records) == 200
+    before = dict(state)
+    assert replay(records) == 0 and state == before
+    # Older than the horizon behind x's newest: forgotten, so not counted (a replay or not).
+    late = CoPurchase(anchor_item_id="x", partners=["q1"], ts=NOW - 7200, event_id="late")
+    assert replay([late]) == 1  # never seen, after the floor: counted
+    assert replay([late]) == 0  # and its replay is refused by the floor it set
+    assert orjson.loads(state["x"] or b"{}")["floor"] == NOW - 7200
 
 
 @pytest.mark.parametrize(
