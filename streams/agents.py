@@ -53,6 +53,7 @@ from streams.bundles import (
     co_purchase_records,
     decode_co_purchase,
     fold_co_purchase,
+    publishable,
 )
 from streams.catalog import Catalog, CatalogConsumer, TextSupport
 from streams.control import ErasureRequest, ProfileExpiry, decode_control
@@ -185,7 +186,7 @@ class Pipeline:
         self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
         self.catalog = Catalog()
         self._catalog_task: asyncio.Future[None] | None = None
-        self.bundles = Bundles()
+        self.bundles = Bundles(config.bundles.half_life_s, config.bundles.min_score)
         # user -> (time, vector) of the searches of the last scored batch.
         self._recent_searches: dict[str, tuple[float, np.ndarray]] = {}
         self._bundles_task: asyncio.Future[None] | None = None
@@ -611,7 +612,7 @@ class Pipeline:
             ev = req.decoded
             bundle = None
             if not isinstance(ev, SearchEvent) and len(self.bundles):
-                partners = self.bundles.for_item(ev.item_id, req.purchased, hidden, size)
+                partners = self.bundles.for_item(ev.item_id, req.purchased, hidden, size, ev.ts)
                 bundle = (ev.item_id, partners) if partners else None
             message = recommendation_dict(
                 user_id=req.user,
@@ -976,15 +977,20 @@ class Pipeline:
         )
         if not counted:
             self._duplicates.add()
-            if stored is not None:
-                counts.from_dict(anchor, orjson.loads(stored))
         # Written (and published) for a replay too, so changelog and topic converge.
         table[anchor] = stored
-        top = counts.top(anchor, bundles.size * CANDIDATE_POOL, now=record.ts)
+        top, updated_ts = publishable(
+            stored,
+            anchor,
+            counts,
+            n=bundles.size * CANDIDATE_POOL,
+            min_support=bundles.min_support,
+            min_score=bundles.min_score,
+        )
         self.output.produce(
             self.config.topics.bundles,
             anchor.encode(),
-            bundle_bytes(anchor, top, record.ts),
+            bundle_bytes(anchor, top, updated_ts) if top else None,  # None: a tombstone
             functools.partial(self._delivered, event),
         )
 

@@ -12,7 +12,10 @@ Three steps, each on its own topic so that every step is keyed where its state i
 2. **counts** (item-keyed state). The ``count_co_purchases`` agent folds each record
    into the anchor's decayed, bounded partner counts (``models.bundles.CoPurchaseCounts``
    state in the ``bundle-counts`` table, changelogged like the profiles) and publishes
-   the anchor's top partners to the compacted ``bundles`` topic (:class:`BundleRecord`).
+   the anchor's top partners to the compacted ``bundles`` topic (:class:`BundleRecord`):
+   only partners of at least ``RECSTREAM_BUNDLE_MIN_SUPPORT`` distinct purchases whose
+   decayed count is at least ``RECSTREAM_BUNDLE_MIN_SCORE``; an anchor left with none
+   gets a tombstone.
    Exactly-once-ish: a purchase redelivered after a crash is paired again (its pairs
    are recomputed from the purchases up to its own time), and each anchor remembers
    ``(ts, hash)`` of the ``event_id`` s it counted within ``RECSTREAM_BUNDLE_DEDUP_HORIZON_S``
@@ -21,8 +24,9 @@ Three steps, each on its own topic so that every step is keyed where its state i
    anchor's ``floor``) is not counted: it cannot be told from a replay.
 3. **bundles** (read whole by every worker, like the item rules). Each list triggered by
    an interaction with an item carries that item's bundle, minus the user's purchases,
-   hidden items and the item itself; items of the list that are in it get the reason
-   ``bought_together``.
+   hidden items and the item itself, its scores decayed to the event's time (below
+   ``RECSTREAM_BUNDLE_MIN_SCORE``: not shown); items of the list that are in it get the
+   reason ``bought_together``.
 
 The model side (``CoPurchaseCounts``, ``latest_pairs``) lives in ``models.bundles``;
 the worker passes them in as a :class:`CoPurchaseModel` (half-life and bound set).
@@ -57,6 +61,7 @@ __all__ = [
     "decode_bundle",
     "decode_co_purchase",
     "fold_co_purchase",
+    "publishable",
 ]
 
 log = logging.getLogger("recstream.bundles")
@@ -228,10 +233,43 @@ def fold_co_purchase(
     if keep:
         floor = max(floor, seen[keep - 1][0])
     state = dict(counts.to_dict(anchor))
+    # Distinct purchases per partner (each record is one purchase, counted once), for
+    # the minimum support; only the partners the bounded counts still hold.
+    support = doc.get("support", {})
+    for partner in dict.fromkeys(record.partners):
+        if partner != anchor:
+            support[partner] = int(support.get(partner, 0)) + 1
+    state["support"] = {p: n for p, n in support.items() if p in state["partners"]}
     state["seen"] = [[ts, h] for ts, h in seen[keep:]]
     if math.isfinite(floor):
         state["floor"] = floor
     return orjson.dumps(state), True
+
+
+def publishable(
+    stored: bytes | None,
+    anchor: str,
+    counts: CoPurchaseCounts,
+    *,
+    n: int,
+    min_support: int,
+    min_score: float,
+) -> tuple[list[tuple[str, float]], float]:
+    """The partners an anchor's bundle may show, heaviest first, and its time.
+
+    Only partners bought with the anchor in at least ``min_support`` distinct
+    purchases (one shopper's single pair is never shown to everyone viewing the
+    anchor), whose count decayed to the anchor's latest co-purchase is at least
+    ``min_score``; at most ``n``. Empty: the anchor's record is a tombstone.
+    """
+    if not stored:
+        return [], 0.0
+    doc = orjson.loads(stored)
+    counts.from_dict(anchor, doc)
+    support: dict[str, int] = doc.get("support", {})
+    ranked = counts.top(anchor, len(doc.get("partners", {})))
+    kept = [(p, w) for p, w in ranked if support.get(p, 0) >= min_support and w >= min_score][:n]
+    return kept, float(doc.get("last", 0.0))
 
 
 def bundle_bytes(anchor: str, items: Sequence[tuple[str, float]], updated_ts: float) -> bytes:
@@ -247,10 +285,18 @@ def bundle_bytes(anchor: str, items: Sequence[tuple[str, float]], updated_ts: fl
 
 
 class Bundles:
-    """Every item's latest published bundle, as read so far (anchor -> partners)."""
+    """Every item's latest published bundle, as read so far (anchor -> partners).
 
-    def __init__(self) -> None:
-        self._bundles: dict[str, list[tuple[str, float]]] = {}
+    Scores are decayed at read time from the record's ``updated_ts`` (half-life
+    ``half_life_s``, as the counts): a bundle nobody bought into since fades, and a
+    partner below ``min_score`` is no longer shown, whether or not a newer record
+    (or the tombstone) has arrived yet.
+    """
+
+    def __init__(self, half_life_s: float = 14 * 86400.0, min_score: float = 0.05) -> None:
+        self._bundles: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+        self.half_life_s = half_life_s
+        self.min_score = min_score
         #: True once every partition was read up to its end offset at start.
         self.loaded = False
 
@@ -259,19 +305,34 @@ class Bundles:
         if record is None or not record.items:
             self._bundles.pop(anchor, None)
         else:
-            self._bundles[anchor] = [(i.item_id, i.score) for i in record.items]
+            self._bundles[anchor] = (
+                record.updated_ts,
+                [(i.item_id, i.score) for i in record.items],
+            )
 
     def for_item(
-        self, anchor: str, excluded: frozenset[str], hidden: frozenset[str], size: int
+        self,
+        anchor: str,
+        excluded: frozenset[str],
+        hidden: frozenset[str],
+        size: int,
+        now: float | None = None,
     ) -> list[tuple[str, float]]:
-        """Up to ``size`` partners of ``anchor``, none in ``excluded`` or ``hidden``."""
-        partners = self._bundles.get(anchor)
-        if not partners:
+        """Up to ``size`` partners of ``anchor``, none in ``excluded`` or ``hidden``,
+        their scores decayed to ``now`` (event time; ``None``: as published)."""
+        found = self._bundles.get(anchor)
+        if not found:
             return []
+        updated_ts, partners = found
+        age = 0.0 if now is None else max(0.0, now - updated_ts)
+        factor = 0.5 ** (age / self.half_life_s)
         out = []
         for item, score in partners:
+            decayed = score * factor
+            if decayed < self.min_score:
+                break  # heaviest first: the rest are lighter
             if item != anchor and item not in excluded and item not in hidden:
-                out.append((item, score))
+                out.append((item, decayed))
                 if len(out) == size:
                     break
         return out

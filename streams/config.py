@@ -332,6 +332,20 @@ class BundleConfig(ConfigGroup):
         50, ge=1, description="Co-purchase partners kept per item (the lightest is evicted)."
     )
     size: int = Field(5, ge=1, le=50, description="Items in the `bundle` of a recommendation list.")
+    min_support: int = Field(
+        3,
+        ge=1,
+        description="A partner is published in an item's bundle only once bought with it in "
+        "this many distinct purchases: one shopper's pair is never shown to everyone viewing "
+        "the item (3: it takes three purchases, usually three shoppers).",
+    )
+    min_score: float = Field(
+        0.05,
+        gt=0,
+        description="A partner whose decayed count falls below this is no longer shown (read "
+        "time) or published; an item left with none gets a tombstone on `bundles` at its next "
+        "co-purchase (3 co-purchases fall below 0.05 after about 6 half-lives).",
+    )
     dedup_horizon_s: float = Field(
         86400.0,
         ge=0,

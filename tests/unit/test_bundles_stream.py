@@ -21,10 +21,12 @@ from streams.bundles import (
     Bundles,
     CoPurchase,
     CoPurchaseModel,
+    bundle_bytes,
     co_purchase_records,
     decode_bundle,
     decode_co_purchase,
     fold_co_purchase,
+    publishable,
 )
 from streams.config import BundleConfig, ScoringConfig, StreamConfig, WebConfig
 from streams.events import InvalidEvent, ReasonCode
@@ -176,7 +178,7 @@ def bundled() -> BundleHarness:
         app_id=f"bundles-{uuid.uuid4().hex[:8]}",
         store="memory://",
         scoring=ScoringConfig(max_batch=8, max_wait_ms=10.0),
-        bundles=BundleConfig(size=2, window_s=600.0),
+        bundles=BundleConfig(size=2, window_s=600.0, min_support=2),
         web=WebConfig(enabled=False),
     )
     scorer = ExplainingScorer()
@@ -246,12 +248,14 @@ def test_counts_publish_each_changed_items_top_bundle_and_replays_count_once(
         assert all(e.message.acked for e in events)
 
     h.run("count_co_purchases", body)
-    published = [orjson.loads(r.value) for r in h.on(h.config.topics.bundles)]
-    assert [[(i["item_id"], i["score"]) for i in p["items"]] for p in published] == [
-        [("sku-101", 1.0)],
-        [("sku-101", 1.0), ("sku-102", 1.0)],
-        [("sku-101", 2.0), ("sku-102", 1.0)],
-        [("sku-101", 2.0), ("sku-102", 1.0)],  # the replay publishes, does not count
+    published = [r.value and orjson.loads(r.value) for r in h.on(h.config.topics.bundles)]
+    # Minimum support 2: no partner of one purchase is published (tombstones) until
+    # sku-101's second purchase; sku-102 (one purchase) stays out.
+    assert [p and [(i["item_id"], i["score"]) for i in p["items"]] for p in published] == [
+        None,
+        None,
+        [("sku-101", 2.0)],
+        [("sku-101", 2.0)],  # the replay publishes, does not count
     ]
     changelog = h.on(changelog_topic(h.config.app_id, BUNDLE_COUNTS_TABLE))
     assert len(changelog) == 4 and changelog[-1].key is not None
@@ -325,3 +329,29 @@ def test_with_output_schema_version_1_the_released_v1_client_reads_the_worker_li
     jsonschema.validate(doc, schema)
     assert V1RecommendationMessage.model_validate(doc).items[0].item_id == "sku-100"
     assert RecommendationMessage.model_validate(doc).bundle is not None
+
+
+def test_a_bundle_needs_min_support_and_fades_at_read_time_then_is_tombstoned() -> None:
+    half_life = 14 * 86400.0
+    config = BundleConfig(min_support=3, min_score=0.05)
+    counts, stored = CoPurchaseCounts(half_life_s=half_life), None
+    for n in range(3):
+        record = CoPurchase(anchor_item_id="a", partners=["b"], ts=NOW + n, event_id=f"p{n}")
+        stored, _ = fold_co_purchase(stored, record, counts, horizon_s=86400.0, cap=64)
+        top, ts = publishable(
+            stored, "a", counts, n=10, min_support=config.min_support, min_score=config.min_score
+        )
+        assert (top == []) == (n < 2)  # one shopper's pair is not shown: 3 purchases are
+    assert ts == NOW + 2 and top == [("b", pytest.approx(3.0, rel=1e-4))]
+    bundles = Bundles(half_life_s=half_life, min_score=config.min_score)
+    bundles.apply("a", BundleRecord.model_validate(orjson.loads(bundle_bytes("a", top, ts))))
+    none: frozenset[str] = frozenset()
+    assert bundles.for_item("a", none, none, 5, now=ts - 60) == [("b", pytest.approx(3.0))]
+    [(_, faded)] = bundles.for_item("a", none, none, 5, now=ts + half_life)
+    assert faded == pytest.approx(1.5, rel=1e-4)  # decayed from updated_ts at read time
+    assert bundles.for_item("a", none, none, 5, now=ts + 7 * half_life) == []  # 3/128
+    # The next co-purchase of the anchor, months later: the old partner fell below
+    # min_score and the new one lacks support: a tombstone (nothing to publish).
+    later = CoPurchase(anchor_item_id="a", partners=["c"], ts=ts + 7 * half_life, event_id="p9")
+    stored, _ = fold_co_purchase(stored, later, counts, horizon_s=86400.0, cap=64)
+    assert publishable(stored, "a", counts, n=10, min_support=3, min_score=0.05)[0] == []

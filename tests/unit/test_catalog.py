@@ -24,7 +24,7 @@ from streams.catalog import (
 )
 from streams.events import InvalidEvent, ReasonCode
 from streams.rules import ItemRule, ItemRules
-from tests.unit.test_pipeline_inprocess import Harness, click, harness, send, until
+from tests.unit.test_pipeline_inprocess import NOW, Harness, click, harness, send, until
 from tests.unit.test_rules import message
 from tests.unit.text_fakes import FakeEncoder, fake_text_support
 
@@ -242,7 +242,7 @@ def test_a_retired_vocab_item_stays_out_of_lists_and_bundles(harness: Harness) -
         BundleRecord(
             anchor_item_id="sku-1",
             items=[BundleItem(item_id="sku-0", score=3.0), BundleItem(item_id="sku-2", score=1.0)],
-            updated_ts=0.0,
+            updated_ts=NOW,
         ),
     )
     consumer = consumer_for(h.pipeline.catalog, h.pipeline.rules, [], None)
