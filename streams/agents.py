@@ -140,8 +140,9 @@ class Pipeline:
         output: where recommendations, dead letters and changelog records are
             written; a librdkafka :class:`~streams.output.OutputProducer` on
             ``config.kafka`` by default (tests pass an in-memory sink).
-        text: the text encoder (search queries and catalog text, embedded in the
-            inference thread) and the catalog's text index attached to every scorer;
+        text: the text encoder (search queries embedded in the inference thread,
+            catalog text in an embedding thread) and the catalog's text index attached
+            to every scorer;
             ``None``: searches are accepted and counted but carry no intent, and the
             catalog's text is not embedded.
         co_purchases: the model side of bundles (``models.bundles``); ``None`` (or
@@ -216,6 +217,9 @@ class Pipeline:
         # One inference thread: batches are scored in order; the event loop keeps
         # decoding and updating profiles while a batch runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Catalog text gets a thread of its own: a scored batch must not wait behind a
+        # chunk of it (up to ~1 s); onnxruntime and tokenizers release the GIL.
+        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
         self.batcher: MicroBatcher[ScoreRequest, Recommendation] = MicroBatcher(
             self._score,
             self._deliver,
@@ -1014,15 +1018,15 @@ class Pipeline:
             self.rules,
             self._dead_letter_rule,
             self.text,
-            self._in_inference_thread,
+            self._in_embedding_thread,
             self._catalog_applied,
         )
         self._catalog_task = asyncio.ensure_future(consumer.run())
 
-    def _in_inference_thread(self, work: Callable[[], np.ndarray]) -> Awaitable[np.ndarray]:
-        # Catalog text is embedded in the scoring thread, between batches: the event
-        # loop goes on and the encoder is only ever called from one thread.
-        return asyncio.get_running_loop().run_in_executor(self._executor, work)
+    def _in_embedding_thread(self, work: Callable[[], np.ndarray]) -> Awaitable[np.ndarray]:
+        # Catalog text is embedded in its own thread, beside the scoring thread (which
+        # embeds the searches with the same encoder; an ONNX session runs concurrently).
+        return asyncio.get_running_loop().run_in_executor(self._embedding, work)
 
     def _catalog_applied(self, applied: int) -> None:
         self.metrics.item_rules_applied.inc(applied)

@@ -333,3 +333,53 @@ def test_scoring_is_not_held_by_an_empty_catalog_or_rules_topic(harness: Harness
     finally:
         catalog_reader.close()
     assert h.pipeline.catalog.rules_loaded and h.pipeline.catalog.loaded
+
+
+def test_a_record_whose_text_is_unchanged_is_not_embedded_again() -> None:
+    catalog, rules, text = Catalog(), ItemRules(), fake_text_support()
+    encoder = text.encoder
+    assert isinstance(encoder, FakeEncoder)
+    consumer = consumer_for(catalog, rules, [], text)
+
+    async def main() -> None:
+        consumer._assigned = True
+        await consumer.handle_batch([message(b"a", item(price=5), 0, 0)])
+        # A stock flip and a price change: same text, rules applied, nothing embedded.
+        await consumer.handle_batch([message(b"a", item(available=False, price=6), 0, 1)])
+        assert rules.hidden == {"a"}
+        await consumer.handle_batch([message(b"a", item(title="Cherry gloss"), 0, 2)])
+        await consumer.handle_batch([message(b"a", None, 0, 3)])  # retired: vector gone
+        await consumer.handle_batch([message(b"a", item(title="Cherry gloss"), 0, 4)])
+
+    try:
+        asyncio.run(main())
+    finally:
+        consumer.close()
+    assert encoder.calls == [["Matte red lipstick"], ["Cherry gloss"], ["Cherry gloss"]]
+    assert "a" in text.index and rules.hidden == frozenset()
+
+
+def test_a_scored_batch_does_not_wait_behind_catalog_embedding(harness: Harness) -> None:
+    h = harness
+    release = threading.Event()
+    threads: list[str] = []
+
+    def slow_chunk() -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        return np.zeros((1, 2), dtype=np.float32)
+
+    async def body(agent: Any) -> None:
+        embedding = asyncio.ensure_future(h.pipeline._in_embedding_thread(slow_chunk))
+        await until(lambda: threads != [])
+        await send(agent, "clicks", click("e1"), offset=0)
+        await until(lambda: len(h.recommendations) == 1)  # while the chunk still runs
+        assert not embedding.done()
+        release.set()
+        await embedding
+
+    try:
+        h.run(body)
+    finally:
+        release.set()
+    assert threads[0].startswith("embedding")
