@@ -27,7 +27,9 @@ What a record does:
   upserted into the index at once.
 
 A record that is not a valid item goes to the dead-letter topic with its reason; the
-worker goes on. ``price`` is validated and documented but not used for ranking.
+worker goes on. When only its text fields are malformed, its ``available``,
+``blocked`` and ``category`` still apply (:class:`PartialItem`) and the record is
+dead-lettered for its text. ``price`` is validated and documented but not used for ranking.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ from streams.rules import BroadcastReader, ItemRule, ItemRules
 
 __all__ = [
     "EMBED_CHUNK",
+    "ELIGIBILITY_FIELDS",
     "MAX_ITEM_BYTES",
     "RETIRED",
     "Catalog",
     "CatalogConsumer",
     "CatalogItem",
+    "PartialItem",
     "TextSupport",
     "decode_item",
 ]
@@ -74,6 +78,11 @@ EMBED_CHUNK = 64
 RETIRED = ItemRule(available=False)
 
 Attribute = str | int | float | bool
+#: An attribute's value as feeds send it: a value, several (``["red", "blue"]``) or none.
+AttributeValue = Attribute | list[Attribute] | None
+#: The fields that decide whether an item may be recommended (and its category): they
+#: apply even when the record's text fields are malformed.
+ELIGIBILITY_FIELDS = ("available", "blocked", "category")
 
 
 class CatalogItem(BaseModel):
@@ -86,18 +95,31 @@ class CatalogItem(BaseModel):
     description: str | None = Field(
         None, max_length=16_384, description="Free text describing the product."
     )
-    attributes: dict[str, Attribute] | list[str] | None = Field(
+    attributes: dict[str, AttributeValue] | list[str] | None = Field(
         None,
         max_length=100,
-        description="`{name: value}` (brand, colour...) or a list of tags; part of the "
-        "embedded text.",
+        description="`{name: value}` (brand, colour...; a value may be a list or null) or a "
+        "list of tags; part of the embedded text.",
     )
-    price: float | None = Field(None, ge=0, le=1e9, description="Current unit price.")
+    price: float | None = Field(
+        None, ge=0, le=1e9, description="Current unit price (a numeric string is accepted)."
+    )
     available: bool = Field(True, description="False: out of stock, never recommended.")
     blocked: bool = Field(False, description="True: banned, never recommended.")
     category: str | None = Field(
         None, max_length=256, description="Category, for the per-list diversity cap."
     )
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _numeric_string(cls, value: Any) -> Any:
+        """``"12.5"`` as feeds often send it (checked as a number after this)."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @field_validator("price")
     @classmethod
@@ -110,9 +132,40 @@ class CatalogItem(BaseModel):
         """What the catalog says about the item's eligibility and category."""
         return ItemRule(available=self.available, blocked=self.blocked, category=self.category)
 
+    def text(self) -> str:
+        """The text embedded for the item (``models.text_encoder.item_text``); null
+        attributes are left out, a list value is joined with commas."""
+        attributes: dict[str, object] | list[str] | None
+        if isinstance(self.attributes, dict):
+            attributes = {
+                k: ", ".join(str(x) for x in v) if isinstance(v, list) else v
+                for k, v in self.attributes.items()
+                if v is not None and v != []
+            }
+        else:
+            attributes = self.attributes
+        return item_text(self.title, self.description, attributes)
 
-def decode_item(key: bytes | None, value: bytes | None) -> CatalogItem | None | InvalidEvent:
-    """Validate an ``items`` record: the item, ``None`` (a tombstone), or why not."""
+
+@dataclass(frozen=True, slots=True)
+class PartialItem:
+    """A record whose eligibility fields are valid but whose text fields are not.
+
+    Its rule applies (a stock-out in a record with a malformed description must not
+    be lost); the record goes to the dead-letter topic with ``invalid``, and the
+    item's text (and vector) stays as its last valid record left it.
+    """
+
+    rule: ItemRule
+    invalid: InvalidEvent
+
+
+def decode_item(
+    key: bytes | None, value: bytes | None
+) -> CatalogItem | PartialItem | None | InvalidEvent:
+    """Validate an ``items`` record: the item, its eligibility alone
+    (:class:`PartialItem`: the text fields are malformed), ``None`` (a tombstone), or
+    why not."""
     if not key:
         return InvalidEvent(
             code=ReasonCode.SCHEMA_VIOLATION, reason="a catalog record needs an item id key"
@@ -143,11 +196,33 @@ def decode_item(key: bytes | None, value: bytes | None) -> CatalogItem | None | 
     try:
         return CatalogItem.model_validate(doc, strict=True)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-            for e in exc.errors(include_url=False)[:3]
+        invalid = InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=_problems(exc))
+        fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    if not fields or fields & {*ELIGIBILITY_FIELDS, "schema_version"}:
+        return invalid
+    try:
+        rule = ItemRule.model_validate(
+            {k: doc[k] for k in ELIGIBILITY_FIELDS if k in doc}, strict=True
         )
-        return InvalidEvent(code=ReasonCode.SCHEMA_VIOLATION, reason=problems)
+    except ValidationError:
+        return invalid
+    return PartialItem(
+        rule,
+        InvalidEvent(
+            code=ReasonCode.SCHEMA_VIOLATION,
+            reason=f"{_TEXT_NOT_APPLIED}: {invalid.reason}",
+        ),
+    )
+
+
+_TEXT_NOT_APPLIED = "text not applied (availability, blocked, category applied)"
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+        for e in exc.errors(include_url=False)[:3]
+    )
 
 
 def _text_hash(text: str) -> int:
@@ -227,7 +302,10 @@ class CatalogConsumer(BroadcastReader):
                 self._passed(msg)
                 continue
             item = (msg.key() or b"").decode()
-            if decoded is None:
+            if isinstance(decoded, PartialItem):
+                self._dead_letter(msg, decoded.invalid)
+                self.rules.apply(item, decoded.rule, source="catalog", publish=False)
+            elif decoded is None:
                 self.catalog.items.discard(item)
                 self.rules.apply(item, RETIRED, source="catalog", publish=False)
                 texts[item] = None
@@ -235,7 +313,7 @@ class CatalogConsumer(BroadcastReader):
                 self.catalog.items.add(item)
                 self.rules.apply(item, decoded.rule(), source="catalog", publish=False)
                 if self._text is not None:
-                    text = item_text(decoded.title, decoded.description, decoded.attributes)
+                    text = decoded.text()
                     if self.catalog.text_hashes.get(item) != _text_hash(text):
                         texts[item] = text
                     else:

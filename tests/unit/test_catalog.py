@@ -19,6 +19,7 @@ from streams.catalog import (
     Catalog,
     CatalogConsumer,
     CatalogItem,
+    PartialItem,
     TextSupport,
     decode_item,
 )
@@ -42,11 +43,9 @@ def item(**fields: Any) -> bytes:
         (b"\xff", item(), ReasonCode.INVALID_UTF8, "not UTF-8"),
         (b"sku-1", b"{nope", ReasonCode.INVALID_JSON, "JSON"),
         (b"sku-1", b"[]", ReasonCode.NOT_AN_OBJECT, "object"),
-        (b"sku-1", orjson.dumps({"price": 3}), ReasonCode.SCHEMA_VIOLATION, "title"),
-        (b"sku-1", item(title=" "), ReasonCode.SCHEMA_VIOLATION, "title"),
-        (b"sku-1", item(price=-1), ReasonCode.SCHEMA_VIOLATION, "price"),
         (b"sku-1", item(available="no"), ReasonCode.SCHEMA_VIOLATION, "available"),
-        (b"sku-1", item(attributes={"a": [1]}), ReasonCode.SCHEMA_VIOLATION, "attributes"),
+        (b"sku-1", item(category=7, title=""), ReasonCode.SCHEMA_VIOLATION, "category"),
+        (b"sku-1", item(schema_version=2), ReasonCode.SCHEMA_VIOLATION, "schema_version"),
         (b"sku-1", item(description="x" * 40_000), ReasonCode.TOO_LARGE, "bytes"),
     ],
 )
@@ -56,6 +55,49 @@ def test_bad_catalog_records_are_rejected_with_a_clear_reason(
     decoded = decode_item(key, value)
     assert isinstance(decoded, InvalidEvent)
     assert decoded.code is code and says in decoded.reason
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (orjson.dumps({"price": 3, "available": False}), "title"),
+        (item(title=" ", available=False), "title"),
+        (item(price=-1, available=False), "price"),
+        (item(price="twelve", available=False), "price"),
+        (item(attributes={"a": {"b": 1}}, available=False), "attributes"),
+    ],
+)
+def test_malformed_text_fields_still_apply_the_records_eligibility(value: bytes, says: str) -> None:
+    decoded = decode_item(b"sku-1", value)
+    assert isinstance(decoded, PartialItem)
+    assert decoded.rule == ItemRule(available=False)
+    assert decoded.invalid.code is ReasonCode.SCHEMA_VIOLATION and says in decoded.invalid.reason
+
+
+def test_common_feed_shapes_decode_numeric_string_prices_null_and_list_attributes() -> None:
+    decoded = decode_item(
+        b"sku-1", item(price="12.5", attributes={"size": None, "colour": ["red", "blue"]})
+    )
+    assert isinstance(decoded, CatalogItem) and decoded.price == 12.5
+    assert decoded.text() == "Matte red lipstick. colour: red, blue"
+
+
+def test_a_stock_out_in_a_record_with_malformed_text_is_applied_and_dead_lettered() -> None:
+    catalog, rules, dead, text = Catalog(), ItemRules(), [], fake_text_support()
+    consumer = consumer_for(catalog, rules, dead, text)
+
+    async def main() -> None:
+        consumer._assigned = True
+        await consumer.handle_batch([message(b"a", item(), 0, 0)])
+        await consumer.handle_batch([message(b"a", item(available=False, price=-3), 0, 1)])
+
+    try:
+        asyncio.run(main())
+    finally:
+        consumer.close()
+    assert rules.hidden == {"a"} and "a" in text.index  # the last valid text stays
+    assert [d.code for d in dead] == [ReasonCode.SCHEMA_VIOLATION]
+    assert "availability, blocked, category applied" in dead[0].reason
 
 
 def test_a_catalog_record_decodes_and_a_tombstone_retires() -> None:
