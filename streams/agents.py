@@ -674,8 +674,9 @@ class Pipeline:
         """The ``reason`` of each item of the message, aligned with ``rec.items``.
 
         An item of the trigger item's bundle is there because it is bought with it
-        (``bought_together``, naming the trigger); the others keep the scorer's reason
-        (``Recommendation.reasons``, kept aligned by the category cap).
+        (``bought_together``, naming the trigger), unless the user's search put it
+        there (``matches_search`` says more about this list); the others keep the
+        scorer's reason (``Recommendation.reasons``, kept aligned by the category cap).
         """
         reasons: list[tuple[str, str | None] | None] | None
         if rec.reasons is not None:
@@ -690,7 +691,8 @@ class Pipeline:
             if reasons is None:
                 reasons = [None] * len(rec.items)
             for n, (item, _score) in enumerate(rec.items):
-                if item in together:
+                reason = reasons[n]
+                if item in together and (reason is None or reason[0] != "matches_search"):
                     reasons[n] = ("bought_together", anchor)
         return reasons
 

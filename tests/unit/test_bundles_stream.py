@@ -355,3 +355,27 @@ def test_a_bundle_needs_min_support_and_fades_at_read_time_then_is_tombstoned() 
     later = CoPurchase(anchor_item_id="a", partners=["c"], ts=ts + 7 * half_life, event_id="p9")
     stored, _ = fold_co_purchase(stored, later, counts, horizon_s=86400.0, cap=64)
     assert publishable(stored, "a", counts, n=10, min_support=3, min_score=0.05)[0] == []
+
+
+def test_bought_together_does_not_overwrite_matches_search(bundled: BundleHarness) -> None:
+    from tests.unit.text_fakes import FakeEncoder
+
+    h = bundled
+    h.app.pipeline.text_encoder = FakeEncoder()
+    items = [BundleItem(item_id="sku-101", score=5.0)]
+    h.app.pipeline.bundles.apply(
+        "sku-1", BundleRecord(anchor_item_id="sku-1", items=items, updated_ts=NOW)
+    )
+    query = {"event_id": "s1", "user_id": "u1", "query": "gloss", "ts": NOW - 50}
+
+    async def body(agent: Any) -> None:
+        await send(agent, "searches", orjson.dumps({**query, "type": "search"}), offset=1)
+        await until(lambda: len(h.on(h.config.topics.recommendations)) == 1)
+        await send(agent, "clicks", click("e2", item="sku-1"), offset=2)
+        await until(lambda: len(h.on(h.config.topics.recommendations)) == 2)
+
+    h.run("score_user_events", body)
+    after_click = h.on(h.config.topics.recommendations)[1].json()
+    assert after_click["bundle"]["items"] == [{"item_id": "sku-101", "score": 5.0}]
+    reasons = {i["item_id"]: i["reason"]["code"] for i in after_click["items"]}
+    assert reasons["sku-101"] == "matches_search"  # the search put it there
