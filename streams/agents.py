@@ -379,7 +379,8 @@ class Pipeline:
         """A search: fold its id and time into the profile, then score like an event.
 
         The query is embedded with the batch (``_score``), and the vector kept in the
-        profile once the list is out (``_remember``).
+        profile once the list is out (``_remember``). Without a text encoder a search
+        only updates the profile: it is acked without a list.
         """
         msg = event.message
         self._searches.add()
@@ -398,8 +399,12 @@ class Pipeline:
         else:
             self._duplicates.add()
         self.profiles[user] = profile.to_json()  # written even for a replay (see _handle)
-        query = decoded.query if self.text_encoder is not None else None
-        await self._submit(event, decoded, user, profile, query=query)
+        if self.text_encoder is None:
+            # No encoder, no intent: its list would be the user's last one again, so
+            # no scoring pass and no list; acked once the profile's changelog is out.
+            self.acks.done(event)
+            return
+        await self._submit(event, decoded, user, profile, query=decoded.query)
 
     async def _submit(
         self,

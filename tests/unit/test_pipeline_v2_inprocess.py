@@ -227,24 +227,27 @@ def test_an_old_search_no_longer_counts(harness: Harness) -> None:
     assert scorer.intents[0] is not None and scorer.intents[1] is None
 
 
-def test_without_an_encoder_a_search_is_counted_and_scored_without_intent(
+def test_without_an_encoder_a_search_is_counted_and_acked_without_a_scoring_pass(
     harness: Harness,
 ) -> None:
     h = harness
     scorer = ExplainingScorer()
     h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    events = []
 
     async def body(agent: Any) -> None:
-        await send(agent, "searches", search("s1"), offset=1)
+        events.append(await send(agent, "searches", search("s1"), offset=1))
+        events.append(await send(agent, "searches", search("s1"), offset=2))  # redelivered
+        await send(agent, "clicks", click("e3"), offset=3)
         await until(lambda: len(h.recommendations) == 1)
-        await send(agent, "searches", search("s1"), offset=2)  # redelivered
-        await until(lambda: len(h.recommendations) == 2)
+        h.sink.deliver_all()  # the profile's changelog records
+        await until(lambda: all(e.message.acked for e in events))
 
     h.run(body)
-    assert scorer.intents == [None, None]
-    assert h.recommendations[0].json()["trigger_event_type"] == "search"
+    assert scorer.intents == [None]  # one scoring pass: the click's
+    assert h.recommendations[0].json()["trigger_event_id"] == "e3"
     profile = orjson.loads(h.profiles.get("u1"))
-    assert "intent" not in profile and profile["recent"] == [] and len(profile["seen"]) == 1
+    assert "intent" not in profile and len(profile["seen"]) == 2
     consumed = h.pipeline.metrics.events_consumed.labels("search")._value.get()
     assert consumed == 2
     assert h.pipeline.metrics.duplicate_events._value.get() == 1
