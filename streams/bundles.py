@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from confluent_kafka import Message
@@ -51,6 +51,7 @@ from streams.rules import BroadcastReader
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
+    "MAX_PARTNERS",
     "BundleRecord",
     "Bundles",
     "BundlesConsumer",
@@ -66,8 +67,12 @@ __all__ = [
 
 log = logging.getLogger("recstream.bundles")
 
-#: A bundle or co-purchase record lists at most a few dozen items.
-MAX_BUNDLE_BYTES = 16 * 1024
+#: Largest bundle or co-purchase record read, and written: the writers drop their
+#: lightest items until a record fits (200 bundle items of 256-character ASCII ids take
+#: about 60 KB; Kafka's default message limit is 1 MiB).
+MAX_BUNDLE_BYTES = 256 * 1024
+#: Most partners in one co-purchase record (``CoPurchase.partners``).
+MAX_PARTNERS = 500
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 #: ``(item_id, order_id, ts)`` of one purchase of one user (``models.bundles``).
@@ -95,7 +100,7 @@ class CoPurchase(BaseModel):
 
     schema_version: Literal[1] = 1
     anchor_item_id: Id
-    partners: list[Id] = Field(min_length=1, max_length=500)
+    partners: list[Id] = Field(min_length=1, max_length=MAX_PARTNERS)
     ts: float = Field(description="Time of the purchase that formed the pairs, Unix seconds.")
     event_id: Id = Field(description="event_id of that purchase (counted once per anchor).")
 
@@ -120,24 +125,41 @@ class BundleRecord(BaseModel):
     updated_ts: float = Field(description="Time of the latest co-purchase counted.")
 
 
+T = TypeVar("T")
+
+
+def _fitted(encode: Callable[[Sequence[T]], bytes], items: Sequence[T]) -> bytes:
+    """``encode(items)``, dropping items from the end until it fits MAX_BUNDLE_BYTES."""
+    n, out = len(items), encode(items)
+    while len(out) > MAX_BUNDLE_BYTES and n > 1:
+        n = n * MAX_BUNDLE_BYTES // len(out)  # < n: shrinks every round
+        out = encode(items[: max(n, 1)])
+    return out
+
+
 def co_purchase_records(pairs: Sequence[tuple[str, str, float]], event_id: str) -> dict[str, bytes]:
-    """The ``co-purchases`` records of one purchase: anchor -> value (partners grouped)."""
+    """The ``co-purchases`` records of one purchase: anchor -> value (partners grouped,
+    at most the latest :data:`MAX_PARTNERS`, fewer if they do not fit
+    :data:`MAX_BUNDLE_BYTES`)."""
     partners: dict[str, list[str]] = {}
     stamps: dict[str, float] = {}
     for anchor, partner, ts in pairs:
         partners.setdefault(anchor, []).append(partner)
         stamps[anchor] = ts
-    return {
-        anchor: orjson.dumps(
+
+    def record(anchor: str) -> Callable[[Sequence[str]], bytes]:
+        return lambda items: orjson.dumps(
             {
                 "schema_version": 1,
                 "anchor_item_id": anchor,
-                "partners": items,
+                "partners": list(items),
                 "ts": stamps[anchor],
                 "event_id": event_id,
             }
         )
-        for anchor, items in partners.items()
+
+    return {
+        anchor: _fitted(record(anchor), items[-MAX_PARTNERS:]) for anchor, items in partners.items()
     }
 
 
@@ -273,15 +295,20 @@ def publishable(
 
 
 def bundle_bytes(anchor: str, items: Sequence[tuple[str, float]], updated_ts: float) -> bytes:
-    """Serialise a :class:`BundleRecord`."""
-    return orjson.dumps(
-        {
-            "schema_version": 1,
-            "anchor_item_id": anchor,
-            "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
-            "updated_ts": updated_ts,
-        }
-    )
+    """Serialise a :class:`BundleRecord` (heaviest first; the lightest dropped until it
+    fits :data:`MAX_BUNDLE_BYTES`)."""
+
+    def encode(kept: Sequence[tuple[str, float]]) -> bytes:
+        return orjson.dumps(
+            {
+                "schema_version": 1,
+                "anchor_item_id": anchor,
+                "items": [{"item_id": i, "score": round(s, 6)} for i, s in kept],
+                "updated_ts": updated_ts,
+            }
+        )
+
+    return _fitted(encode, items)
 
 
 class Bundles:

@@ -379,3 +379,15 @@ def test_bought_together_does_not_overwrite_matches_search(bundled: BundleHarnes
     assert after_click["bundle"]["items"] == [{"item_id": "sku-101", "score": 5.0}]
     reasons = {i["item_id"]: i["reason"]["code"] for i in after_click["items"]}
     assert reasons["sku-101"] == "matches_search"  # the search put it there
+
+
+def test_the_largest_records_the_writers_make_are_read_back() -> None:
+    # 256-character ids (the limit) of 4-byte UTF-8 characters: the widest there are.
+    wide = [f"{n:03d}" + "\U0001f600" * 253 for n in range(600)]
+    full = bundle_bytes("a", [(i, 1000.0 - n) for n, i in enumerate(wide[:200])], NOW)
+    record = decode_bundle(b"a", full)  # size 50 x candidate pool 4: 200 items fit
+    assert isinstance(record, BundleRecord) and len(record.items) == 200
+    [value] = co_purchase_records([("a", i, NOW) for i in wide], "p1").values()
+    copurchase = decode_co_purchase(b"a", value)  # 600 partners: trimmed to fit
+    assert isinstance(copurchase, CoPurchase) and 100 < len(copurchase.partners) < 500
+    assert copurchase.partners[0] == wide[100]  # the latest 500, the first that fit
