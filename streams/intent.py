@@ -58,8 +58,14 @@ def unpack(packed: str) -> np.ndarray:
 
 
 def decayed_weight(age_s: float, half_life_s: float) -> float:
-    """``0.5 ** (age / half-life)``; 1 for an intent from the event's own time or later."""
-    return 1.0 if age_s <= 0 else float(0.5 ** (age_s / half_life_s))
+    """``0.5 ** (age / half-life)`` for a search ``age_s`` seconds before the event.
+
+    0 for a negative age: the search came after the event (a late or replayed older
+    event), so it cannot have shaped it.
+    """
+    if age_s < 0:
+        return 0.0
+    return float(0.5 ** (age_s / half_life_s))
 
 
 def stored_vector(stored: Sequence[Any], dim: int | None) -> tuple[float, np.ndarray] | None:

@@ -329,3 +329,19 @@ def test_an_intent_stored_by_another_encoder_is_dropped_and_the_batch_scored(
 
     h.run(body)
     assert scorer.intents == [None, None] and h.dead_letters == []
+
+
+def test_an_event_older_than_the_stored_search_gets_no_intent(harness: Harness) -> None:
+    h = harness
+    scorer = ExplainingScorer()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = FakeEncoder()
+
+    async def body(agent: Any) -> None:
+        await send(agent, "searches", search("s1", ts=NOW - 100), offset=1)
+        await until(lambda: "intent" in orjson.loads(h.profiles.get("u1") or b"{}"))
+        await send(agent, "clicks", click_at("e0", NOW - 3000), offset=2)  # late, older
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    assert scorer.intents[0] is not None and scorer.intents[1] is None

@@ -110,7 +110,8 @@ def test_an_intent_of_another_encoder_is_dropped_when_read() -> None:
 
 
 def test_the_intent_weight_halves_every_half_life() -> None:
-    assert decayed_weight(0.0, 1800) == 1.0 and decayed_weight(-5.0, 1800) == 1.0
+    assert decayed_weight(0.0, 1800) == 1.0
+    assert decayed_weight(-5.0, 1800) == 0.0  # the search came after the event
     assert decayed_weight(1800.0, 1800) == pytest.approx(0.5)
     assert decayed_weight(5400.0, 1800) == pytest.approx(0.125)
     intent = make_intent(np.ones(2, dtype=np.float32), 0.5)
