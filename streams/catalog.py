@@ -34,6 +34,7 @@ dead-lettered for its text. ``price`` is validated and documented but not used f
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
@@ -288,10 +289,19 @@ class CatalogConsumer(BroadcastReader):
         self._text = text
         self._run_embedding = run_embedding
         self._on_applied = on_applied
+        # item -> its latest text not embedded yet (None: drop its vector), in order.
+        self._pending: dict[str, str | None] = {}
+        self._in_flight: set[str] = set()
+        self._embedding: asyncio.Future[None] | None = None
 
     async def handle_batch(self, messages: Sequence[Message]) -> None:
-        """Apply a batch: rules published at once, then the text embedded in chunks."""
-        texts: dict[str, str | None] = {}  # item -> its text, or None: drop its vector
+        """Apply a batch: rules published at once; the text queued for embedding.
+
+        The reader does not wait for the embedding: the next poll (and so the end of
+        the topic, where scoring may start, see :attr:`Catalog.rules_loaded`) is not
+        held behind minutes of text at start-up. A background task embeds the queue
+        (the latest text of each item) in chunks.
+        """
         applied = 0
         for msg in messages:
             if msg.error():
@@ -308,40 +318,70 @@ class CatalogConsumer(BroadcastReader):
             elif decoded is None:
                 self.catalog.items.discard(item)
                 self.rules.apply(item, RETIRED, source="catalog", publish=False)
-                texts[item] = None
+                self._queue(item, None)
             else:
                 self.catalog.items.add(item)
                 self.rules.apply(item, decoded.rule(), source="catalog", publish=False)
-                if self._text is not None:
-                    text = decoded.text()
-                    if self.catalog.text_hashes.get(item) != _text_hash(text):
-                        texts[item] = text
-                    else:
-                        texts.pop(item, None)  # an earlier record of this batch is stale
+                self._queue(item, decoded.text())
             applied += 1
             self._passed(msg)
-        # Bans first: they apply from the next scored batch, not after the text is
-        # embedded (up to seconds for a poll of 500 records with descriptions).
+        # Bans first: they apply from the next scored batch, whatever the text.
         self.rules.publish()
         if not self.catalog.rules_loaded and self.at_end:
             self.catalog.rules_loaded = True
-        if self._text is not None and texts:
-            await self._embed(self._text, texts)
         self._on_applied(applied)
-        if not self.catalog.loaded and self.at_end:
-            self.catalog.loaded = True
-            log.info("catalog loaded: %d items", len(self.catalog))
+        if self._pending and (self._embedding is None or self._embedding.done()):
+            self._embedding = asyncio.ensure_future(self._embed_pending())
+        self._check_loaded(embedding_idle=self._embedding is None or self._embedding.done())
 
-    async def _embed(self, text: TextSupport, texts: dict[str, str | None]) -> None:
+    def _queue(self, item: str, text: str | None) -> None:
+        """Queue an item's latest text (``None``: drop its vector) unless unchanged."""
+        if self._text is None:
+            return
+        if (
+            text is not None
+            and item not in self._in_flight
+            and self.catalog.text_hashes.get(item) == _text_hash(text)
+        ):
+            self._pending.pop(item, None)  # an earlier, different text is stale
+            return
+        self._pending.pop(item, None)  # re-queued at the end: the latest goes last
+        self._pending[item] = text
+
+    def _check_loaded(self, *, embedding_idle: bool) -> None:
+        if self.catalog.loaded or not self.at_end or self._pending or not embedding_idle:
+            return
+        self.catalog.loaded = True
+        log.info("catalog loaded: %d items", len(self.catalog))
+
+    async def embedded(self) -> None:
+        """Wait until the queued text is embedded (tests, shutdown)."""
+        while self._embedding is not None and not self._embedding.done():
+            await asyncio.shield(self._embedding)
+
+    async def _embed_pending(self) -> None:
+        """Embed the queue in chunks of :data:`EMBED_CHUNK` until it is empty."""
+        text = self._text
+        assert text is not None  # queued only with text support
         hashes = self.catalog.text_hashes
-        gone = [item for item, t in texts.items() if not t]
-        if gone:
-            text.index.remove(gone)
-            for item in gone:
-                hashes.pop(item, None)
-        pending = [(item, t) for item, t in texts.items() if t]
-        for start in range(0, len(pending), EMBED_CHUNK):
-            chunk = pending[start : start + EMBED_CHUNK]
+        while self._pending:
+            gone = [item for item, t in self._pending.items() if t is None]
+            if gone:
+                text.index.remove(gone)
+                for item in gone:
+                    hashes.pop(item, None)
+                    del self._pending[item]
+            chunk: list[tuple[str, str]] = []
+            for item, t in self._pending.items():
+                if t is not None:
+                    chunk.append((item, t))
+                    if len(chunk) == EMBED_CHUNK:
+                        break
+            if not chunk:
+                break
+            for item, _ in chunk:
+                del self._pending[item]
+            self._in_flight = {item for item, _ in chunk}
             encode = functools.partial(text.encoder.encode, [t for _, t in chunk])
             try:
                 vectors = await self._run_embedding(encode)
@@ -350,3 +390,7 @@ class CatalogConsumer(BroadcastReader):
             except Exception:
                 # Their rules still apply; their text waits for their next update.
                 log.exception("embedding %d catalog items failed", len(chunk))
+            finally:
+                self._in_flight = set()
+            self._on_applied(0)  # the embedded-items gauge
+        self._check_loaded(embedding_idle=True)

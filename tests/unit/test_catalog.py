@@ -89,7 +89,9 @@ def test_a_stock_out_in_a_record_with_malformed_text_is_applied_and_dead_lettere
     async def main() -> None:
         consumer._assigned = True
         await consumer.handle_batch([message(b"a", item(), 0, 0)])
+        await consumer.embedded()
         await consumer.handle_batch([message(b"a", item(available=False, price=-3), 0, 1)])
+        await consumer.embedded()
 
     try:
         asyncio.run(main())
@@ -168,9 +170,12 @@ def test_the_catalog_consumer_embeds_text_off_the_loop_and_retires_tombstones() 
                 message(b"gone", item(title="Old mascara", available=False), 0, 1),
             ]
         )
+        assert not catalog.loaded  # its text is not embedded yet
+        await consumer.embedded()
         assert set(index.snapshot().item_ids) == {"new", "gone"} and rules.hidden == {"gone"}
-        assert not catalog.loaded
+        assert not catalog.loaded  # not at the end yet
         await consumer.handle_batch([message(b"gone", None, 0, 2), message(b"bad", b"[", 0, 3)])
+        await consumer.embedded()
 
     try:
         asyncio.run(main())
@@ -194,7 +199,9 @@ def test_catalog_text_is_embedded_in_chunks_and_without_an_encoder_only_rules_ap
     async def main() -> None:
         consumer._assigned = plain._assigned = True
         await consumer.handle_batch(records)
+        await consumer.embedded()
         await plain.handle_batch(records[:2])
+        await plain.embedded()
 
     try:
         asyncio.run(main())
@@ -335,13 +342,11 @@ def test_scoring_waits_for_the_catalogs_bans_but_not_for_its_text(harness: Harne
         await asyncio.sleep(0.3)
         assert h.recommendations == []  # held: the bans are not read yet
         consumer._assigned, consumer._ends = True, {0: 1}
-        applying = asyncio.ensure_future(
-            consumer.handle_batch([message(b"sku-0", item(available=False), 0, 0)])
-        )
+        await consumer.handle_batch([message(b"sku-0", item(available=False), 0, 0)])
         await until(lambda: len(h.recommendations) == 1)  # while the text still waits
-        assert not applying.done() and catalog.rules_loaded and not catalog.loaded
+        assert catalog.rules_loaded and not catalog.loaded and "sku-0" not in text.index
         encoder.release.set()
-        await applying
+        await consumer.embedded()
         assert catalog.loaded and "sku-0" in text.index
         h.pipeline._catalog_task.cancel()
 
@@ -386,12 +391,17 @@ def test_a_record_whose_text_is_unchanged_is_not_embedded_again() -> None:
     async def main() -> None:
         consumer._assigned = True
         await consumer.handle_batch([message(b"a", item(price=5), 0, 0)])
+        await consumer.embedded()
         # A stock flip and a price change: same text, rules applied, nothing embedded.
         await consumer.handle_batch([message(b"a", item(available=False, price=6), 0, 1)])
+        await consumer.embedded()
         assert rules.hidden == {"a"}
         await consumer.handle_batch([message(b"a", item(title="Cherry gloss"), 0, 2)])
+        await consumer.embedded()
         await consumer.handle_batch([message(b"a", None, 0, 3)])  # retired: vector gone
+        await consumer.embedded()
         await consumer.handle_batch([message(b"a", item(title="Cherry gloss"), 0, 4)])
+        await consumer.embedded()
 
     try:
         asyncio.run(main())
@@ -425,3 +435,26 @@ def test_a_scored_batch_does_not_wait_behind_catalog_embedding(harness: Harness)
     finally:
         release.set()
     assert threads[0].startswith("embedding")
+
+
+def test_the_catalogs_end_is_reached_without_waiting_for_its_text() -> None:
+    """At start-up the bans of every batch apply while the first batch's text embeds."""
+    encoder = BlockingEncoder()
+    text = TextSupport(encoder=encoder, index=ItemTextIndex(encoder.dim))
+    catalog, rules = Catalog(), ItemRules()
+    consumer = consumer_for(catalog, rules, [], text)
+
+    async def main() -> None:
+        consumer._assigned, consumer._ends = True, {0: 2}
+        await consumer.handle_batch([message(b"a", item(title="Cherry gloss"), 0, 0)])
+        await consumer.handle_batch([message(b"b", item(available=False), 0, 1)])
+        assert catalog.rules_loaded and rules.hidden == {"b"} and len(text.index) == 0
+        encoder.release.set()
+        await consumer.embedded()
+
+    try:
+        asyncio.run(main())
+    finally:
+        encoder.release.set()
+        consumer.close()
+    assert catalog.loaded and set(text.index.snapshot().item_ids) == {"a", "b"}
