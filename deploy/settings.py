@@ -64,7 +64,13 @@ class Settings(BaseSettings):
         description="An exported text encoder (`recstream text-encoder ...`: `encoder.onnx`, "
         "`tokenizer.json`, `text_encoder.json`), loaded once per worker: search queries "
         "become intents and catalog text is embedded for the model. Unset: searches are "
-        "accepted and counted but carry no intent; catalog text is not embedded.",
+        "accepted, counted and acked without a list; catalog text is not embedded.",
+    )
+    text_encoder_threads: int = Field(
+        1,
+        ge=0,
+        description="onnxruntime intra-op threads of the text encoder (0 = all cores); 1: "
+        "catalog embedding in its thread leaves the other cores to scoring and the loop.",
     )
     provider: Provider = Field(
         "auto",

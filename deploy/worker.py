@@ -117,7 +117,7 @@ def load_text_support(settings: Settings) -> TextSupport | None:
     encoder = OnnxTextEncoder.load(
         directory,
         provider=settings.provider,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=settings.text_encoder_threads,
     )
     log.info("text encoder loaded from %s (dim %d)", directory, encoder.dim)
     return TextSupport(encoder=encoder, index=ItemTextIndex(encoder.dim))

@@ -53,6 +53,7 @@ from streams.bundles import (
     co_purchase_records,
     decode_co_purchase,
     fold_co_purchase,
+    publishable,
 )
 from streams.catalog import Catalog, CatalogConsumer, TextSupport
 from streams.control import ErasureRequest, ProfileExpiry, decode_control
@@ -66,7 +67,7 @@ from streams.events import (
     decode_event,
     decode_search,
 )
-from streams.intent import TextEncoder, decayed_weight, make_intent, pack, unpack
+from streams.intent import TextEncoder, decayed_weight, make_intent, pack, stored_vector
 from streams.messages import dead_letter_bytes, erasure_audit_bytes, recommendation_dict
 from streams.metrics import Metrics, Tally
 from streams.output import OutputProducer, OutputSink
@@ -139,8 +140,9 @@ class Pipeline:
         output: where recommendations, dead letters and changelog records are
             written; a librdkafka :class:`~streams.output.OutputProducer` on
             ``config.kafka`` by default (tests pass an in-memory sink).
-        text: the text encoder (search queries and catalog text, embedded in the
-            inference thread) and the catalog's text index attached to every scorer;
+        text: the text encoder (search queries embedded in the inference thread,
+            catalog text in an embedding thread) and the catalog's text index attached
+            to every scorer;
             ``None``: searches are accepted and counted but carry no intent, and the
             catalog's text is not embedded.
         co_purchases: the model side of bundles (``models.bundles``); ``None`` (or
@@ -180,11 +182,12 @@ class Pipeline:
         self.acks = InOrderAcks()
         self.rules = ItemRules()
         self._rules_task: asyncio.Future[None] | None = None
+        self._bans_ready = False  # see _hold_for_bans
         self.text = text
         self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
         self.catalog = Catalog()
         self._catalog_task: asyncio.Future[None] | None = None
-        self.bundles = Bundles()
+        self.bundles = Bundles(config.bundles.half_life_s, config.bundles.min_score)
         # user -> (time, vector) of the searches of the last scored batch.
         self._recent_searches: dict[str, tuple[float, np.ndarray]] = {}
         self._bundles_task: asyncio.Future[None] | None = None
@@ -214,6 +217,9 @@ class Pipeline:
         # One inference thread: batches are scored in order; the event loop keeps
         # decoding and updating profiles while a batch runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        # Catalog text gets a thread of its own: a scored batch must not wait behind a
+        # chunk of it (up to ~1 s); onnxruntime and tokenizers release the GIL.
+        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
         self.batcher: MicroBatcher[ScoreRequest, Recommendation] = MicroBatcher(
             self._score,
             self._deliver,
@@ -373,7 +379,8 @@ class Pipeline:
         """A search: fold its id and time into the profile, then score like an event.
 
         The query is embedded with the batch (``_score``), and the vector kept in the
-        profile once the list is out (``_remember``).
+        profile once the list is out (``_remember``). Without a text encoder a search
+        only updates the profile: it is acked without a list.
         """
         msg = event.message
         self._searches.add()
@@ -392,8 +399,12 @@ class Pipeline:
         else:
             self._duplicates.add()
         self.profiles[user] = profile.to_json()  # written even for a replay (see _handle)
-        query = decoded.query if self.text_encoder is not None else None
-        await self._submit(event, decoded, user, profile, query=query)
+        if self.text_encoder is None:
+            # No encoder, no intent: its list would be the user's last one again, so
+            # no scoring pass and no list; acked once the profile's changelog is out.
+            self.acks.done(event)
+            return
+        await self._submit(event, decoded, user, profile, query=decoded.query)
 
     async def _submit(
         self,
@@ -404,6 +415,8 @@ class Pipeline:
         *,
         query: str | None = None,
     ) -> None:
+        if not self._bans_ready:
+            await self._hold_for_bans()
         experiment = self.experiment
         # A search is scored with its own query (embedded with the batch), not the last.
         intent = None if isinstance(decoded, SearchEvent) else self._intent(profile, decoded.ts)
@@ -425,13 +438,35 @@ class Pipeline:
             )
         )
 
+    @property
+    def bans_loaded(self) -> bool:
+        """Whether the item rules and the catalog's eligibility, where read here, were
+        read to their start's end (not the catalog's text: that may take minutes)."""
+        return (self._rules_task is None or self.rules.loaded) and (
+            self._catalog_task is None or self.catalog.rules_loaded
+        )
+
+    async def _hold_for_bans(self) -> None:
+        """Hold the first scoring until :attr:`bans_loaded`: a list scored before would
+        hold banned or unavailable items. An empty or absent side topic is loaded as
+        soon as its reader found its (no) partitions, so this never waits for data that
+        will not come."""
+        if not self.bans_loaded:
+            log.info("holding scoring until the item rules and the catalog are read")
+            while not self.bans_loaded:
+                await asyncio.sleep(0.05)
+        self._bans_ready = True
+
     def _intent(self, profile: Profile, ts: float) -> tuple[Intent, float] | None:
         """The profile's latest search as an intent decayed to ``ts`` and the search's
         time, or ``None``."""
-        stored = profile.intent
-        if stored is None:
+        if profile.intent is None:
             return None
-        return self._decayed(unpack(stored[1]), float(stored[0]), ts)
+        encoder = self.text_encoder
+        found = stored_vector(profile.intent, encoder.dim if encoder is not None else None)
+        if found is None:
+            return None  # another encoder's (or no encoder now): not comparable
+        return self._decayed(found[1], found[0], ts)
 
     def _decayed(
         self, vector: np.ndarray, search_ts: float, ts: float
@@ -586,7 +621,7 @@ class Pipeline:
             ev = req.decoded
             bundle = None
             if not isinstance(ev, SearchEvent) and len(self.bundles):
-                partners = self.bundles.for_item(ev.item_id, req.purchased, hidden, size)
+                partners = self.bundles.for_item(ev.item_id, req.purchased, hidden, size, ev.ts)
                 bundle = (ev.item_id, partners) if partners else None
             message = recommendation_dict(
                 user_id=req.user,
@@ -600,6 +635,7 @@ class Pipeline:
                 trigger_event_type=ev.type,
                 event_ts=ev.ts,
                 produced_ts=now,
+                schema_version=self.config.scoring.output_schema_version,
             )
             value = orjson.dumps(message)
             key = req.user.encode()
@@ -643,8 +679,9 @@ class Pipeline:
         """The ``reason`` of each item of the message, aligned with ``rec.items``.
 
         An item of the trigger item's bundle is there because it is bought with it
-        (``bought_together``, naming the trigger); the others keep the scorer's reason
-        (``Recommendation.reasons``, kept aligned by the category cap).
+        (``bought_together``, naming the trigger), unless the user's search put it
+        there (``matches_search`` says more about this list); the others keep the
+        scorer's reason (``Recommendation.reasons``, kept aligned by the category cap).
         """
         reasons: list[tuple[str, str | None] | None] | None
         if rec.reasons is not None:
@@ -659,7 +696,8 @@ class Pipeline:
             if reasons is None:
                 reasons = [None] * len(rec.items)
             for n, (item, _score) in enumerate(rec.items):
-                if item in together:
+                reason = reasons[n]
+                if item in together and (reason is None or reason[0] != "matches_search"):
                     reasons[n] = ("bought_together", anchor)
         return reasons
 
@@ -686,7 +724,8 @@ class Pipeline:
                 profile = Profile.from_json(stored)
                 remember_latest(profile, message)
                 if req.query_vector is not None:
-                    remember_intent(profile, ev.ts, pack(req.query_vector))
+                    vector = req.query_vector
+                    remember_intent(profile, ev.ts, pack(vector), int(vector.shape[-1]))
                 remember_list(
                     profile,
                     ev.ts,
@@ -940,18 +979,29 @@ class Pipeline:
         anchor = record.anchor_item_id
         bundles = self.config.bundles
         counts = model.counts()
-        stored, counted = fold_co_purchase(table.get(anchor), record, counts, bundles.dedup_window)
+        stored, counted = fold_co_purchase(
+            table.get(anchor),
+            record,
+            counts,
+            horizon_s=bundles.dedup_horizon_s,
+            cap=bundles.dedup_max,
+        )
         if not counted:
             self._duplicates.add()
-            if stored is not None:
-                counts.from_dict(anchor, orjson.loads(stored))
         # Written (and published) for a replay too, so changelog and topic converge.
         table[anchor] = stored
-        top = counts.top(anchor, bundles.size * CANDIDATE_POOL, now=record.ts)
+        top, updated_ts = publishable(
+            stored,
+            anchor,
+            counts,
+            n=bundles.size * CANDIDATE_POOL,
+            min_support=bundles.min_support,
+            min_score=bundles.min_score,
+        )
         self.output.produce(
             self.config.topics.bundles,
             anchor.encode(),
-            bundle_bytes(anchor, top, record.ts),
+            bundle_bytes(anchor, top, updated_ts) if top else None,  # None: a tombstone
             functools.partial(self._delivered, event),
         )
 
@@ -975,15 +1025,15 @@ class Pipeline:
             self.rules,
             self._dead_letter_rule,
             self.text,
-            self._in_inference_thread,
+            self._in_embedding_thread,
             self._catalog_applied,
         )
         self._catalog_task = asyncio.ensure_future(consumer.run())
 
-    def _in_inference_thread(self, work: Callable[[], np.ndarray]) -> Awaitable[np.ndarray]:
-        # Catalog text is embedded in the scoring thread, between batches: the event
-        # loop goes on and the encoder is only ever called from one thread.
-        return asyncio.get_running_loop().run_in_executor(self._executor, work)
+    def _in_embedding_thread(self, work: Callable[[], np.ndarray]) -> Awaitable[np.ndarray]:
+        # Catalog text is embedded in its own thread, beside the scoring thread (which
+        # embeds the searches with the same encoder; an ONNX session runs concurrently).
+        return asyncio.get_running_loop().run_in_executor(self._embedding, work)
 
     def _catalog_applied(self, applied: int) -> None:
         self.metrics.item_rules_applied.inc(applied)

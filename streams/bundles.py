@@ -12,14 +12,21 @@ Three steps, each on its own topic so that every step is keyed where its state i
 2. **counts** (item-keyed state). The ``count_co_purchases`` agent folds each record
    into the anchor's decayed, bounded partner counts (``models.bundles.CoPurchaseCounts``
    state in the ``bundle-counts`` table, changelogged like the profiles) and publishes
-   the anchor's top partners to the compacted ``bundles`` topic (:class:`BundleRecord`).
+   the anchor's top partners to the compacted ``bundles`` topic (:class:`BundleRecord`):
+   only partners of at least ``RECSTREAM_BUNDLE_MIN_SUPPORT`` distinct purchases whose
+   decayed count is at least ``RECSTREAM_BUNDLE_MIN_SCORE``; an anchor left with none
+   gets a tombstone.
    Exactly-once-ish: a purchase redelivered after a crash is paired again (its pairs
-   are recomputed from the purchases up to its own time), and each anchor remembers the
-   hashes of the latest ``event_id`` s it counted, so a replayed record counts once.
+   are recomputed from the purchases up to its own time), and each anchor remembers
+   ``(ts, hash)`` of the ``event_id`` s it counted within ``RECSTREAM_BUNDLE_DEDUP_HORIZON_S``
+   of its newest (at most ``RECSTREAM_BUNDLE_DEDUP_MAX``), so a replayed record counts
+   once however busy the item; a record at or before the newest one forgotten (the
+   anchor's ``floor``) is not counted: it cannot be told from a replay.
 3. **bundles** (read whole by every worker, like the item rules). Each list triggered by
    an interaction with an item carries that item's bundle, minus the user's purchases,
-   hidden items and the item itself; items of the list that are in it get the reason
-   ``bought_together``.
+   hidden items and the item itself, its scores decayed to the event's time (below
+   ``RECSTREAM_BUNDLE_MIN_SCORE``: not shown); items of the list that are in it get the
+   reason ``bought_together``.
 
 The model side (``CoPurchaseCounts``, ``latest_pairs``) lives in ``models.bundles``;
 the worker passes them in as a :class:`CoPurchaseModel` (half-life and bound set).
@@ -31,7 +38,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from confluent_kafka import Message
@@ -44,6 +51,7 @@ from streams.rules import BroadcastReader
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
+    "MAX_PARTNERS",
     "BundleRecord",
     "Bundles",
     "BundlesConsumer",
@@ -54,12 +62,17 @@ __all__ = [
     "decode_bundle",
     "decode_co_purchase",
     "fold_co_purchase",
+    "publishable",
 ]
 
 log = logging.getLogger("recstream.bundles")
 
-#: A bundle or co-purchase record lists at most a few dozen items.
-MAX_BUNDLE_BYTES = 16 * 1024
+#: Largest bundle or co-purchase record read, and written: the writers drop their
+#: lightest items until a record fits (200 bundle items of 256-character ASCII ids take
+#: about 60 KB; Kafka's default message limit is 1 MiB).
+MAX_BUNDLE_BYTES = 256 * 1024
+#: Most partners in one co-purchase record (``CoPurchase.partners``).
+MAX_PARTNERS = 500
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 #: ``(item_id, order_id, ts)`` of one purchase of one user (``models.bundles``).
@@ -87,7 +100,7 @@ class CoPurchase(BaseModel):
 
     schema_version: Literal[1] = 1
     anchor_item_id: Id
-    partners: list[Id] = Field(min_length=1, max_length=500)
+    partners: list[Id] = Field(min_length=1, max_length=MAX_PARTNERS)
     ts: float = Field(description="Time of the purchase that formed the pairs, Unix seconds.")
     event_id: Id = Field(description="event_id of that purchase (counted once per anchor).")
 
@@ -112,24 +125,41 @@ class BundleRecord(BaseModel):
     updated_ts: float = Field(description="Time of the latest co-purchase counted.")
 
 
+T = TypeVar("T")
+
+
+def _fitted(encode: Callable[[Sequence[T]], bytes], items: Sequence[T]) -> bytes:
+    """``encode(items)``, dropping items from the end until it fits MAX_BUNDLE_BYTES."""
+    n, out = len(items), encode(items)
+    while len(out) > MAX_BUNDLE_BYTES and n > 1:
+        n = n * MAX_BUNDLE_BYTES // len(out)  # < n: shrinks every round
+        out = encode(items[: max(n, 1)])
+    return out
+
+
 def co_purchase_records(pairs: Sequence[tuple[str, str, float]], event_id: str) -> dict[str, bytes]:
-    """The ``co-purchases`` records of one purchase: anchor -> value (partners grouped)."""
+    """The ``co-purchases`` records of one purchase: anchor -> value (partners grouped,
+    at most the latest :data:`MAX_PARTNERS`, fewer if they do not fit
+    :data:`MAX_BUNDLE_BYTES`)."""
     partners: dict[str, list[str]] = {}
     stamps: dict[str, float] = {}
     for anchor, partner, ts in pairs:
         partners.setdefault(anchor, []).append(partner)
         stamps[anchor] = ts
-    return {
-        anchor: orjson.dumps(
+
+    def record(anchor: str) -> Callable[[Sequence[str]], bytes]:
+        return lambda items: orjson.dumps(
             {
                 "schema_version": 1,
                 "anchor_item_id": anchor,
-                "partners": items,
+                "partners": list(items),
                 "ts": stamps[anchor],
                 "event_id": event_id,
             }
         )
-        for anchor, items in partners.items()
+
+    return {
+        anchor: _fitted(record(anchor), items[-MAX_PARTNERS:]) for anchor, items in partners.items()
     }
 
 
@@ -173,48 +203,127 @@ def decode_bundle(key: bytes | None, value: bytes | None) -> BundleRecord | None
     return _decode(BundleRecord, "bundle", key, value)  # type: ignore[no-any-return]
 
 
+def _seen(doc: dict[str, Any]) -> list[tuple[float, int]]:
+    """An anchor's remembered ``(ts, event id hash)``, oldest first."""
+    entries = doc.get("seen", [])
+    last = float(doc.get("last", 0.0))
+    # A bare hash: the state of a worker before the time horizon; its time is unknown
+    # but no later than the anchor's newest co-purchase.
+    return sorted(
+        (float(e[0]), int(e[1])) if isinstance(e, list) else (last, int(e)) for e in entries
+    )
+
+
 def fold_co_purchase(
-    stored: bytes | None, record: CoPurchase, counts: CoPurchaseCounts, dedup_window: int
+    stored: bytes | None,
+    record: CoPurchase,
+    counts: CoPurchaseCounts,
+    *,
+    horizon_s: float,
+    cap: int,
 ) -> tuple[bytes | None, bool]:
-    """Fold one co-purchase record into an anchor's stored counts.
+    """Fold one co-purchase record into an anchor's stored counts, once per purchase.
+
+    The anchor remembers ``(ts, hash)`` of the purchases it counted within
+    ``horizon_s`` of its newest, at most ``cap`` of them; ``floor`` is the latest time
+    it forgot. A record with a remembered hash, or from at or before ``floor`` (whose
+    hash may have been forgotten), is not counted: redelivery is exact for records
+    up to ``horizon_s`` behind the anchor's newest (``cap`` shortens that for items
+    bought more than ``cap`` times within it).
 
     Returns:
         The new stored state and ``True``, or the stored state unchanged and ``False``
-        when this purchase was already counted for this anchor (a replay).
+        when this purchase was (or may have been) counted for this anchor already.
     """
     anchor = record.anchor_item_id
     doc: dict[str, Any] = orjson.loads(stored) if stored else {}
-    seen: list[int] = doc.get("seen", [])
+    seen = _seen(doc)
+    floor = float(doc.get("floor", -math.inf))
     digest = event_id_hash(record.event_id)
-    if digest in seen:
+    if record.ts <= floor or any(h == digest for _, h in seen):
         return stored, False
     if doc:
         counts.from_dict(anchor, doc)
     for partner in dict.fromkeys(record.partners):
         if partner != anchor:
             counts.add(anchor, partner, record.ts)
+    seen.append((record.ts, digest))
+    seen.sort()
+    cutoff = seen[-1][0] - horizon_s
+    keep = next((n for n, (ts, _) in enumerate(seen) if ts >= cutoff), len(seen))
+    keep = max(keep, len(seen) - cap)
+    if keep:
+        floor = max(floor, seen[keep - 1][0])
     state = dict(counts.to_dict(anchor))
-    state["seen"] = [*seen, digest][-dedup_window:]
+    # Distinct purchases per partner (each record is one purchase, counted once), for
+    # the minimum support; only the partners the bounded counts still hold.
+    support = doc.get("support", {})
+    for partner in dict.fromkeys(record.partners):
+        if partner != anchor:
+            support[partner] = int(support.get(partner, 0)) + 1
+    state["support"] = {p: n for p, n in support.items() if p in state["partners"]}
+    state["seen"] = [[ts, h] for ts, h in seen[keep:]]
+    if math.isfinite(floor):
+        state["floor"] = floor
     return orjson.dumps(state), True
 
 
+def publishable(
+    stored: bytes | None,
+    anchor: str,
+    counts: CoPurchaseCounts,
+    *,
+    n: int,
+    min_support: int,
+    min_score: float,
+) -> tuple[list[tuple[str, float]], float]:
+    """The partners an anchor's bundle may show, heaviest first, and its time.
+
+    Only partners bought with the anchor in at least ``min_support`` distinct
+    purchases (one shopper's single pair is never shown to everyone viewing the
+    anchor), whose count decayed to the anchor's latest co-purchase is at least
+    ``min_score``; at most ``n``. Empty: the anchor's record is a tombstone.
+    """
+    if not stored:
+        return [], 0.0
+    doc = orjson.loads(stored)
+    counts.from_dict(anchor, doc)
+    support: dict[str, int] = doc.get("support", {})
+    ranked = counts.top(anchor, len(doc.get("partners", {})))
+    kept = [(p, w) for p, w in ranked if support.get(p, 0) >= min_support and w >= min_score][:n]
+    return kept, float(doc.get("last", 0.0))
+
+
 def bundle_bytes(anchor: str, items: Sequence[tuple[str, float]], updated_ts: float) -> bytes:
-    """Serialise a :class:`BundleRecord`."""
-    return orjson.dumps(
-        {
-            "schema_version": 1,
-            "anchor_item_id": anchor,
-            "items": [{"item_id": i, "score": round(s, 6)} for i, s in items],
-            "updated_ts": updated_ts,
-        }
-    )
+    """Serialise a :class:`BundleRecord` (heaviest first; the lightest dropped until it
+    fits :data:`MAX_BUNDLE_BYTES`)."""
+
+    def encode(kept: Sequence[tuple[str, float]]) -> bytes:
+        return orjson.dumps(
+            {
+                "schema_version": 1,
+                "anchor_item_id": anchor,
+                "items": [{"item_id": i, "score": round(s, 6)} for i, s in kept],
+                "updated_ts": updated_ts,
+            }
+        )
+
+    return _fitted(encode, items)
 
 
 class Bundles:
-    """Every item's latest published bundle, as read so far (anchor -> partners)."""
+    """Every item's latest published bundle, as read so far (anchor -> partners).
 
-    def __init__(self) -> None:
-        self._bundles: dict[str, list[tuple[str, float]]] = {}
+    Scores are decayed at read time from the record's ``updated_ts`` (half-life
+    ``half_life_s``, as the counts): a bundle nobody bought into since fades, and a
+    partner below ``min_score`` is no longer shown, whether or not a newer record
+    (or the tombstone) has arrived yet.
+    """
+
+    def __init__(self, half_life_s: float = 14 * 86400.0, min_score: float = 0.05) -> None:
+        self._bundles: dict[str, tuple[float, list[tuple[str, float]]]] = {}
+        self.half_life_s = half_life_s
+        self.min_score = min_score
         #: True once every partition was read up to its end offset at start.
         self.loaded = False
 
@@ -223,19 +332,34 @@ class Bundles:
         if record is None or not record.items:
             self._bundles.pop(anchor, None)
         else:
-            self._bundles[anchor] = [(i.item_id, i.score) for i in record.items]
+            self._bundles[anchor] = (
+                record.updated_ts,
+                [(i.item_id, i.score) for i in record.items],
+            )
 
     def for_item(
-        self, anchor: str, excluded: frozenset[str], hidden: frozenset[str], size: int
+        self,
+        anchor: str,
+        excluded: frozenset[str],
+        hidden: frozenset[str],
+        size: int,
+        now: float | None = None,
     ) -> list[tuple[str, float]]:
-        """Up to ``size`` partners of ``anchor``, none in ``excluded`` or ``hidden``."""
-        partners = self._bundles.get(anchor)
-        if not partners:
+        """Up to ``size`` partners of ``anchor``, none in ``excluded`` or ``hidden``,
+        their scores decayed to ``now`` (event time; ``None``: as published)."""
+        found = self._bundles.get(anchor)
+        if not found:
             return []
+        updated_ts, partners = found
+        age = 0.0 if now is None else max(0.0, now - updated_ts)
+        factor = 0.5 ** (age / self.half_life_s)
         out = []
         for item, score in partners:
+            decayed = score * factor
+            if decayed < self.min_score:
+                break  # heaviest first: the rest are lighter
             if item != anchor and item not in excluded and item not in hidden:
-                out.append((item, score))
+                out.append((item, decayed))
                 if len(out) == size:
                     break
         return out

@@ -170,6 +170,10 @@ class AsyncEventProducer:
 class RecommendationReader:
     """Iterate over recommendation lists, de-duplicated by ``trigger_event_id``.
 
+    Reads lists labelled ``schema_version`` 1 and 2 and ignores fields it does not
+    know, so a worker may add optional fields (or be labelled 1 during an upgrade,
+    ``RECSTREAM_OUTPUT_SCHEMA_VERSION``) without breaking it.
+
     Args:
         config: librdkafka settings; at least ``bootstrap.servers``.
         topic: the recommendations topic.

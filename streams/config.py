@@ -135,6 +135,15 @@ class ScoringConfig(ConfigGroup):
         "nothing from the recent history either. `model`: no exclusions; the model decides, "
         "bought items included (shops of consumables). Item rules apply in every case.",
     )
+    output_schema_version: int = Field(
+        2,
+        ge=1,
+        le=2,
+        description="`schema_version` of the recommendation lists written. 2 (default): "
+        "with reasons and bundles. 1: the same lists, reasons and bundles included (v2 only "
+        "adds optional fields), labelled 1, for consumers that still pin version 1 during "
+        "a rolling upgrade; switch to 2 once they read it.",
+    )
     inference_thread: bool = Field(
         True,
         description="Score batches in a thread, overlapping the stream (false: on the loop).",
@@ -330,8 +339,33 @@ class BundleConfig(ConfigGroup):
         50, ge=1, description="Co-purchase partners kept per item (the lightest is evicted)."
     )
     size: int = Field(5, ge=1, le=50, description="Items in the `bundle` of a recommendation list.")
-    dedup_window: int = Field(
-        64, ge=1, description="Purchase event ids remembered per item so a replay counts once."
+    min_support: int = Field(
+        3,
+        ge=1,
+        description="A partner is published in an item's bundle only once bought with it in "
+        "this many distinct purchases: one shopper's pair is never shown to everyone viewing "
+        "the item (3: it takes three purchases, usually three shoppers).",
+    )
+    min_score: float = Field(
+        0.05,
+        gt=0,
+        description="A partner whose decayed count falls below this is no longer shown (read "
+        "time) or published; an item left with none gets a tombstone on `bundles` at its next "
+        "co-purchase (3 co-purchases fall below 0.05 after about 6 half-lives).",
+    )
+    dedup_horizon_s: float = Field(
+        86400.0,
+        ge=0,
+        description="A co-purchase is counted once per item when redelivered up to this many "
+        "seconds (event time) behind the item's newest; an older one is not counted. A day "
+        "covers a redelivery after a crash (the records since the last commit) and the skew "
+        "between partitions while a worker catches up after an outage.",
+    )
+    dedup_max: int = Field(
+        1024,
+        ge=1,
+        description="Most purchase ids remembered per item within the horizon (bounds the "
+        "state of a busy item; beyond it the horizon shortens, replays still count once).",
     )
 
 

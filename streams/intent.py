@@ -3,23 +3,27 @@
 A search is embedded by the text encoder of the worker (``RECSTREAM_TEXT_ENCODER_DIR``:
 an exported ``models.text_encoder.OnnxTextEncoder`` directory) in the inference thread,
 batched with the scoring, never on the event loop. The profile keeps only the vector
-(float16, base64: 768 bytes for a 384-dimension encoder) and the search's event time,
-never the query text. Every later event of the user carries it to the scorer as an
-intent whose weight halves every ``RECSTREAM_SEARCH_HALF_LIFE_S`` seconds of event
-time; below ``RECSTREAM_SEARCH_MIN_WEIGHT`` it is no longer sent.
+(float16, base64: 768 bytes for a 384-dimension encoder), the encoder's dimension and
+the search's event time, never the query text. A stored intent whose dimension is not
+the current encoder's (the worker now runs another encoder) is dropped when read
+(:func:`stored_vector`): a wrong-sized vector would fail the scorer's whole batch.
+Every later event of the user carries it to the scorer as an intent whose weight
+halves every ``RECSTREAM_SEARCH_HALF_LIFE_S`` seconds of event time; below
+``RECSTREAM_SEARCH_MIN_WEIGHT`` it is no longer sent.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from models.scorer import Intent
 
-__all__ = ["TextEncoder", "decayed_weight", "make_intent", "pack", "unpack"]
+__all__ = ["TextEncoder", "decayed_weight", "make_intent", "pack", "stored_vector", "unpack"]
 
 
 class TextEncoder(Protocol):
@@ -54,5 +58,31 @@ def unpack(packed: str) -> np.ndarray:
 
 
 def decayed_weight(age_s: float, half_life_s: float) -> float:
-    """``0.5 ** (age / half-life)``; 1 for an intent from the event's own time or later."""
-    return 1.0 if age_s <= 0 else float(0.5 ** (age_s / half_life_s))
+    """``0.5 ** (age / half-life)`` for a search ``age_s`` seconds before the event.
+
+    0 for a negative age: the search came after the event (a late or replayed older
+    event), so it cannot have shaped it.
+    """
+    if age_s < 0:
+        return 0.0
+    return float(0.5 ** (age_s / half_life_s))
+
+
+def stored_vector(stored: Sequence[Any], dim: int | None) -> tuple[float, np.ndarray] | None:
+    """``(search time, unit vector)`` of a profile's ``intent`` if it fits an encoder of
+    ``dim`` dimensions, else ``None`` (no encoder, another encoder's, or damaged).
+
+    ``stored`` is ``[ts, packed, dim]`` (``[ts, packed]`` before the dimension was
+    kept: then the vector's own length is checked).
+    """
+    if dim is None or len(stored) < 2:
+        return None
+    if len(stored) > 2 and stored[2] != dim:
+        return None
+    try:
+        ts, vector = float(stored[0]), unpack(str(stored[1]))
+    except (TypeError, ValueError, binascii.Error):
+        return None
+    if vector.shape != (dim,) or not np.isfinite(vector).all():
+        return None
+    return ts, vector

@@ -1,8 +1,12 @@
 """Output message schemas: recommendation lists (v2) and dead-letter envelopes (v1).
 
 Recommendation schema v2 only adds optional fields to v1 (a ``reason`` per item, a
-``bundle`` per list), so a v1 consumer that ignores unknown fields and does not reject
-``schema_version`` 2 reads a v2 list unchanged; this model still reads v1 lists.
+``bundle`` per list); the v1 schema allows additional properties. A consumer that pins
+``schema_version: 1`` (the released client before v2, the v1 JSON Schema) rejects a
+list labelled 2, so the worker can label its lists 1
+(``RECSTREAM_OUTPUT_SCHEMA_VERSION=1``, the new fields still present) until every
+consumer reads 2. :class:`RecommendationMessage` reads 1 and 2 and ignores unknown
+fields (forward compatible).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ __all__ = [
 ]
 
 
-#: The version the worker writes; readers accept 1 and 2.
+#: The version the worker writes by default; readers accept 1 and 2.
 RECOMMENDATION_SCHEMA_VERSION: Literal[2] = 2
 
 #: Why an item is in a list (``models.scorer.ReasonCode``; the stream adds
@@ -139,10 +143,13 @@ def recommendation_dict(
     arm: str = "control",
     reasons: Sequence[tuple[str, str | None] | None] | None = None,
     bundle: tuple[str, Sequence[tuple[str, float]]] | None = None,
+    schema_version: int = RECOMMENDATION_SCHEMA_VERSION,
 ) -> dict[str, Any]:
     """A :class:`RecommendationMessage` as a plain JSON document (hot path: no validation).
 
     Args:
+        schema_version: the label, 1 or 2 (``RECSTREAM_OUTPUT_SCHEMA_VERSION``); the
+            fields are the same for both.
         reasons: ``(code, item_id)`` per item, aligned with ``items`` (``None``: no
             reason for that item, or for the whole list).
         bundle: ``(anchor item, [(item, score), ...])``, or ``None``.
@@ -157,7 +164,7 @@ def recommendation_dict(
             for (i, s), r in zip(items, reasons, strict=True)
         ]
     doc: dict[str, Any] = {
-        "schema_version": RECOMMENDATION_SCHEMA_VERSION,
+        "schema_version": schema_version,
         "user_id": user_id,
         "items": listed,
         "model_version": model_version,

@@ -28,8 +28,9 @@ changelog topic, so any Kafka tool can read it):
   or ``null``; what ``GET /users/{user_id}/recommendations`` answers. Replaced only by
   a list triggered by a later (event time) or the same event.
 * ``intent`` (only once the user searched and the worker has a text encoder):
-  ``[ts, vector]``, the event time of the latest search and its embedded query
-  (float16, base64; see ``streams.intent``). Never the query text.
+  ``[ts, vector, dim]``, the event time of the latest search, its embedded query
+  (float16, base64; see ``streams.intent``) and the encoder's dimension (an intent of
+  another encoder is dropped when read). Never the query text.
 
 Why event time and not arrival order: a user's clicks, browses and purchases come
 from three topics, and Kafka orders records only within one partition of one
@@ -241,10 +242,11 @@ def apply_search(profile: Profile, event: SearchEvent, limits: ProfileLimits) ->
     return True
 
 
-def remember_intent(profile: Profile, ts: float, packed: str) -> None:
-    """Keep the embedded query of a search at ``ts`` unless a later search's is there."""
+def remember_intent(profile: Profile, ts: float, packed: str, dim: int) -> None:
+    """Keep the embedded query (of an encoder of ``dim`` dimensions) of a search at
+    ``ts`` unless a later search's is there."""
     if profile.intent is None or float(profile.intent[0]) <= ts:
-        profile.intent = [ts, packed]
+        profile.intent = [ts, packed, dim]
 
 
 def remember_list(

@@ -38,6 +38,8 @@ log = logging.getLogger("recstream.rules")
 
 #: Rules are small; anything bigger is not one.
 MAX_RULE_BYTES = 4096
+#: Tries of one record of a broadcast topic before it is skipped (see ``apply``).
+RECORD_ATTEMPTS = 3
 
 
 class ItemRule(BaseModel):
@@ -205,6 +207,7 @@ class BroadcastReader:
         )
         self._ends: dict[int, int] = {}
         self._assigned = False
+        self._last_passed: Message | None = None
 
     @property
     def at_end(self) -> bool:
@@ -228,6 +231,7 @@ class BroadcastReader:
 
     def _passed(self, msg: Message) -> None:
         """Note that ``msg`` was handled (the start's end offsets)."""
+        self._last_passed = msg
         partition, offset = msg.partition(), msg.offset()
         if (
             partition is not None
@@ -249,10 +253,47 @@ class BroadcastReader:
                     await self.handle_batch([])  # an empty topic is read at once
                 messages = await asyncio.to_thread(self._poll)
                 if messages:
-                    await self.handle_batch(messages)
+                    await self.apply(messages)
             except Exception:  # never let a side topic stop the worker
                 log.exception("reading %s failed; retrying in 5 s", self.topic)
                 await asyncio.sleep(5)
+
+    async def apply(self, messages: Sequence[Message], retry_s: float = 1.0) -> None:
+        """:meth:`handle_batch`, resumed after the last record handled when it raises.
+
+        The consumer's position is already past the whole batch: a record skipped now
+        is never applied. So the rest of the batch is retried (a full producer queue
+        clears); a record that fails :data:`RECORD_ATTEMPTS` times in a row is logged
+        and skipped, and the records after it are still applied.
+        """
+        pending = [m for m in messages if not m.error()]
+        failures = 0
+        while True:
+            self._last_passed = None
+            try:
+                await self.handle_batch(pending)
+                return
+            except Exception:
+                last = self._last_passed
+                done = next((n + 1 for n, m in enumerate(pending) if m is last), 0)
+                failures = failures + 1 if done == 0 else 1
+                culprit = pending[done] if done < len(pending) else None
+                if failures >= RECORD_ATTEMPTS and culprit is None:
+                    log.exception("applying %s failed after its records", self.topic)
+                    return  # every record was applied; the next poll publishes again
+                if failures >= RECORD_ATTEMPTS and culprit is not None:
+                    log.exception(
+                        "skipping %s[%s]@%s: it failed %d times",
+                        self.topic,
+                        culprit.partition(),
+                        culprit.offset(),
+                        failures,
+                    )
+                    done, failures = done + 1, 0
+                else:
+                    log.exception("applying %s failed; retrying the rest of its batch", self.topic)
+                    await asyncio.sleep(retry_s)
+                pending = pending[done:]
 
     def close(self) -> None:
         """Close the consumer."""

@@ -97,10 +97,11 @@ class Deployment:
     def read_json(
         self, topic: str, until: Callable[[list[Any]], bool], timeout_s: float = 60.0
     ) -> list[dict[str, Any]]:
+        """The JSON values of ``topic`` (tombstones left out) once ``until`` holds."""
         records: list[dict[str, Any]] = []
 
         def done(msgs: list[Any]) -> bool:
-            records[:] = [orjson.loads(m.value()) for m in msgs]
+            records[:] = [orjson.loads(m.value()) for m in msgs if m.value() is not None]
             return until(records)
 
         self.read_topic(topic, done, timeout_s)

@@ -109,8 +109,7 @@ def test_searches_catalog_bundles_and_bad_records_through_a_live_worker(
             orjson.dumps({"event_id": "s2", "user_id": "shopper-1", "query": "  ", "ts": now}),
         )
         producer.flush(10)
-    got = lists(deployment, {"c2", "s1"})
-    after = got["c2"]
+    after = lists(deployment, {"c2"})["c2"]
     assert top not in [i["item_id"] for i in after["items"]]  # hidden by the catalog
     assert len(after["items"]) == 20  # masked before the top-K
     assert after["bundle"] == {
@@ -119,10 +118,14 @@ def test_searches_catalog_bundles_and_bad_records_through_a_live_worker(
     }
     reasons = {i["item_id"]: i.get("reason") for i in after["items"]}
     assert reasons[partner] == {"code": "bought_together", "item_id": "sku-00001"}
-    # A search triggers a list of its own (no encoder here: no intent), no bundle.
-    assert got["s1"]["trigger_event_type"] == "search" and "bundle" not in got["s1"]
 
     dead = deployment.read_json(topics.dead_letter, lambda rs: len(rs) >= 2)
+    # Without an encoder a search only updates the profile: acked, no list of its own
+    # (s2, after it on its partition, was dead-lettered, so s1 was handled).
+    recs = deployment.read_json(
+        topics.recommendations, lambda rs: {"c1", "c2"} <= {r["trigger_event_id"] for r in rs}
+    )
+    assert "s1" not in {r["trigger_event_id"] for r in recs}
     by_topic = {d["topic"]: d for d in dead}
     assert by_topic[topics.items]["reason_code"] == "schema_violation"
     assert "title" in by_topic[topics.items]["reason"]

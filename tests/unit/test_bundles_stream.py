@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,14 +16,17 @@ from models.bundles import CoPurchaseCounts, latest_pairs
 from streams.acks import InOrderAcks
 from streams.app import create_app
 from streams.bundles import (
+    BundleItem,
     BundleRecord,
     Bundles,
     CoPurchase,
     CoPurchaseModel,
+    bundle_bytes,
     co_purchase_records,
     decode_bundle,
     decode_co_purchase,
     fold_co_purchase,
+    publishable,
 )
 from streams.config import BundleConfig, ScoringConfig, StreamConfig, WebConfig
 from streams.events import InvalidEvent, ReasonCode
@@ -48,17 +52,51 @@ def test_pairs_are_grouped_into_one_record_per_anchor() -> None:
 
 def test_a_purchase_counts_once_per_anchor_and_the_seen_ids_are_bounded() -> None:
     record = CoPurchase(anchor_item_id="x", partners=["a", "b", "a", "x"], ts=NOW, event_id="p1")
-    stored, counted = fold_co_purchase(None, record, CoPurchaseCounts(), dedup_window=2)
+    fold = functools.partial(fold_co_purchase, horizon_s=100.0, cap=2)
+    stored, counted = fold(None, record, CoPurchaseCounts())
     assert counted and stored is not None
     assert orjson.loads(stored)["partners"] == {"a": 1.0, "b": 1.0}  # each partner once
-    again, counted = fold_co_purchase(stored, record, CoPurchaseCounts(), dedup_window=2)
+    again, counted = fold(stored, record, CoPurchaseCounts())
     assert not counted and again == stored  # redelivered: counted once
     for n in (2, 3):
-        later = record.model_copy(update={"event_id": f"p{n}", "partners": ["a"]})
-        stored, counted = fold_co_purchase(stored, later, CoPurchaseCounts(), dedup_window=2)
+        later = record.model_copy(update={"event_id": f"p{n}", "partners": ["a"], "ts": NOW})
+        stored, counted = fold(stored, later, CoPurchaseCounts())
         assert counted and stored is not None
     state = orjson.loads(stored)
     assert state["partners"] == {"a": 3.0, "b": 1.0} and len(state["seen"]) == 2
+    # p1 was forgotten (the cap): its time is the floor, so its replay still counts once.
+    assert state["floor"] == NOW
+    assert fold(stored, record, CoPurchaseCounts()) == (stored, False)
+
+
+def test_replays_of_a_busy_item_count_once_by_time_horizon_not_by_the_last_ids() -> None:
+    """200 interleaved records of two anchors (100 each, more than the old 64 ids),
+    then all of them redelivered: the counts do not move."""
+    fold = functools.partial(fold_co_purchase, horizon_s=3600.0, cap=1024)
+    records = [
+        CoPurchase(
+            anchor_item_id=anchor, partners=[f"q{n % 7}"], ts=NOW + n, event_id=f"p{n}-{anchor}"
+        )
+        for n in range(100)
+        for anchor in ("x", "y")
+    ]
+    state: dict[str, bytes | None] = {"x": None, "y": None}
+
+    def replay(batch: list[CoPurchase]) -> int:
+        counted = 0
+        for r in batch:
+            state[r.anchor_item_id], fresh = fold(state[r.anchor_item_id], r, CoPurchaseCounts())
+            counted += fresh
+        return counted
+
+    assert replay(records) == 200
+    before = dict(state)
+    assert replay(records) == 0 and state == before
+    # Older than the horizon behind x's newest: forgotten, so not counted (a replay or not).
+    late = CoPurchase(anchor_item_id="x", partners=["q1"], ts=NOW - 7200, event_id="late")
+    assert replay([late]) == 1  # never seen, after the floor: counted
+    assert replay([late]) == 0  # and its replay is refused by the floor it set
+    assert orjson.loads(state["x"] or b"{}")["floor"] == NOW - 7200
 
 
 @pytest.mark.parametrize(
@@ -140,7 +178,7 @@ def bundled() -> BundleHarness:
         app_id=f"bundles-{uuid.uuid4().hex[:8]}",
         store="memory://",
         scoring=ScoringConfig(max_batch=8, max_wait_ms=10.0),
-        bundles=BundleConfig(size=2, window_s=600.0),
+        bundles=BundleConfig(size=2, window_s=600.0, min_support=2),
         web=WebConfig(enabled=False),
     )
     scorer = ExplainingScorer()
@@ -210,12 +248,14 @@ def test_counts_publish_each_changed_items_top_bundle_and_replays_count_once(
         assert all(e.message.acked for e in events)
 
     h.run("count_co_purchases", body)
-    published = [orjson.loads(r.value) for r in h.on(h.config.topics.bundles)]
-    assert [[(i["item_id"], i["score"]) for i in p["items"]] for p in published] == [
-        [("sku-101", 1.0)],
-        [("sku-101", 1.0), ("sku-102", 1.0)],
-        [("sku-101", 2.0), ("sku-102", 1.0)],
-        [("sku-101", 2.0), ("sku-102", 1.0)],  # the replay publishes, does not count
+    published = [r.value and orjson.loads(r.value) for r in h.on(h.config.topics.bundles)]
+    # Minimum support 2: no partner of one purchase is published (tombstones) until
+    # sku-101's second purchase; sku-102 (one purchase) stays out.
+    assert [p and [(i["item_id"], i["score"]) for i in p["items"]] for p in published] == [
+        None,
+        None,
+        [("sku-101", 2.0)],
+        [("sku-101", 2.0)],  # the replay publishes, does not count
     ]
     changelog = h.on(changelog_topic(h.config.app_id, BUNDLE_COUNTS_TABLE))
     assert len(changelog) == 4 and changelog[-1].key is not None
@@ -251,3 +291,103 @@ def test_a_list_carries_the_trigger_items_bundle_and_says_bought_together(
     reasons = {i["item_id"]: i["reason"] for i in after_click["items"]}
     assert reasons["sku-101"] == {"code": "bought_together", "item_id": "sku-1"}
     assert reasons["sku-100"] == {"code": "similar_to_viewed", "item_id": "sku-1"}
+
+
+def test_with_output_schema_version_1_the_released_v1_client_reads_the_worker_list() -> None:
+    import json
+
+    import jsonschema
+
+    from streams.messages import RecommendationMessage
+    from streams.schema_files import SCHEMA_DIR
+    from tests.unit.test_schemas import V1RecommendationMessage
+
+    config = StreamConfig(
+        app_id=f"v1-out-{uuid.uuid4().hex[:8]}",
+        store="memory://",
+        scoring=ScoringConfig(max_batch=8, max_wait_ms=10.0, output_schema_version=1),
+        web=WebConfig(enabled=False),
+    )
+    sink = FakeSink()
+    app = create_app(config, ExplainingScorer(), output=sink)  # type: ignore[arg-type]
+    app.pipeline.acks = InOrderAcks(clock=FakeClock())
+    items = [BundleItem(item_id="sku-101", score=2.0)]
+    app.pipeline.bundles.apply(
+        "sku-1", BundleRecord(anchor_item_id="sku-1", items=items, updated_ts=NOW)
+    )
+    h = BundleHarness(app, config, sink, ExplainingScorer())
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1", item="sku-1"), offset=1)
+        await until(lambda: len(h.on(config.topics.recommendations)) == 1)
+
+    h.run("score_user_events", body)
+    doc = h.on(config.topics.recommendations)[0].json()
+    assert doc["schema_version"] == 1 and doc["bundle"]["anchor_item_id"] == "sku-1"
+    assert {i["reason"]["code"] for i in doc["items"]} == {"similar_to_viewed", "bought_together"}
+    schema = json.loads((SCHEMA_DIR / "recommendation.v1.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert V1RecommendationMessage.model_validate(doc).items[0].item_id == "sku-100"
+    assert RecommendationMessage.model_validate(doc).bundle is not None
+
+
+def test_a_bundle_needs_min_support_and_fades_at_read_time_then_is_tombstoned() -> None:
+    half_life = 14 * 86400.0
+    config = BundleConfig(min_support=3, min_score=0.05)
+    counts, stored = CoPurchaseCounts(half_life_s=half_life), None
+    for n in range(3):
+        record = CoPurchase(anchor_item_id="a", partners=["b"], ts=NOW + n, event_id=f"p{n}")
+        stored, _ = fold_co_purchase(stored, record, counts, horizon_s=86400.0, cap=64)
+        top, ts = publishable(
+            stored, "a", counts, n=10, min_support=config.min_support, min_score=config.min_score
+        )
+        assert (top == []) == (n < 2)  # one shopper's pair is not shown: 3 purchases are
+    assert ts == NOW + 2 and top == [("b", pytest.approx(3.0, rel=1e-4))]
+    bundles = Bundles(half_life_s=half_life, min_score=config.min_score)
+    bundles.apply("a", BundleRecord.model_validate(orjson.loads(bundle_bytes("a", top, ts))))
+    none: frozenset[str] = frozenset()
+    assert bundles.for_item("a", none, none, 5, now=ts - 60) == [("b", pytest.approx(3.0))]
+    [(_, faded)] = bundles.for_item("a", none, none, 5, now=ts + half_life)
+    assert faded == pytest.approx(1.5, rel=1e-4)  # decayed from updated_ts at read time
+    assert bundles.for_item("a", none, none, 5, now=ts + 7 * half_life) == []  # 3/128
+    # The next co-purchase of the anchor, months later: the old partner fell below
+    # min_score and the new one lacks support: a tombstone (nothing to publish).
+    later = CoPurchase(anchor_item_id="a", partners=["c"], ts=ts + 7 * half_life, event_id="p9")
+    stored, _ = fold_co_purchase(stored, later, counts, horizon_s=86400.0, cap=64)
+    assert publishable(stored, "a", counts, n=10, min_support=3, min_score=0.05)[0] == []
+
+
+def test_bought_together_does_not_overwrite_matches_search(bundled: BundleHarness) -> None:
+    from tests.unit.text_fakes import FakeEncoder
+
+    h = bundled
+    h.app.pipeline.text_encoder = FakeEncoder()
+    items = [BundleItem(item_id="sku-101", score=5.0)]
+    h.app.pipeline.bundles.apply(
+        "sku-1", BundleRecord(anchor_item_id="sku-1", items=items, updated_ts=NOW)
+    )
+    query = {"event_id": "s1", "user_id": "u1", "query": "gloss", "ts": NOW - 50}
+
+    async def body(agent: Any) -> None:
+        await send(agent, "searches", orjson.dumps({**query, "type": "search"}), offset=1)
+        await until(lambda: len(h.on(h.config.topics.recommendations)) == 1)
+        await send(agent, "clicks", click("e2", item="sku-1"), offset=2)
+        await until(lambda: len(h.on(h.config.topics.recommendations)) == 2)
+
+    h.run("score_user_events", body)
+    after_click = h.on(h.config.topics.recommendations)[1].json()
+    assert after_click["bundle"]["items"] == [{"item_id": "sku-101", "score": 5.0}]
+    reasons = {i["item_id"]: i["reason"]["code"] for i in after_click["items"]}
+    assert reasons["sku-101"] == "matches_search"  # the search put it there
+
+
+def test_the_largest_records_the_writers_make_are_read_back() -> None:
+    # 256-character ids (the limit) of 4-byte UTF-8 characters: the widest there are.
+    wide = [f"{n:03d}" + "\U0001f600" * 253 for n in range(600)]
+    full = bundle_bytes("a", [(i, 1000.0 - n) for n, i in enumerate(wide[:200])], NOW)
+    record = decode_bundle(b"a", full)  # size 50 x candidate pool 4: 200 items fit
+    assert isinstance(record, BundleRecord) and len(record.items) == 200
+    [value] = co_purchase_records([("a", i, NOW) for i in wide], "p1").values()
+    copurchase = decode_co_purchase(b"a", value)  # 600 partners: trimmed to fit
+    assert isinstance(copurchase, CoPurchase) and 100 < len(copurchase.partners) < 500
+    assert copurchase.partners[0] == wide[100]  # the latest 500, the first that fit

@@ -227,24 +227,27 @@ def test_an_old_search_no_longer_counts(harness: Harness) -> None:
     assert scorer.intents[0] is not None and scorer.intents[1] is None
 
 
-def test_without_an_encoder_a_search_is_counted_and_scored_without_intent(
+def test_without_an_encoder_a_search_is_counted_and_acked_without_a_scoring_pass(
     harness: Harness,
 ) -> None:
     h = harness
     scorer = ExplainingScorer()
     h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    events = []
 
     async def body(agent: Any) -> None:
-        await send(agent, "searches", search("s1"), offset=1)
+        events.append(await send(agent, "searches", search("s1"), offset=1))
+        events.append(await send(agent, "searches", search("s1"), offset=2))  # redelivered
+        await send(agent, "clicks", click("e3"), offset=3)
         await until(lambda: len(h.recommendations) == 1)
-        await send(agent, "searches", search("s1"), offset=2)  # redelivered
-        await until(lambda: len(h.recommendations) == 2)
+        h.sink.deliver_all()  # the profile's changelog records
+        await until(lambda: all(e.message.acked for e in events))
 
     h.run(body)
-    assert scorer.intents == [None, None]
-    assert h.recommendations[0].json()["trigger_event_type"] == "search"
+    assert scorer.intents == [None]  # one scoring pass: the click's
+    assert h.recommendations[0].json()["trigger_event_id"] == "e3"
     profile = orjson.loads(h.profiles.get("u1"))
-    assert "intent" not in profile and profile["recent"] == [] and len(profile["seen"]) == 1
+    assert "intent" not in profile and len(profile["seen"]) == 2
     consumed = h.pipeline.metrics.events_consumed.labels("search")._value.get()
     assert consumed == 2
     assert h.pipeline.metrics.duplicate_events._value.get() == 1
@@ -302,3 +305,43 @@ def test_each_item_keeps_its_own_reason_through_the_category_cap(harness: Harnes
         ("sku-100", "h0"),
         ("sku-102", "h2"),
     ]
+
+
+def test_an_intent_stored_by_another_encoder_is_dropped_and_the_batch_scored(
+    harness: Harness,
+) -> None:
+    """A profile from a worker with another encoder (8 dims, this one has 26)."""
+    from streams.intent import pack
+    from streams.profile import Profile, remember_intent
+
+    h = harness
+    scorer = ExplainingScorer()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = FakeEncoder()
+    profile = Profile()
+    remember_intent(profile, NOW - 10, pack(np.full(8, 8**-0.5, dtype=np.float32)), 8)
+    h.profiles.data["u1"] = profile.to_json()  # as a restore from the changelog would
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1", item="sku-9"), offset=1)
+        await send(agent, "clicks", click("e2", user="u2", item="sku-9"), key=b"u2", offset=2)
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    assert scorer.intents == [None, None] and h.dead_letters == []
+
+
+def test_an_event_older_than_the_stored_search_gets_no_intent(harness: Harness) -> None:
+    h = harness
+    scorer = ExplainingScorer()
+    h.pipeline.set_scorer(scorer)  # type: ignore[arg-type]
+    h.pipeline.text_encoder = FakeEncoder()
+
+    async def body(agent: Any) -> None:
+        await send(agent, "searches", search("s1", ts=NOW - 100), offset=1)
+        await until(lambda: "intent" in orjson.loads(h.profiles.get("u1") or b"{}"))
+        await send(agent, "clicks", click_at("e0", NOW - 3000), offset=2)  # late, older
+        await until(lambda: len(h.recommendations) == 2)
+
+    h.run(body)
+    assert scorer.intents[0] is not None and scorer.intents[1] is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from typing import Any
 from unittest.mock import create_autospec
 
+import orjson
 import pytest
 from confluent_kafka import Message
 
@@ -180,3 +182,35 @@ def test_the_category_cap_is_applied_to_a_wider_candidate_list(harness: Harness)
         assert scorer.ks == [12]  # 4 x top_k candidates
 
     h.run(body)
+
+
+def test_one_failing_record_does_not_cost_the_rest_of_its_polled_batch() -> None:
+    """A full producer queue (BufferError from the DLQ) once, and a record that always
+    fails: the rest of the batch is applied, the first retried, the second skipped."""
+    rules = ItemRules()
+    attempts: dict[bytes, int] = {}
+
+    def dead_letter(msg: Any, _invalid: InvalidEvent) -> None:
+        key = msg.key()
+        attempts[key] = attempts.get(key, 0) + 1
+        if key == b"full" and attempts[key] == 1:
+            raise BufferError("Local: Queue full")
+        if key == b"poison":
+            raise RuntimeError("always")
+
+    consumer = RulesConsumer({"bootstrap.servers": "127.0.0.1:1"}, "item-rules", rules, dead_letter)
+    blocked = orjson.dumps({"blocked": True})
+    batch = [
+        message(b"a", blocked, 0, 0),
+        message(b"full", b"{", 0, 1),
+        message(b"b", blocked, 0, 2),
+        message(b"poison", b"{", 0, 3),
+        message(b"c", blocked, 0, 4),
+    ]
+    consumer._assigned = True
+    try:
+        asyncio.run(consumer.apply(batch, retry_s=0.0))
+    finally:
+        consumer.close()
+    assert rules.hidden == {"a", "b", "c"}
+    assert attempts == {b"full": 2, b"poison": 3}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import jsonschema
 import orjson
 import pytest
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.events import EventType, InvalidEvent, decode_event
 from streams.messages import (
@@ -43,7 +45,7 @@ def test_golden_events_validate_against_schema_and_decoder(event_type: EventType
 
 
 class V1Item(BaseModel):
-    """A consumer written against recommendation schema v1 (the model as it was)."""
+    """``RecommendedItem`` of the released v1 client (``streams/messages.py`` at 9db32c8)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -52,20 +54,24 @@ class V1Item(BaseModel):
 
 
 class V1RecommendationMessage(BaseModel):
-    """The v1 ``RecommendationMessage``, as a v1 consumer keeps it (version not pinned)."""
+    """``RecommendationMessage`` of the released v1 client, verbatim: it pins version 1."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: int = 1
+    schema_version: Literal[1] = 1
     user_id: str
-    items: list[V1Item]
-    model_version: str
-    arm: str = "control"
-    strategy: str
-    trigger_event_id: str
+    items: list[V1Item] = Field(description="Best first, at most K.")
+    model_version: str = Field(description="Version of the model that scored, or 'none'.")
+    arm: str = Field("control")
+    strategy: str = Field(description="'sequential' or 'popular' (fallback).")
+    trigger_event_id: str = Field(description="event_id of the event that triggered this list.")
     trigger_event_type: str
-    event_ts: float
-    produced_ts: float
+    event_ts: float = Field(description="Event time of the trigger, Unix seconds.")
+    produced_ts: float = Field(description="When the worker produced this list, Unix seconds.")
+
+
+#: SHA-256 of ``recommendation.v1.json`` as released: consumers validate against it.
+V1_SCHEMA_SHA256 = "f2d55429e2e2eb7ca3d83ec2abf434c6bea84e573ba14b2083f0902035016473"
 
 
 def _schema(stem: str) -> dict[str, object]:
@@ -122,19 +128,52 @@ def test_v1_golden_recommendation_still_validates_and_parses() -> None:
     assert V1RecommendationMessage.model_validate(doc).items[0].item_id == "sku-00020"
 
 
-def test_a_v1_consumer_reads_a_v2_list() -> None:
-    raw = (FIXTURES / "recommendation.v2.json").read_bytes()
-    v1 = V1RecommendationMessage.model_validate_json(raw)
-    assert [(i.item_id, i.score) for i in v1.items] == [
-        ("sku-00020", 7.25),
-        ("sku-00003", 6.9),
-        ("sku-00031", 6.1),
-    ]
-    assert v1.trigger_event_id == "p-9" and v1.arm == "candidate"
-    # Against the v1 JSON Schema only the version number differs.
-    doc = orjson.loads(raw)
-    doc["schema_version"] = 1
-    jsonschema.validate(doc, _schema("recommendation.v1"))
+def _explained_list(schema_version: int | None) -> dict[str, object]:
+    """A list as the worker writes it, with reasons and a bundle."""
+    label = {} if schema_version is None else {"schema_version": schema_version}
+    doc: dict[str, object] = orjson.loads(
+        recommendation_bytes(
+            user_id="u",
+            items=[("a", 2.0), ("b", 1.0)],
+            reasons=[("similar_to_viewed", "h"), ("bought_together", "t")],
+            bundle=("t", [("b", 3.0)]),
+            model_version="m",
+            strategy="sequential",
+            trigger_event_id="e",
+            trigger_event_type="click",
+            event_ts=NOW,
+            produced_ts=NOW,
+            **label,
+        )
+    )
+    return doc
+
+
+def test_the_committed_v1_schema_is_the_released_one() -> None:
+    digest = hashlib.sha256((SCHEMA_DIR / "recommendation.v1.json").read_bytes()).hexdigest()
+    assert digest == V1_SCHEMA_SHA256, "recommendation.v1.json is released: never change it"
+
+
+def test_a_consumer_pinning_v1_reads_lists_written_with_output_schema_version_1() -> None:
+    doc = _explained_list(1)
+    assert doc["schema_version"] == 1 and "bundle" in doc
+    jsonschema.validate(doc, _schema("recommendation.v1"))  # additional fields allowed
+    old = V1RecommendationMessage.model_validate(doc)
+    assert [(i.item_id, i.score) for i in old.items] == [("a", 2.0), ("b", 1.0)]
+    new = RecommendationMessage.model_validate(doc)  # a v2 reader sees the extras too
+    assert new.bundle is not None and new.items[1].reason is not None
+    assert new.items[1].reason.code == "bought_together"
+
+
+def test_default_output_is_v2_which_a_consumer_pinning_v1_rejects() -> None:
+    """Why the upgrade note says: consumers first, or RECSTREAM_OUTPUT_SCHEMA_VERSION=1."""
+    doc = _explained_list(None)
+    assert doc["schema_version"] == 2
+    jsonschema.validate(doc, _schema("recommendation.v2"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, _schema("recommendation.v1"))
+    with pytest.raises(ValidationError):
+        V1RecommendationMessage.model_validate(doc)
 
 
 def test_a_bad_reason_code_is_rejected_by_schema_and_model() -> None:
@@ -231,3 +270,31 @@ def test_golden_catalog_item_validates_and_decodes() -> None:
     assert isinstance(decoded, CatalogItem) and decoded.category == "lipstick"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"price": 1.0}, _schema("item.v1"))  # a title is required
+
+
+class _Record:
+    """The part of a ``confluent_kafka.Message`` the reader uses."""
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+    def error(self) -> None:
+        return None
+
+
+def test_the_client_reads_lists_labelled_1_and_2_and_ignores_unknown_fields() -> None:
+    from streams.client import RecommendationReader
+
+    v1 = orjson.loads((FIXTURES / "recommendation.v1.json").read_bytes())
+    future = {**_explained_list(None), "trigger_event_id": "e2", "added_later": {"x": 1}}
+    reader = RecommendationReader({"bootstrap.servers": "127.0.0.1:1"}, "recs")
+    try:
+        reader._early = [_Record(orjson.dumps(d)) for d in (v1, _explained_list(1), future)]
+        got = [reader.poll(0) for _ in range(3)]
+    finally:
+        reader.close()
+    assert [m.schema_version if m else None for m in got] == [1, 1, 2]
+    assert got[2] is not None and got[2].bundle is not None

@@ -18,7 +18,7 @@ from streams.events import (
     SearchEvent,
     decode_search,
 )
-from streams.intent import decayed_weight, make_intent, pack, unpack
+from streams.intent import decayed_weight, make_intent, pack, stored_vector, unpack
 from streams.profile import Profile, ProfileLimits, apply_search, remember_intent
 
 NOW = 1_795_100_000.0
@@ -91,14 +91,27 @@ def test_the_intent_is_a_compact_unit_vector_and_the_latest_search_wins() -> Non
     assert restored.dtype == np.float32 and abs(float(np.linalg.norm(restored)) - 1) < 1e-6
     assert float(restored @ vector) > 0.9999
     profile = Profile()
-    remember_intent(profile, NOW, packed)
-    remember_intent(profile, NOW - 10, pack(-vector))  # an older search, delivered late
-    assert profile.intent == [NOW, packed]
-    assert Profile.from_json(profile.to_json()).intent == [NOW, packed]
+    remember_intent(profile, NOW, packed, 384)
+    remember_intent(profile, NOW - 10, pack(-vector), 384)  # an older search, delivered late
+    assert profile.intent == [NOW, packed, 384]
+    assert Profile.from_json(profile.to_json()).intent == [NOW, packed, 384]
+
+
+def test_an_intent_of_another_encoder_is_dropped_when_read() -> None:
+    vector = np.full(8, 8**-0.5, dtype=np.float32)
+    found = stored_vector([NOW, pack(vector), 8], 8)
+    assert found is not None and found[0] == NOW and np.allclose(found[1], vector, atol=1e-3)
+    assert stored_vector([NOW, pack(vector)], 8) is not None  # stored before dims were
+    assert stored_vector([NOW, pack(vector), 8], 384) is None  # another encoder now
+    assert stored_vector([NOW, pack(vector)], 384) is None  # its length says so too
+    assert stored_vector([NOW, pack(vector), 8], None) is None  # no encoder now
+    assert stored_vector([NOW, "not base64!", 8], 8) is None
+    assert stored_vector([NOW], 8) is None
 
 
 def test_the_intent_weight_halves_every_half_life() -> None:
-    assert decayed_weight(0.0, 1800) == 1.0 and decayed_weight(-5.0, 1800) == 1.0
+    assert decayed_weight(0.0, 1800) == 1.0
+    assert decayed_weight(-5.0, 1800) == 0.0  # the search came after the event
     assert decayed_weight(1800.0, 1800) == pytest.approx(0.5)
     assert decayed_weight(5400.0, 1800) == pytest.approx(0.125)
     intent = make_intent(np.ones(2, dtype=np.float32), 0.5)

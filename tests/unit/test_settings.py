@@ -174,3 +174,33 @@ def test_erasure_markers_must_outlive_the_input_retention() -> None:
     with pytest.raises(ValueError, match="ERASURE_MARKER_DAYS"):
         Settings(retention_hours=15 * 24)
     Settings(retention_hours=30 * 24, privacy_erasure_marker_days=30)
+
+
+def test_the_text_encoder_is_loaded_with_its_own_thread_count(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One intra-op thread by default, whatever the scorer's `RECSTREAM_INTRA_OP_THREADS`."""
+    import numpy as np
+
+    import deploy.worker
+    from models.text_encoder import OnnxTextEncoder
+
+    loaded: list[int] = []
+
+    class Loaded:
+        dim = 4
+
+        def encode(self, texts: object) -> np.ndarray:
+            return np.zeros((0, 4), dtype=np.float32)
+
+    def load(directory: Path, provider: str = "auto", intra_op_threads: int = 0) -> Loaded:
+        loaded.append(intra_op_threads)
+        return Loaded()
+
+    monkeypatch.setattr(OnnxTextEncoder, "load", load)
+    for env, expected in [({}, 1), ({"RECSTREAM_TEXT_ENCODER_THREADS": "3"}, 3)]:
+        for name, value in {"RECSTREAM_INTRA_OP_THREADS": "0", **env}.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(_env_file=None, text_encoder_dir=tmp_path)  # type: ignore[call-arg]
+        assert deploy.worker.load_text_support(settings) is not None
+        assert loaded[-1] == expected
