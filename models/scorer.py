@@ -247,10 +247,14 @@ class Scorer(Protocol):
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
         """Recommend k items per history, never returning ids in the matching exclude set.
 
-        `intents` (optional, one per history) are the users' latest searches.
+        `intents` (optional, one per history) are the users' latest searches; `hidden`
+        (optional) ids no row may get (the item rules), the same as adding them to every
+        exclude set but mapped once per batch: pass a frozenset that is replaced, not
+        mutated, when the rules change.
         """
         ...
 

@@ -272,6 +272,15 @@ class Pipeline:
         if attach is not None and self.text is not None:
             attach(self.text.index)
 
+    def prepare_scorer(self, scorer: Scorer) -> None:
+        """Attach the catalog to a newly loaded ``scorer`` and build its catalog view now
+        (the ridge map of cold items included), in the caller's thread: the reloader
+        calls it in its loading thread, before the swap."""
+        self._attach_catalog(scorer)
+        prepare = getattr(scorer, "prepare_catalog", None)
+        if prepare is not None and self.text is not None:
+            prepare()
+
     def set_scorer(self, scorer: Scorer) -> None:
         """Serve with ``scorer`` from the next batch on (hot reload)."""
         self._attach_catalog(scorer)
@@ -581,7 +590,7 @@ class Pipeline:
             arm_scorer = candidate if arm == CANDIDATE and candidate is not None else scorer
             started = time.perf_counter()
             histories = [batch[i].history for i in indices]
-            excludes = [batch[i].exclude | hidden if hidden else batch[i].exclude for i in indices]
+            excludes = [batch[i].exclude for i in indices]
             k = top_k * CANDIDATE_POOL if categories else top_k
             intents = [batch[i].intent for i in indices]
             results = arm_scorer.recommend(
@@ -589,6 +598,7 @@ class Pipeline:
                 excludes,
                 k,
                 intents=intents if any(i is not None for i in intents) else None,
+                hidden=hidden,
             )
             if categories:
                 results = [diversify(rec, categories, cap, top_k) for rec in results]

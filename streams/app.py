@@ -201,6 +201,7 @@ def create_app(
             loaded_version,
             set_experiment=app.pipeline.set_experiment,
             loaded_experiment=experiment,
+            prepare=app.pipeline.prepare_scorer,
         )
 
         async def reload_model() -> None:

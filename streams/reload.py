@@ -62,6 +62,9 @@ class ModelReloader:
             ``None``: no experiment); experiments are followed only with this and an
             :class:`ExperimentSource`.
         loaded_experiment: the experiment serving now, with its candidate's scorer.
+        prepare: run on each newly loaded scorer in the loading thread, before it is
+            installed (the pipeline attaches the catalog and builds its view there, so
+            the first batch after a swap does not pay for it in the inference thread).
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class ModelReloader:
         loaded_version: str | None = None,
         set_experiment: Callable[[Experiment | None, Scorer | None], None] | None = None,
         loaded_experiment: tuple[Experiment, Scorer] | None = None,
+        prepare: Callable[[Scorer], None] | None = None,
     ) -> None:
         self.source = source
+        self._prepare = prepare
         self.loaded_version = loaded_version
         self._set_experiment = set_experiment
         self.experiment = loaded_experiment[0] if loaded_experiment else None
@@ -97,7 +102,7 @@ class ModelReloader:
             if self.experiment.candidate == version:
                 return self._candidate
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self.source.load, version)
+            return await asyncio.get_running_loop().run_in_executor(None, self._load_now, version)
         except Exception:
             if version not in self.failed_versions:
                 log.exception(
@@ -105,6 +110,12 @@ class ModelReloader:
                 )
             self.failed_versions.add(version)
             return None
+
+    def _load_now(self, version: str) -> Scorer:
+        scorer = self.source.load(version)
+        if self._prepare is not None:
+            self._prepare(scorer)
+        return scorer
 
     async def _check_experiment(self, source: ExperimentSource) -> bool:
         loop = asyncio.get_running_loop()

@@ -234,7 +234,9 @@ class CatalogScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         self.excludes.extend(set(e) for e in exclude)
         ranked = [(f"sku-{i}", 6.0 - i) for i in range(6)]
         return [

@@ -40,7 +40,9 @@ class OffsetScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         out = []
         for h in histories:
             self.seen.append(h[-1][0])
@@ -131,7 +133,9 @@ class FakeScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         return [Recommendation(items=[], strategy="popular") for _ in histories]
 
 

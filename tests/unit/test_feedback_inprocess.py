@@ -57,7 +57,9 @@ class NextItemScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         return [
             Recommendation(items=[(i, 1.0) for i in next_items(h[-1][0])], strategy="sequential")
             for h in histories

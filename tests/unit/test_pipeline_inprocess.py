@@ -56,7 +56,9 @@ class FakeScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         self.batches.append(len(histories))
         self.excluded.extend(set(e) for e in exclude)
         if self.fail is not None:

@@ -41,7 +41,9 @@ class ExplainingScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         self.intents.extend(intents if intents is not None else [None] * len(histories))
         self.excluded.extend(set(e) for e in exclude)
         out = []

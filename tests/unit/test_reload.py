@@ -22,7 +22,9 @@ class FakeScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         return [Recommendation(items=[], strategy="popular") for _ in histories]
 
 
@@ -101,3 +103,30 @@ def test_a_promotion_seen_half_way_never_serves_the_old_version_to_the_candidate
     assert asyncio.run(reloader.check())
     assert serving[-1] is candidate and source.loads == 0  # swapped, not reloaded
     assert installed == [(None, None)] and reloader.loaded_version == "v2"
+
+
+def test_a_new_scorer_is_prepared_in_the_loading_thread_before_it_is_installed() -> None:
+    """The catalog view of a hot-reloaded model is built before the swap, off the loop."""
+    import threading
+
+    source = FakeSource()
+    serving = {"scorer": FakeScorer("v1")}
+    prepared: list[tuple[str, bool, str]] = []
+
+    def prepare(scorer: FakeScorer) -> None:  # type: ignore[override]
+        installed = serving["scorer"] is scorer
+        prepared.append((scorer.model_version, installed, threading.current_thread().name))
+
+    reloader = ModelReloader(
+        source,
+        lambda: serving["scorer"],
+        lambda s: serving.update(scorer=s),
+        loaded_version="v1",
+        prepare=prepare,  # type: ignore[arg-type]
+    )
+    source.version = "v2"
+    assert asyncio.run(reloader.check())
+    assert serving["scorer"].model_version == "v2"
+    [(version, installed_before, thread)] = prepared
+    assert version == "v2" and not installed_before
+    assert thread != threading.main_thread().name

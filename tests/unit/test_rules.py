@@ -127,7 +127,9 @@ class CapturingScorer:
         k: int,
         *,
         intents: Sequence[Intent | None] | None = None,
+        hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
+        exclude = [set(e) | set(hidden) for e in exclude]
         self.ks.append(k)
         out = []
         for ex in exclude:

@@ -198,6 +198,7 @@ def test_the_text_encoder_is_loaded_with_its_own_thread_count(
         return Loaded()
 
     monkeypatch.setattr(OnnxTextEncoder, "load", load)
+    (tmp_path / "encoder.onnx").write_bytes(b"")  # an empty folder is "not written yet"
     for env, expected in [({}, 1), ({"RECSTREAM_TEXT_ENCODER_THREADS": "3"}, 3)]:
         for name, value in {"RECSTREAM_INTRA_OP_THREADS": "0", **env}.items():
             monkeypatch.setenv(name, value)
