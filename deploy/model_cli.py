@@ -49,13 +49,18 @@ MaxSessionsOpt = Annotated[
 ValidFractionOpt = Annotated[
     float,
     typer.Option(
-        help="sessions/events: share held out for validation (sessions: the newest ones).",
+        help="sessions/events: share held out for validation (sessions: at most this "
+        "share; the newest sessions that give --max-cases cases).",
         min=0.0,
         max=0.5,
     ),
 ]
 MaxCasesOpt = Annotated[
-    int, typer.Option(help="Cap on validation cases (sessions) / cases per window (events).")
+    int,
+    typer.Option(
+        help="Validation cases (sessions: only the sessions that give them are held out) "
+        "/ cases per window (events)."
+    ),
 ]
 
 
@@ -136,13 +141,13 @@ def train(
     ] = None,
     patience: Annotated[
         int, typer.Option(help="Evaluations without better validation NDCG@10 before stopping.")
-    ] = 5,
+    ] = 4,
     max_len: Annotated[int, typer.Option(help="Sequence length.")] = 50,
     dim: Annotated[int, typer.Option(help="Model width.")] = 64,
     layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
     heads: Annotated[int, typer.Option(help="Attention heads.")] = 2,
     dropout: Annotated[float, typer.Option(help="Dropout.")] = 0.2,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
     lr_decay: Annotated[
         float,
         typer.Option(
@@ -151,7 +156,7 @@ def train(
             min=0.01,
             max=1.0,
         ),
-    ] = 1.0,
+    ] = 0.3,
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
     similarity: Annotated[
         str,
@@ -178,8 +183,13 @@ def train(
         ),
     ] = True,
     negatives: Annotated[
-        int, typer.Option(help="0 = full softmax CE; N = sampled softmax with N negatives.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="0 = full softmax CE; N = sampled softmax with N negatives (logQ-corrected). "
+            "Default: by catalog size (full softmax up to 20,000 items, else 8,192).",
+            min=0,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 42,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     device: Annotated[

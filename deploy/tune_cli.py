@@ -47,8 +47,13 @@ def tune(
     arch: Annotated[str, typer.Option(help="Architecture (not searched).")] = "sasrec",
     repeat_head: Annotated[bool, typer.Option(help="Repeat-aware head (not searched).")] = True,
     negatives: Annotated[
-        int, typer.Option(help="0 = full softmax CE; N = sampled softmax (not searched).")
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="0 = full softmax CE; N = sampled softmax (not searched). Default: by "
+            "catalog size, as in train.",
+            min=0,
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per step (not searched).")] = 128,
     max_len: Annotated[int, typer.Option(help="Sequence length (not searched).")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and training.")] = 42,

@@ -22,7 +22,7 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import MASKED_SCORE, SIMILARITIES
-from models.repeat import RepeatHead
+from models.repeat import RepeatHead, uniform_negatives
 
 __all__ = ["Recommender", "ServingRecommender"]
 
@@ -270,7 +270,8 @@ class Recommender(nn.Module, ABC):
 
         Full softmax over the catalog by default. With `n_negatives > 0`, a sampled
         softmax instead: the positive against `n_negatives` items drawn uniformly (shared
-        by the batch; accidental hits masked), for catalogs too large for full logits.
+        by the batch; accidental hits masked; logQ-corrected, see `uniform_negatives`),
+        for catalogs too large for full logits.
         Logits are only computed where `targets != 0`, which skips the (many) padding
         positions of short sequences instead of scoring and then ignoring them.
 
@@ -303,12 +304,13 @@ class Recommender(nn.Module, ABC):
             )
         if n_negatives <= 0:
             return F.cross_entropy(h @ keys.t(), y)
-        negatives = torch.randint(1, self.n_items + 1, (n_negatives,), generator=generator)
-        negatives = negatives.to(h.device)
+        negatives, log_inv_q = uniform_negatives(
+            self.n_items, n_negatives, generator=generator, device=h.device
+        )
         pos = (h * keys[y]).sum(dim=-1, keepdim=True)  # [N, 1]
-        neg = (h @ keys[negatives].t()).masked_fill(
+        neg = (h @ keys[negatives].t() + log_inv_q).masked_fill(
             negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE
-        )  # [N, S]
+        )  # [N, S], logQ-corrected
         logits = torch.cat([pos, neg], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y))
 

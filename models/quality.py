@@ -69,9 +69,10 @@ def load_split(
         test_path: The ``prefix<TAB>target`` file (required for "sessions").
         attributes_path: Optional ``{item: [attribute, ...]}`` JSON (side features).
         max_train_sessions: "sessions" only: train on the most recent N sessions.
-        max_cases: Cap on validation cases ("sessions") / cases per window ("events").
-        valid_fraction: Share held out for validation: the newest training sessions
-            ("sessions") or the events before the test window ("events").
+        max_cases: Validation cases ("sessions": the newest sessions that give them are
+            held out, see `session_split`) / cases per window ("events").
+        valid_fraction: Share held out for validation: at most this share of the newest
+            training sessions ("sessions") or the events before the test window ("events").
         seed: Sampling seed for capped case lists.
 
     Returns:

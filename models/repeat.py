@@ -30,6 +30,31 @@ from models.metadata import MASKED_SCORE
 __all__ = ["RepeatHead"]
 
 
+def uniform_negatives(
+    n_items: int,
+    n_negatives: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """The sampled softmax's negatives and their logQ correction, for both losses.
+
+    `n_negatives` uniform draws (with replacement) from the items 1..`n_items`, shared
+    by the batch, each distinct item kept once. An item is in the sample with chance
+    q = 1 - (1 - 1/n_items) ** n_negatives, so each stands for 1/q catalog items: adding
+    log(1/q) to its logit makes the sample's normaliser estimate the full softmax's
+    (without it the always-present target is over-weighted against the catalog). When
+    the sample covers the catalog, q is 1 and the loss is the full softmax's.
+
+    Returns:
+        int64 [S] distinct item indices (on `device`) and the scalar log(1/q).
+    """
+    draws = torch.randint(1, n_items + 1, (n_negatives,), generator=generator)
+    negatives = torch.unique(draws.to(device))
+    log_miss = n_negatives * torch.log1p(torch.tensor(-1.0 / n_items, device=negatives.device))
+    return negatives, -torch.log1p(-torch.exp(log_miss))
+
+
 class RepeatHead(nn.Module):
     """History-item logit bias (see the module docstring).
 
@@ -130,8 +155,9 @@ class RepeatHead(nn.Module):
         bias, recent = bias_all[mask], recent_all[mask]
         if n_negatives <= 0:
             return F.cross_entropy((queries @ keys.t()).scatter_add(1, history, bias), y)
-        negatives = torch.randint(1, n_items + 1, (n_negatives,), generator=generator)
-        negatives = torch.unique(negatives.to(queries.device))
+        negatives, log_inv_q = uniform_negatives(
+            n_items, n_negatives, generator=generator, device=queries.device
+        )
         is_target = history == y.unsqueeze(1)
         pos = (queries * keys[y]).sum(-1, keepdim=True) + (bias * is_target).sum(-1, keepdim=True)
         # Negatives that are history items carry their bias; the other history items
@@ -143,13 +169,11 @@ class RepeatHead(nn.Module):
         column[negatives] = torch.arange(negatives.numel(), device=queries.device)
         neg_col = column[history]
         sampled = neg_col >= 0
-        # logQ correction: a sampled negative stands for the 1/q items it was drawn
-        # from (q = its chance to be in the sample), while the target and the history
-        # items are always candidates. Without it the softmax over the sample gives
-        # the always-present history items the wrong weight against the catalog, and
-        # the head learns a bias that is wrong when serving ranks the whole catalog.
-        draws = torch.tensor(float(n_negatives), device=queries.device)
-        log_inv_q = -torch.log1p(-torch.exp(draws * torch.log1p(torch.tensor(-1.0 / n_items))))
+        # logQ correction (`uniform_negatives`): the target and the history items are
+        # always candidates, a sampled negative stands for 1/q catalog items. Without
+        # it the softmax over the sample gives the always-present history items the
+        # wrong weight against the catalog, and the head learns a bias that is wrong
+        # when serving ranks the whole catalog.
         neg = (queries @ keys[negatives].t() + log_inv_q).scatter_add(
             1,
             neg_col.clamp(min=0),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ class _Trainer:
                 type_seq,
                 channel_seq,
                 targets,
-                n_negatives=self.config.n_negatives,
+                n_negatives=self.config.n_negatives or 0,
                 generator=self.generator,
             )
             self.optimizer.zero_grad(set_to_none=True)
@@ -221,6 +222,8 @@ def train_model(
     data = list(interactions)
     fingerprint = fingerprint_interactions(data)
     vocab, popularity = build_vocab(data)
+    # The loss by catalog size, recorded as resolved: the checkpoint says what ran.
+    config = replace(config, n_negatives=config.negatives_for(vocab.n_items))
     timelines = group_timelines(data, vocab)
     windows = build_training_windows(timelines.values(), config.max_len)
     if len(windows) == 0:

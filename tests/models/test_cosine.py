@@ -84,9 +84,12 @@ def test_loss_uses_the_same_logits_as_serving(n_negatives: int) -> None:
     if n_negatives == 0:
         torch.testing.assert_close(loss, F.cross_entropy(logits, targets[targets != 0]))
     else:
-        negatives = torch.randint(1, 41, (n_negatives,), generator=torch.Generator().manual_seed(5))
+        draws = torch.randint(1, 41, (n_negatives,), generator=torch.Generator().manual_seed(5))
+        negatives = torch.unique(draws)
+        # logQ: each distinct negative stands for 1/q items, q = 1 - (1 - 1/40) ** 12.
+        log_inv_q = -float(np.log(1 - (1 - 1 / 40) ** n_negatives))
         y = targets[targets != 0]
-        sampled = torch.cat([logits.gather(1, y[:, None]), logits[:, negatives]], dim=1)
+        sampled = torch.cat([logits.gather(1, y[:, None]), logits[:, negatives] + log_inv_q], dim=1)
         sampled[:, 1:][negatives[None, :] == y[:, None]] = -1.0e9
         torch.testing.assert_close(loss, F.cross_entropy(sampled, torch.zeros_like(y)))
 

@@ -87,3 +87,17 @@ def test_session_split_uses_newest_sessions_for_validation() -> None:
     recent = session_split(sessions, [], valid_fraction=0.2, max_train_sessions=3)
     assert len({it.user_id for it in recent.train}) == 3
     assert min(int(it.item_id) for it in recent.train) == 5
+
+
+def test_session_split_holds_out_only_what_validation_needs() -> None:
+    """As many newest sessions as give `max_valid_cases` cases, at most `valid_fraction`:
+    a large file keeps its newest sessions in training, a small one is capped."""
+    sessions = [[str(i), str(i + 1), str(i + 2)] for i in range(100)]  # 2 cases each
+    split = session_split(sessions, [], valid_fraction=0.1, max_valid_cases=5)
+    assert len({it.user_id for it in split.train}) == 97  # 3 sessions give >= 5 cases
+    assert len(split.valid) == 5  # the overshoot trimmed by the subsample
+    assert {c.target for c in split.valid} <= {"98", "99", "100", "101"}  # sessions 97-99
+    assert "newest 3 training sessions" in split.protocol
+    capped = session_split(sessions, [], valid_fraction=0.02, max_valid_cases=1000)
+    assert len({it.user_id for it in capped.train}) == 98
+    assert len(capped.valid) == 4
