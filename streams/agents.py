@@ -412,6 +412,7 @@ class Pipeline:
             # No encoder, no intent: its list would be the user's last one again, so
             # no scoring pass and no list; acked once the profile's changelog is out.
             self.acks.done(event)
+            self._flush_metrics()  # no delivered batch will publish the counts
             return
         await self._submit(event, decoded, user, profile, query=decoded.query)
 

@@ -129,7 +129,8 @@ def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -
         assert gone == '{"error":"not_found"} 404'
 
         # A catalog record and a search through `recstream produce`: the item reaches
-        # the catalog, the search gets a list (this worker has no encoder: no intent).
+        # the catalog, the search reaches erin's profile (this worker has no encoder: no
+        # intent and no list of its own) and the query text is stored nowhere in it.
         bash("search-and-catalog")
         deadline = time.monotonic() + 30
         while 'recstream_item_rules{kind="catalog"} 1.0' not in worker.metrics_text() or (
@@ -139,19 +140,20 @@ def test_readme_examples_run(cli_broker: str, model_dir: Path, tmp_path: Path) -
             time.sleep(0.2)
         port = worker.settings.stream.web.port
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/users/erin/recommendations",
+            f"http://127.0.0.1:{port}/users/erin/profile",
             headers={"Authorization": f"Bearer {env['RECSTREAM_API_TOKEN']}"},
         )
         deadline = time.monotonic() + 30
         while True:
             try:
                 with urllib.request.urlopen(request, timeout=5) as answer:
-                    latest = json.loads(answer.read())
+                    body = answer.read().decode()
                 break
-            except urllib.error.HTTPError as exc:  # 404 until the list is remembered
+            except urllib.error.HTTPError as exc:  # 404 until the profile is written
                 assert exc.code == 404 and time.monotonic() < deadline
                 time.sleep(0.2)
-        assert latest["trigger_event_id"] == "q1" and latest["trigger_event_type"] == "search"
+        assert json.loads(body)["profile"] is not None
+        assert "lipstick" not in body
     finally:
         worker.stop()
 
