@@ -624,6 +624,23 @@ def _variant(value: str) -> Precision:
     return precisions[value]
 
 
+def _free_version(trained: Any, store: Path) -> str:
+    """The default version name ("<UTC second>-<data fingerprint>"), a second later while
+    the store already has it: two trainings on the same data within one second (a gate
+    run publishing its candidate beside CURRENT) must not collide, and names stay in
+    publication order."""
+    from datetime import UTC, datetime, timedelta
+
+    from models.metadata import make_model_version
+
+    moment = datetime.now(UTC)
+    version = make_model_version(trained.data_fingerprint, moment)
+    while (store / version).exists():
+        moment += timedelta(seconds=1)
+        version = make_model_version(trained.data_fingerprint, moment)
+    return version
+
+
 def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str = "fp32") -> str:
     """Export into the store (graph, metadata and the torch checkpoint); return the version."""
     from models.checkpoint import save_checkpoint
@@ -633,7 +650,9 @@ def _export_to_store(trained: Any, store: Path, *, promote: bool, variant: str =
 
     model_store = ModelStore(store)
     staging = model_store.staging_dir()
-    export_onnx(trained, staging, variant=_variant(variant))
+    export_onnx(
+        trained, staging, variant=_variant(variant), model_version=_free_version(trained, store)
+    )
     # Kept beside the graph so that `train --init-from STORE` can warm start from it.
     save_checkpoint(trained, staging / CHECKPOINT_FILENAME)
     version = model_store.publish(staging)

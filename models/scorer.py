@@ -77,13 +77,14 @@ COLD_RIDGE = 10.0
 #: cold item has earned no such place. Selected on the validation split.
 COLD_SCALE = 1.0
 
-#: Fewest vocabulary items with text the cold-item map is fitted on (with at least as
-#: many as the text width, `OnnxScorer.min_cold_fit`): a ridge map from a 384-wide text
-#: space fitted on a handful of items is mostly its penalty, and would place every cold
-#: item near the mean item. Below it cold items are not scored at all (not
-#: recommendable, no intent term either): without a sequence part their fused score
-#: would have no scale to compare with the logits.
-COLD_MIN_FIT = 200
+#: Fewest vocabulary items with text the cold-item map is fitted on
+#: (`OnnxScorer.min_cold_fit`): a ridge map fitted on a handful of items is mostly its
+#: penalty, and would place every cold item near the mean item. The ridge is well posed
+#: with fewer items than text dimensions (a small shop of a hundred items with 384-wide
+#: MiniLM text is fitted; the e2e loop's 120-item shop recommends its new item). Below
+#: it cold items are not scored at all (not recommendable, no intent term either):
+#: without a sequence part their fused score would have no scale against the logits.
+COLD_MIN_FIT = 50
 
 #: Seconds a catalog view is kept after the index changed (`OnnxScorer.catalog_refresh_s`):
 #: a live catalog changes record by record, and the view (one gather of the text matrix
@@ -318,8 +319,7 @@ class OnnxScorer:
         self.cold_ridge = COLD_RIDGE
         #: Share of the mapped logit a cold item gets (`COLD_SCALE`).
         self.cold_scale = COLD_SCALE
-        #: Fewest vocabulary items with text to score cold items (`COLD_MIN_FIT`); the
-        #: map needs ``max(text dim, min_cold_fit)``.
+        #: Fewest vocabulary items with text to score cold items (`COLD_MIN_FIT`).
         self.min_cold_fit = COLD_MIN_FIT
         #: How long a catalog view outlives an index change (`CATALOG_REFRESH_S`).
         self.catalog_refresh_s = CATALOG_REFRESH_S
@@ -556,7 +556,7 @@ class OnnxScorer:
         not in the model's vocabulary (cold items) are recommendable at once, scored
         through a map of their text into the model's item space (ridge regression fitted
         on the vocabulary items with text; see `_fit_text_map`), once at least
-        ``max(text dim, min_cold_fit)`` vocabulary items have text (`COLD_MIN_FIT`).
+        ``min_cold_fit`` vocabulary items have text (`COLD_MIN_FIT`).
         The scorer rebuilds its view lazily when `index.version` changes, at most once
         per `catalog_refresh_s` (`CATALOG_REFRESH_S`); `prepare_catalog` builds it now.
         Attaching the index already attached keeps the view (and its fitted map). None
@@ -679,7 +679,7 @@ class OnnxScorer:
                 "%d cold items are not scored: their text map needs at least %d "
                 "vocabulary items with text, the catalog has %d",
                 unscored,
-                max(dim, self.min_cold_fit),
+                max(2, self.min_cold_fit),
                 n_fit,
             )
         else:
@@ -688,11 +688,11 @@ class OnnxScorer:
     def _text_map_for(
         self, vocab_rows: IntArray, vocab_text: FloatArray, dim: int
     ) -> tuple[FloatArray, FloatArray, FloatArray] | None:
-        """The text -> item-table map, or None below ``max(dim, min_cold_fit)`` fitted
+        """The text -> item-table map, or None below ``min_cold_fit`` fitted
         items; refitted only when the fitted set grew or shrank by more than
         `_REFIT_SHARE` (a live catalog upserts items one by one) or the ridge changed."""
         n = int(vocab_rows.size)
-        if self._table is None or n < max(2, dim, self.min_cold_fit):
+        if self._table is None or n < max(2, self.min_cold_fit):
             return None
         cached = self._text_map
         if (

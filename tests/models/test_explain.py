@@ -407,21 +407,21 @@ def test_cold_items_wait_for_enough_vocabulary_items_with_text(
         recs += scorer.recommend(histories, [set()] * 21, k=20)
         return sum(i in cold for r in recs for i, _ in r.items)
 
-    # 120 vocabulary items with text < COLD_MIN_FIT = 200: cold items are not scored,
-    # not even by a search for their category.
-    assert scorer.min_cold_fit == 200
+    # 120 vocabulary items with text >= COLD_MIN_FIT = 50: cold items are scored.
+    assert scorer.min_cold_fit == 50
+    scorer.attach_catalog(index)
+    assert cold_shown() > 0
+    # Below the floor they are not scored, not even by a search for their category.
+    scorer.min_cold_fit = 200
     with caplog.at_level(logging.WARNING, logger="recstream.models.scorer"):
         scorer.attach_catalog(index)
         assert cold_shown() == 0
     assert any("40 cold items are not scored" in r.getMessage() for r in caplog.records)
-    scorer.min_cold_fit = 100  # 120 >= max(16, 100): scored
-    assert cold_shown() > 0
-    # The text width is a floor too: 12 items with 16-wide text fit no map.
     few, _, _, _ = _cold_index(shop, n_per_category=10, vocab=12)
-    scorer.min_cold_fit = 0
+    scorer.min_cold_fit = 50
     scorer.attach_catalog(few)
-    assert cold_shown() == 0
-    scorer.attach_catalog(_cold_index(shop, n_per_category=10, vocab=16)[0])
+    assert cold_shown() == 0  # 12 < 50
+    scorer.attach_catalog(_cold_index(shop, n_per_category=10, vocab=60)[0])
     assert cold_shown() > 0
 
 
