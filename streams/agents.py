@@ -115,6 +115,22 @@ class ScoreRequest:
     # and its vector once embedded (remembered in the profile after scoring).
     query: str | None = None
     query_vector: np.ndarray | None = None
+    # The user's profile as this event left it, written to the table once the list is
+    # out (see Pipeline._pending); None: already written.
+    pending: PendingProfile | None = None
+
+
+@dataclass(slots=True, eq=False)
+class PendingProfile:
+    """A user's decoded profile with updates not yet written to the profiles table.
+
+    Events fold into it as they arrive; it is written (one RocksDB put, one changelog
+    record) when a scored batch holding the user's events is delivered, after their
+    lists are remembered in it. ``waiting`` counts the user's requests in flight.
+    """
+
+    profile: Profile
+    waiting: int = 0
 
 
 #: A popular list's items are there for one reason.
@@ -190,6 +206,13 @@ class Pipeline:
         self.bundles = Bundles(config.bundles.half_life_s, config.bundles.min_score)
         # user -> (time, vector) of the searches of the last scored batch.
         self._recent_searches: dict[str, tuple[float, np.ndarray]] = {}
+        # State key -> the profile of a user with events in flight, folded in but not
+        # yet written: the next event of the user reads it instead of the table, and
+        # the write waits until a batch with the user's events is delivered (one put
+        # and one changelog record per user per batch instead of two per event).
+        self._pending: dict[str, PendingProfile] = {}
+        # Events whose acks also wait for the changelog record being written now.
+        self._riders: Sequence[EventT[Any]] = ()
         self._bundles_task: asyncio.Future[None] | None = None
         enabled = config.bundles.enabled and bundle_counts is not None
         self.co_purchases = co_purchases if enabled else None
@@ -365,7 +388,8 @@ class Pipeline:
             self.metrics.events_of_erased_users.inc()
             self.acks.done(event)
             return
-        profile = Profile.from_json(self.profiles.get(user))
+        entry = self._hold(user)
+        profile = entry.profile
         if apply_event(profile, decoded, self.config.limits):
             self._updates.add()
             if profile.recs:
@@ -375,14 +399,14 @@ class Pipeline:
                     self._count_hit(event_type.value, hit[1], hit[2], hit_experiment)
         else:
             self._duplicates.add()
-        # Written even for a replayed event: after a crash the local RocksDB can hold
-        # an update whose changelog record never left the producer; rewriting the
-        # profile re-sends it, so the changelog (the durable copy) converges.
-        self.profiles[user] = profile.to_json()
+        # Written (once the list is out, _deliver) even for a replayed event: after a
+        # crash the local RocksDB can hold an update whose changelog record never left
+        # the producer; rewriting the profile re-sends it, so the changelog (the
+        # durable copy) converges.
         if isinstance(decoded, PurchaseEvent) and self.co_purchases is not None:
             self._emit_co_purchases(event, profile, decoded, self.co_purchases)
         self._stage_profile.add(time.perf_counter() - t1)
-        await self._submit(event, decoded, user, profile)
+        await self._submit(event, decoded, user, entry)
 
     async def _search(self, event: EventT[Any]) -> None:
         """A search: fold its id and time into the profile, then score like an event.
@@ -402,38 +426,43 @@ class Pipeline:
             self.acks.done(event)
             return
         user = self.users.state(decoded.user_id)
-        profile = Profile.from_json(self.profiles.get(user))
-        if apply_search(profile, decoded, self.config.limits):
+        entry = self._hold(user)
+        if apply_search(entry.profile, decoded, self.config.limits):
             self._updates.add()
         else:
             self._duplicates.add()
-        self.profiles[user] = profile.to_json()  # written even for a replay (see _handle)
+        # Written even for a replay (see _handle).
         if self.text_encoder is None:
             # No encoder, no intent: its list would be the user's last one again, so
             # no scoring pass and no list; acked once the profile's changelog is out.
+            self._write_pending(user, entry, [event])
             self.acks.done(event)
             self._flush_metrics()  # no delivered batch will publish the counts
             return
-        await self._submit(event, decoded, user, profile, query=decoded.query)
+        await self._submit(event, decoded, user, entry, query=decoded.query)
 
     async def _submit(
         self,
         event: EventT[Any],
         decoded: Event | SearchEvent,
         user: str,
-        profile: Profile,
+        entry: PendingProfile,
         *,
         query: str | None = None,
     ) -> None:
-        if not self._bans_ready:
-            await self._hold_for_bans()
-        experiment = self.experiment
-        # A search is scored with its own query (embedded with the batch), not the last.
-        intent = None if isinstance(decoded, SearchEvent) else self._intent(profile, decoded.ts)
-        history = profile.history()
-        purchased = profile.purchased_items()
-        await self.batcher.submit(
-            ScoreRequest(
+        """Queue the event for scoring; its profile is written once its list is out."""
+        entry.waiting += 1
+        try:
+            if not self._bans_ready:
+                await self._hold_for_bans()
+            experiment = self.experiment
+            profile = entry.profile
+            # A search is scored with its own query (embedded with the batch), not the
+            # last one.
+            intent = None if isinstance(decoded, SearchEvent) else self._intent(profile, decoded.ts)
+            history = profile.history()
+            purchased = profile.purchased_items()
+            request = ScoreRequest(
                 event,
                 decoded,
                 user,
@@ -445,8 +474,50 @@ class Pipeline:
                 intent=intent[0] if intent is not None else None,
                 intent_ts=intent[1] if intent is not None else None,
                 query=query,
+                pending=entry,
             )
-        )
+        except BaseException:
+            # Not queued: write the update now, as if its batch had been delivered.
+            self._release(user, entry, [event])
+            raise
+        await self.batcher.submit(request)
+
+    # -- profiles not yet written ---------------------------------------------------------
+
+    def _hold(self, user: str) -> PendingProfile:
+        """The user's profile to fold an event into: the one still waiting to be
+        written if the user has events in flight, else the table's."""
+        entry = self._pending.get(user)
+        if entry is None:
+            entry = self._pending[user] = PendingProfile(Profile.from_json(self.profiles.get(user)))
+        return entry
+
+    def _release(self, user: str, entry: PendingProfile, events: Sequence[EventT[Any]]) -> None:
+        """``events`` (the user's requests holding ``entry``) are out: write the profile
+        once, each event's ack waiting for the record; forget it when none is left.
+
+        Nothing is written when ``entry`` is no longer the user's (erased meanwhile).
+        """
+        if self._pending.get(user) is not entry:
+            return
+        entry.waiting -= len(events)
+        if entry.waiting <= 0:
+            del self._pending[user]
+        self._write_pending(user, entry, events)
+
+    def _write_pending(
+        self, user: str, entry: PendingProfile, events: Sequence[EventT[Any]]
+    ) -> None:
+        """One table write (RocksDB and one changelog record) whose delivery every event
+        of ``events`` waits for; written in the last one's partition context."""
+        if not events:
+            return
+        self._riders = events[:-1]
+        try:
+            with as_current_event(events[-1]):
+                self.profiles[user] = entry.profile.to_json()
+        finally:
+            self._riders = ()
 
     @property
     def bans_loaded(self) -> bool:
@@ -616,6 +687,9 @@ class Pipeline:
         self, batch: Sequence[ScoreRequest], results: Sequence[Recommendation] | BaseException
     ) -> None:
         if isinstance(results, BaseException):
+            # The events still changed their profiles (their dead letters say why no
+            # list came): written first, as for a delivered batch.
+            self._write_batch(batch)
             for req in batch:
                 await self._dead_letter(
                     req.event,
@@ -628,6 +702,7 @@ class Pipeline:
         started = time.perf_counter()
         now = time.time()
         hidden, size = self.rules.hidden, self.config.bundles.size
+        outgoing: list[tuple[ScoreRequest, Recommendation, bytes, bool]] = []
         for req, rec in zip(batch, results, strict=True):
             ev = req.decoded
             bundle = None
@@ -648,9 +723,12 @@ class Pipeline:
                 produced_ts=now,
                 schema_version=self.config.scoring.output_schema_version,
             )
-            value = orjson.dumps(message)
+            outgoing.append((req, rec, orjson.dumps(message), self._remember(req, rec, message)))
+        # The profiles first (each user's once), then the lists: every record an event
+        # waits for is queued before any delivery report can ack it.
+        self._write_batch(batch)
+        for req, rec, value, kept in outgoing:
             key = req.user.encode()
-            kept = self._remember(req, rec, message)
             self.output.produce(
                 self.config.topics.recommendations,
                 key,
@@ -716,41 +794,63 @@ class Pipeline:
         """Remember the list in the user's profile: the latest list (for the lookup
         API) and, for later hits on it, the last ``RECSTREAM_FEEDBACK_LISTS``.
 
-        This runs after scoring, outside the event's stream iteration: the write is
-        made with the event as Faust's current event (the table's partition and the
-        changelog writer's ack both come from it), and the profile is read again here
-        because another event of the user may have updated it since.
+        The profile is the one waiting to be written (``_pending``; other events of
+        the user may have updated it since), written by :meth:`_write_batch`.
 
         Returns:
             ``False`` when the profile is gone: the user was erased meanwhile (nothing
             is written, so the erasure stands).
         """
-        lists = self.config.feedback.lists
+        entry = req.pending
+        if entry is None or self._pending.get(req.user) is not entry:
+            return False
         ev = req.decoded
         try:
-            with as_current_event(req.event):
-                stored = self.profiles.get(req.user)
-                if stored is None:
-                    return False
-                profile = Profile.from_json(stored)
-                remember_latest(profile, message)
-                if req.query_vector is not None:
-                    vector = req.query_vector
-                    remember_intent(profile, ev.ts, pack(vector), int(vector.shape[-1]))
-                remember_list(
-                    profile,
-                    ev.ts,
-                    req.model_version,
-                    req.arm,
-                    [item for item, _ in rec.items],
-                    lists,
-                    req.experiment,
-                )
-                self.profiles[req.user] = profile.to_json()
+            profile = entry.profile
+            remember_latest(profile, message)
+            if req.query_vector is not None:
+                vector = req.query_vector
+                remember_intent(profile, ev.ts, pack(vector), int(vector.shape[-1]))
+            remember_list(
+                profile,
+                ev.ts,
+                req.model_version,
+                req.arm,
+                [item for item, _ in rec.items],
+                self.config.feedback.lists,
+                req.experiment,
+            )
         except Exception:
-            # The list itself is on its topics: a failed write must not cost it.
+            # The list itself goes to its topics: a failed update must not cost it.
             log.exception("could not remember a recommendation list")
         return True
+
+    def _write_batch(self, batch: Sequence[ScoreRequest]) -> None:
+        """Write the profiles of a delivered batch: one write per user, whose changelog
+        record the acks of all the user's events in the batch wait for."""
+        by_user: dict[str, tuple[PendingProfile, list[EventT[Any]]]] = {}
+        for req in batch:
+            entry, req.pending = req.pending, None
+            if entry is None:
+                continue
+            held = by_user.get(req.user)
+            if held is None or held[0] is not entry:
+                if held is not None:  # erased and back within one batch
+                    self._release_logged(req.user, *held)
+                held = by_user[req.user] = (entry, [])
+            held[1].append(req.event)
+        for user, (entry, events) in by_user.items():
+            self._release_logged(user, entry, events)
+
+    def _release_logged(
+        self, user: str, entry: PendingProfile, events: Sequence[EventT[Any]]
+    ) -> None:
+        try:
+            self._release(user, entry, events)
+        except Exception:
+            # The lists still go out; the events are acked with them (as when
+            # remembering a list failed before).
+            log.exception("could not write a profile")
 
     # -- privacy: erasure and expiry ------------------------------------------------------
 
@@ -779,9 +879,12 @@ class Pipeline:
         """
         now = time.time()
         user = self.users.state(request.user_id)
+        # Events in flight keep their lists but write nothing (see _remember).
+        in_flight = self._pending.pop(user, None) is not None
         found = self.profiles.get(user) is not None
         if found:
             del self.profiles[user]
+        found = found or in_flight
         self.profiles[self.users.marker(request.user_id)] = orjson.dumps({"erased_at": now})
         self.acks.expect(event)
         self.output.produce(
@@ -810,7 +913,7 @@ class Pipeline:
 
         Checked again here: an event may have arrived since the sweep looked.
         """
-        stored = self.profiles.get(expiry.expire)
+        stored = None if expiry.expire in self._pending else self.profiles.get(expiry.expire)
         if stored is not None and _last_activity(orjson.loads(stored)) < expiry.before:
             del self.profiles[expiry.expire]
             self.metrics.profiles_expired.inc()
@@ -1108,12 +1211,13 @@ class Pipeline:
     ) -> None:
         """The profiles table's changelog writer: librdkafka, tied to the event's ack."""
         event = current_event()  # the event whose iteration is writing the table
-        if event is not None:
-            self.acks.expect(event)
+        waiting = [*self._riders, event] if event is not None else list(self._riders)
+        for ev in waiting:
+            self.acks.expect(ev)
 
         def delivered(offset: int) -> None:
             on_delivered(offset)
-            if event is not None:
-                self.acks.done(event)
+            for ev in waiting:
+                self.acks.done(ev)
 
         self.output.produce(topic, key, value, delivered, partition=partition)

@@ -251,26 +251,25 @@ def test_valid_event_updates_profile_and_produces_one_recommendation(harness: Ha
         assert doc["model_version"] == "fake-model-7"
         assert doc["trigger_event_id"] == "e1" and doc["trigger_event_type"] == "click"
         assert [i["item_id"] for i in doc["items"]] == ["sku-100", "sku-101"]
-        # The profile holds the click and then the list it was recommended; both
-        # changelog records went to the sink on the input's partition (the librdkafka
-        # writer, not Faust's producer).
+        # The profile holds the click and the list it was recommended, written once:
+        # one changelog record went to the sink on the input's partition (the
+        # librdkafka writer, not Faust's producer).
         profile = orjson.loads(h.profiles.get("u1"))
         assert [r[0] for r in profile["recent"]] == ["sku-9"]
         assert profile["recs"] == [
             [NOW - 5, "fake-model-7", "control", ["sku-100", "sku-101"], [], "none"]
         ]
-        updated, remembered = h.sink.on(h.changelog)
-        assert updated.partition == remembered.partition == 2
-        assert orjson.loads(updated.value or b"")["recs"] == []
-        assert orjson.loads(remembered.value or b"") == profile
+        [written] = h.sink.on(h.changelog)
+        assert written.partition == 2
+        assert orjson.loads(written.value or b"") == profile
         # The same list is the user's latest (for the lookup API) and goes to the
         # compacted latest-list topic, keyed by user.
         assert profile["latest"] == doc
         [latest] = h.sink.on(h.config.topics.recommendations_latest)
         assert latest.key == b"u1" and latest.json() == doc
         assert h.dead_letters == []
-        assert len(h.sink.records) == 4
-        # Acked only once all four records are delivered, the latest list included.
+        assert len(h.sink.records) == 3
+        # Acked only once all three records are delivered, the latest list included.
         for record in h.sink.records:
             if record is not latest:
                 record.deliver()
@@ -398,21 +397,20 @@ def test_events_are_acked_in_offset_order_only_after_all_their_outputs_are_deliv
             latest = h.sink.on(h.config.topics.recommendations_latest)
             recs += [r for r in latest if r.key == user.encode()]
             logs = [r for r in h.sink.on(h.changelog) if orjson.loads(r.key or b"") == user]
-            assert len(recs) == 2 and len(logs) == 2  # the update, then the list remembered
+            assert len(recs) == 2 and len(logs) == 1  # the update and its list, written once
             return [*recs, *logs]
 
         def acked() -> list[bool]:
             return [e.message.acked for e in events]
 
-        rec_a, latest_a, log_a, list_a = outputs("a")
+        rec_a, latest_a, log_a = outputs("a")
         for record in outputs("c"):  # the last event finishes first
             record.deliver()
         assert acked() == [False, False, False]
-        rec_a.deliver()  # recommendations delivered, changelog records not yet
+        rec_a.deliver()  # recommendations delivered, the changelog record not yet
         latest_a.deliver()
-        log_a.deliver()
         assert acked() == [False, False, False]
-        list_a.deliver()  # the remembered list's record also holds the ack
+        log_a.deliver()  # the profile's record also holds the ack
         assert acked() == [True, False, False]  # c waits for b
         assert h.pipeline.acks.pending == 2
         for record in outputs("b"):
@@ -517,3 +515,51 @@ def test_history_policy_decides_which_own_items_are_excluded(
 
     h.run(body)
     assert h.scorer.excluded[-1] == excluded
+
+
+def test_a_users_events_in_one_batch_write_the_profile_once_and_all_wait_for_it(
+    harness: Harness,
+) -> None:
+    h = harness
+
+    async def body(agent: Any) -> None:
+        # Sent within the batcher's wait: one batch, one write of u1's profile.
+        events = [
+            await send(agent, "clicks", click(f"e{i}", item=f"sku-{i}"), offset=i) for i in range(3)
+        ]
+        await until(lambda: len(h.recommendations) == 3)
+        await asyncio.sleep(0.05)
+        [written] = h.sink.on(h.changelog)
+        stored = orjson.loads(written.value or b"")
+        assert stored == orjson.loads(h.profiles.get("u1"))
+        assert sorted(r[0] for r in stored["recent"]) == ["sku-0", "sku-1", "sku-2"]
+        assert stored["latest"]["trigger_event_id"] in {"e0", "e1", "e2"}
+        # Every event's ack waits for that one record.
+        for record in h.sink.records:
+            if record is not written:
+                record.deliver()
+        assert [e.message.acked for e in events] == [False, False, False]
+        written.deliver()
+        assert [e.message.acked for e in events] == [True, True, True]
+        assert h.pipeline.acks.pending == 0
+
+    h.run(body)
+
+
+def test_the_next_event_of_a_user_in_flight_sees_the_unwritten_profile(harness: Harness) -> None:
+    h = harness
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e0", item="sku-0"), offset=0)
+        await until(lambda: len(h.recommendations) == 1)
+        await send(agent, "clicks", click("e1", item="sku-1"), offset=1)
+        await send(agent, "clicks", click("e1", item="sku-1"), offset=2)  # a redelivery
+        await until(lambda: len(h.recommendations) == 3)
+        await asyncio.sleep(0.05)
+        # The redelivery was recognised against the profile not yet written.
+        stored = orjson.loads(h.profiles.get("u1"))
+        assert [r[0] for r in stored["recent"]] == ["sku-0", "sku-1"]
+        assert stored["counts"] == {"click": 2}
+        assert h.pipeline._pending == {}  # nothing left unwritten
+
+    h.run(body)

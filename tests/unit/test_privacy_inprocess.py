@@ -138,3 +138,27 @@ def test_pseudonyms_are_keyed_stable_and_distinct() -> None:
     assert keys.state("alice") != keys.state("bob")
     plain = UserKeys("", "logkey")
     assert plain.state("alice") == "alice" and plain.audit("alice") == pseudonym("alice", "logkey")
+
+
+def test_a_user_erased_while_an_event_is_scored_stays_erased(harness: Harness) -> None:
+    h = harness
+    erasure = h.config.topics.user_erasure
+
+    async def body(agent: Any) -> None:
+        # The erasure is taken while the click waits for its batch (30 ms).
+        event = await send(agent, "clicks", click("e1"), offset=0)
+        await send(agent, erasure, erasure_request_bytes("u1", NOW), offset=0)
+        await until(lambda: len(h.recommendations) == 1)
+        await asyncio.sleep(0.05)
+        # Its list still went out, but nothing of the user was ever written: no
+        # profile, no changelog record, no latest list after the tombstone; the audit
+        # says a profile was found (the one in flight).
+        assert h.profiles.get("u1") is None
+        assert [r.value for r in h.sink.on(h.changelog) if r.key == b'"u1"'] == []
+        assert [r.value for r in h.sink.on(h.config.topics.recommendations_latest)] == [None]
+        audit = orjson.loads(h.sink.on(h.config.topics.erasure_audit)[0].value or b"")
+        assert audit["profile_found"] is True
+        h.sink.deliver_all()
+        assert event.message.acked and h.pipeline.acks.pending == 0
+
+    h.run(body)
