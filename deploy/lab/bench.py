@@ -15,6 +15,8 @@ The model-only speed benchmarks (inference, providers, grouping) are in
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,9 +58,58 @@ class WorkerVariant:
 
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
+    #: ``"worker"``: recstream's worker; ``"lean"``: the non-durable reference loop
+    #: (``deploy.lab.lean``), measured beside it for the ratio.
+    kind: str = "worker"
 
     def __post_init__(self) -> None:
+        if self.kind not in ("worker", "lean"):
+            raise ValueError(f"unknown variant kind {self.kind!r}")
         Settings.defaults().replace(**self.settings)
+
+
+class LeanProcess:
+    """The lean reference loop (``deploy.lab.lean``) as a child process, with the parts
+    of :class:`WorkerProcess`'s interface the benchmark uses. No metrics page: its
+    stages are not timed."""
+
+    def __init__(
+        self, bootstrap: str, model_dir: Path, output: str, inputs: Sequence[str], log_path: Path
+    ) -> None:
+        self.args = [bootstrap, str(model_dir), output, *inputs]
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LeanProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "deploy.lab.lean", *self.args],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"lean loop exited with {self.proc.returncode}")
+            if b"ready" in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"lean loop not ready after {timeout_s} s")
+
+    def metrics_text(self) -> str:
+        return ""
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()  # nothing to flush: it persists nothing
+        return self.proc.wait(timeout_s)
 
 
 @dataclass
@@ -79,6 +130,12 @@ class E2EResult:
     worker_cpu_util: float
     worker_rss_mb_peak: float
     answered: int
+    #: Worker CPU (user + system, all its threads) per measured event.
+    worker_cpu_us_per_event: float = float("nan")
+    #: Input sent before the workers started (timed on the output side).
+    preloaded: bool = False
+    #: Whether the variant keeps recstream's guarantees (the lean reference does not).
+    durable: bool = True
     timeline: list[tuple[float, int]] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -141,9 +198,21 @@ def run_e2e(
     workers: int = 1,
     warmup_events: Sequence[Event] = (),
     timeout_s: float = 600.0,
+    preloaded: bool = False,
     log: Callable[[str], None] = lambda _m: None,
 ) -> E2EResult:
     """Measure one variant end to end; see the module docstring.
+
+    Flooded or paced (default): workers start and answer the warm-up events, then the
+    load generator sends; latency is send -> recommendation received, events/s is
+    answered events over first send -> last answer.
+
+    Pre-loaded (``preloaded``): warm-up and measured events are all in the input
+    topics before the workers start, so no load generator competes for the cores.
+    Events/s is 80 % of the measured events over the time between the 10th and the
+    90th percentile of their answers (start-up and the tail left out); worker CPU is
+    read over the same span; latency is from the workers' start (backlog draining,
+    not a service latency).
 
     Args:
         broker: a started broker.
@@ -151,11 +220,13 @@ def run_e2e(
         workdir: worker state and logs go below it.
         events: the measured stream (event ids must be unique).
         variant: worker settings to apply.
-        rate: events per second; 0 sends as fast as the client can.
+        rate: events per second; 0 sends as fast as the client can (ignored when
+            ``preloaded``).
         partitions: partitions of every topic.
         workers: worker processes (at most ``partitions`` do work).
         warmup_events: sent and answered before measuring (distinct event ids).
         timeout_s: give up waiting for recommendations after this long.
+        preloaded: send everything before starting the workers (see above).
     """
     dep = ScratchDeployment.create(broker, "bench", partitions)
     topics, tag, client = dep.topics, dep.tag, dep.client_config
@@ -163,15 +234,35 @@ def run_e2e(
         "fetch_max_wait_ms": 10,
         **variant.settings,
     }
-    procs = [
-        WorkerProcess(
-            dep.worker_settings(model_dir, workdir / tag / f"state-{i}", **base),
-            workdir / tag / f"worker-{i}.log",
-        ).start()
-        for i in range(workers)
-    ]
-    for proc in procs:
-        proc.wait_ready(120)
+    procs: list[WorkerProcess | LeanProcess]
+    if variant.kind == "lean":
+        procs = [
+            LeanProcess(
+                broker.bootstrap_servers,
+                model_dir,
+                topics.recommendations,
+                list(topics.inputs()),
+                workdir / tag / f"lean-{i}.log",
+            )
+            for i in range(workers)
+        ]
+    else:
+        procs = [
+            WorkerProcess(
+                dep.worker_settings(model_dir, workdir / tag / f"state-{i}", **base),
+                workdir / tag / f"worker-{i}.log",
+            )
+            for i in range(workers)
+        ]
+
+    def start_workers() -> None:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.wait_ready(120)
+
+    if not preloaded:
+        start_workers()
 
     sent_at: dict[str, float] = {}
     received: dict[str, float] = {}
@@ -211,8 +302,8 @@ def run_e2e(
                 if proc.proc is not None:
                     c, r = _proc_cpu_rss(proc.proc.pid)
                     cpu, rss = cpu + c, rss + r
-            samples.append((time.monotonic(), cpu, rss))
-            time.sleep(0.25)
+            samples.append((time.time(), cpu, rss))
+            time.sleep(0.1)
 
     threads = [
         threading.Thread(target=consume, daemon=True),
@@ -225,27 +316,40 @@ def run_e2e(
     # its per-event work is kept out of the measured loop.
     records = [(topics.for_type(e.event_type), e.user_id, event_payload(e)) for e in events]
     try:
-        for ev in warmup_events:
-            producer.send(ev)
-        producer.flush()
-        if not warmed.wait(120):
-            raise TimeoutError("warm-up events were not answered")
-        before = [parse_metrics(p.metrics_text()) for p in procs]
-        cpu0 = sum(_proc_cpu_rss(p.proc.pid)[0] for p in procs if p.proc is not None)
-        log(
-            f"{variant.name}: sending {len(events)} events at "
-            f"{'max rate' if rate <= 0 else f'{rate:.0f}/s'}"
-        )
-        t_start = time.time()
-        mono0 = time.monotonic()
-        for i, (ev, (topic, key, value)) in enumerate(zip(events, records, strict=True)):
-            if rate > 0:
-                delay = mono0 + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            sent_at[ev.event_id] = time.time()
-            producer.send_raw(topic, key, value)
-        producer.flush()
+        if preloaded:
+            log(f"{variant.name}: pre-loading {len(warmup_events) + len(events)} events")
+            for ev in warmup_events:
+                producer.send(ev)
+            for topic, key, value in records:
+                producer.send_raw(topic, key, value)
+            producer.flush()
+            t_start = time.time()
+            sent_at.update(dict.fromkeys(expected, t_start))
+            start_workers()
+            before: list[dict[str, float]] = [{} for _ in procs]  # counters start at 0
+            cpu0 = 0.0
+        else:
+            for ev in warmup_events:
+                producer.send(ev)
+            producer.flush()
+            if not warmed.wait(120):
+                raise TimeoutError("warm-up events were not answered")
+            before = [parse_metrics(p.metrics_text()) for p in procs]
+            cpu0 = sum(_proc_cpu_rss(p.proc.pid)[0] for p in procs if p.proc is not None)
+            log(
+                f"{variant.name}: sending {len(events)} events at "
+                f"{'max rate' if rate <= 0 else f'{rate:.0f}/s'}"
+            )
+            t_start = time.time()
+            mono0 = time.monotonic()
+            for i, (ev, (topic, key, value)) in enumerate(zip(events, records, strict=True)):
+                if rate > 0:
+                    delay = mono0 + i / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                sent_at[ev.event_id] = time.time()
+                producer.send_raw(topic, key, value)
+            producer.flush()
         deadline = time.monotonic() + timeout_s
         while len(received) < len(expected) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -261,10 +365,24 @@ def run_e2e(
             proc.stop(timeout_s=20)
 
     seconds = max(1e-9, t_end - t_start)
+    measured_n = len(received)
+    events_per_s = len(received) / seconds
+    cpu_s = cpu1 - cpu0
+    if preloaded and len(received) >= 10:
+        # The steady middle: 10th to 90th percentile of the answers, CPU over it.
+        arrivals = sorted(received.values())
+        lo, hi = len(arrivals) // 10, len(arrivals) * 9 // 10
+        seconds = max(1e-9, arrivals[hi] - arrivals[lo])
+        measured_n = hi - lo
+        events_per_s = measured_n / seconds
+        wall = [x[0] for x in samples]
+        cpus = [x[1] for x in samples]
+        cpu_s = float(np.interp(arrivals[hi], wall, cpus) - np.interp(arrivals[lo], wall, cpus))
     latencies = [1000 * (received[i] - sent_at[i]) for i in received if i in sent_at]
     to_produced = [1000 * (produced[i] - sent_at[i]) for i in received if i in sent_at]
     stages = {}
-    n = max(1, len(received))
+    # Pre-loaded counters start at 0, so they cover the warm-up events too.
+    n = max(1, len(received) + (len(warm_seen) if preloaded else 0))
     for stage in ("decode", "profile", "inference", "produce"):
         key = f'recstream_stage_seconds_total{{stage="{stage}"}}'
         total = sum(a.get(key, 0) - b.get(key, 0) for a, b in zip(after, before, strict=True))
@@ -290,15 +408,18 @@ def run_e2e(
         events=len(events),
         rate=rate,
         seconds=seconds,
-        events_per_s=len(received) / seconds,
+        events_per_s=events_per_s,
         latency_ms=_percentiles(latencies),
         to_produced_ms=_percentiles(to_produced),
         stage_us_per_event=stages,
         mean_batch=batch_sum / batch_n if batch_n else float("nan"),
-        worker_cpu_s=cpu1 - cpu0,
-        worker_cpu_util=(cpu1 - cpu0) / seconds,
+        worker_cpu_s=cpu_s,
+        worker_cpu_util=cpu_s / seconds,
         worker_rss_mb_peak=max((s[2] for s in samples), default=0.0),
         answered=len(received),
+        worker_cpu_us_per_event=1e6 * cpu_s / max(1, measured_n),
+        preloaded=preloaded,
+        durable=variant.kind != "lean",
         timeline=timeline,
         latencies_ms=latencies,
     )

@@ -283,9 +283,17 @@ def bench_e2e(
         str,
         typer.Option(
             help="Comma list: batched, per-event, inline, gil-5ms, asyncio-loop, "
-            "faust-changelog, no-feedback, cuda, batch-N."
+            "faust-changelog, no-feedback, cuda, batch-N; lean (the non-durable reference "
+            "loop of deploy.lab.lean, for the ratio: not a worker)."
         ),
     ] = "batched,per-event",
+    preloaded: Annotated[
+        bool,
+        typer.Option(
+            help="Load all input before starting the workers and time them on the output "
+            "side (10th-90th percentile), with no load generator running."
+        ),
+    ] = False,
     repeats: Annotated[
         int, typer.Option(help="Run the variant list this many times, interleaved.")
     ] = 1,
@@ -319,7 +327,9 @@ def bench_e2e(
     }
     chosen = []
     for name in (v.strip() for v in variants.split(",") if v.strip()):
-        if name.startswith("batch-"):
+        if name == "lean":
+            chosen.append(WorkerVariant(name, kind="lean"))
+        elif name.startswith("batch-"):
             chosen.append(WorkerVariant(name, {"max_batch": int(name.split("-", 1)[1])}))
         elif name in presets:
             chosen.append(WorkerVariant(name, presets[name]))
@@ -342,6 +352,7 @@ def bench_e2e(
                     partitions=partitions,
                     workers=workers,
                     warmup_events=warmup,
+                    preloaded=preloaded,
                     log=console.print,
                 )
                 results.append(res)
@@ -350,7 +361,9 @@ def bench_e2e(
                     f"p50 {res.latency_ms['p50']:.1f} ms, p99 {res.latency_ms['p99']:.1f} ms "
                     f"(send->produced p50 {res.to_produced_ms['p50']:.1f}, "
                     f"p99 {res.to_produced_ms['p99']:.1f} ms), "
-                    f"batch {res.mean_batch:.1f}, worker CPU {res.worker_cpu_util:.2f} cores"
+                    f"batch {res.mean_batch:.1f}, worker CPU {res.worker_cpu_util:.2f} cores, "
+                    f"{res.worker_cpu_us_per_event:,.0f} us/event"
+                    + ("" if res.durable else " (NOT durable: reference only)")
                 )
     finally:
         broker.stop()
@@ -721,13 +734,14 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
         "inference us",
         "produce us",
         "worker CPU",
+        "CPU us/event",
         "RSS MiB",
     ):
         table.add_column(col, justify="right")
     for r in rows:
         st = r["stage_us_per_event"]
         table.add_row(
-            r["variant"],
+            r["variant"] + ("" if r.get("durable", True) else " (not durable)"),
             f"{r['events_per_s']:,.0f}",
             f"{r['latency_ms']['p50']:.1f}",
             f"{r['latency_ms']['p95']:.1f}",
@@ -738,6 +752,7 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
             f"{st['inference']:.0f}",
             f"{st['produce']:.0f}",
             f"{r['worker_cpu_util']:.2f}",
+            f"{r.get('worker_cpu_us_per_event', float('nan')):,.0f}",
             f"{r['worker_rss_mb_peak']:.0f}",
         )
     Console().print(table)

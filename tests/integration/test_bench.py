@@ -38,6 +38,35 @@ def test_e2e_run_answers_every_event_and_reads_the_worker_stages(
     assert result.mean_batch >= 1
 
 
+@pytest.mark.parametrize("variant", [WorkerVariant("batched"), WorkerVariant("lean", kind="lean")])
+def test_preloaded_run_times_the_backlog_on_the_output_side(
+    variant: WorkerVariant, broker: Broker, model_dir: Path, shop: SyntheticShop, tmp_path: Path
+) -> None:
+    events = [event_from_dict(dataclasses.asdict(e)) for e in shop.events[:1100]]
+    result = run_e2e(
+        broker,
+        model_dir,
+        tmp_path,
+        events[100:],
+        variant,
+        partitions=2,
+        warmup_events=events[:100],
+        timeout_s=120,
+        preloaded=True,
+    )
+    assert result.preloaded and result.answered == result.events == 1000
+    # Timed over the middle 80 % of the answers, with the CPU of that span.
+    assert 0 < result.seconds < max(result.latencies_ms) / 1000
+    assert result.events_per_s == pytest.approx(800 / result.seconds, rel=0.01)
+    assert result.worker_cpu_s > 0 and result.worker_cpu_us_per_event > 0
+    assert result.durable is (variant.kind == "worker")
+    if variant.kind == "worker":
+        # The worker's stages cover the warm-up and the measured events.
+        assert all(v > 0 for v in result.stage_us_per_event.values())
+    else:
+        assert all(v == 0 for v in result.stage_us_per_event.values())  # not timed
+
+
 def test_soak_samples_rss_rocksdb_memory_and_lag(
     broker: Broker, model_dir: Path, shop: SyntheticShop, tmp_path: Path
 ) -> None:
