@@ -886,6 +886,7 @@ class Pipeline:
             del self.profiles[user]
         found = found or in_flight
         self.profiles[self.users.marker(request.user_id)] = orjson.dumps({"erased_at": now})
+        self.users.forget()  # the id leaves the key caches too
         self.acks.expect(event)
         self.output.produce(
             self.config.topics.recommendations_latest,

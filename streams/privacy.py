@@ -13,6 +13,7 @@ same pseudonyms of its own ids with the same key (:class:`streams.client.Pseudon
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
@@ -52,6 +53,9 @@ def pseudonym(user_id: str, key: str) -> str:
     return "p:" + digest[:32]
 
 
+#: Users whose state key and marker key a :class:`UserKeys` remembers.
+USER_KEY_CACHE = 16_384
+
 #: Prefix of the erasure markers' keys in the profiles table.
 ERASED_PREFIX = "erased:"
 
@@ -70,6 +74,15 @@ class UserKeys:
         self.pseudonymous = bool(state_key)
         self._state_key = state_key
         self._audit_key = state_key or audit_key
+        # Every event needs its user's state key and erasure marker: two HMACs, kept
+        # for the most recent users instead of computed again per event.
+        self.state = functools.lru_cache(maxsize=USER_KEY_CACHE)(self.state)  # type: ignore[method-assign]
+        self.marker = functools.lru_cache(maxsize=USER_KEY_CACHE)(self.marker)  # type: ignore[method-assign]
+
+    def forget(self) -> None:
+        """Drop the remembered keys (an erased user's id leaves the process memory)."""
+        self.state.cache_clear()  # type: ignore[attr-defined]
+        self.marker.cache_clear()  # type: ignore[attr-defined]
 
     def state(self, user_id: str) -> str:
         """The key of the user's profile and outputs: the pseudonym, or the id itself."""

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from faust import current_event
 from faust.types import TP
 from faust.types.codecs import CodecArg
 
-from streams._faust import changelog_sent, rocksdb_databases
+from streams._faust import changelog_sent, rocksdb_databases, rocksdb_reader
 
 __all__ = ["ChangelogWriter", "ProfileTable"]
 
@@ -43,6 +44,25 @@ class ProfileTable(faust.Table[Any, Any]):
         super().__init__(*args, **kwargs)
         self._unpersisted: dict[TP, int] = {}
         self._persist_scheduled = False
+        self._reader: Callable[[int, Any], bytes | None] | None | bool = False  # not looked up
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of ``key`` or ``default``.
+
+        Inside stream iteration (a current event, whose partition holds the key: the
+        table is co-partitioned with its input) this is one RocksDB get; Faust's own
+        ``get`` reads the key twice (``__contains__``, then ``__getitem__``) through its
+        codec and sensor layers. Anywhere else, and for a memory store, Faust's path.
+        """
+        read = self._reader
+        if read is False:
+            direct = not self.is_global and not self.use_partitioner  # as Store._get
+            read = self._reader = rocksdb_reader(self.data) if direct else None
+        event = current_event() if read else None
+        if event is None or not callable(read):
+            return super().get(key, default)
+        value = read(event.message.partition, key)
+        return default if value is None else value
 
     def send_changelog(
         self,

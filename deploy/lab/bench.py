@@ -15,6 +15,7 @@ The model-only speed benchmarks (inference, providers, grouping) are in
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -199,6 +200,7 @@ def run_e2e(
     warmup_events: Sequence[Event] = (),
     timeout_s: float = 600.0,
     preloaded: bool = False,
+    profile_dir: Path | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> E2EResult:
     """Measure one variant end to end; see the module docstring.
@@ -227,6 +229,10 @@ def run_e2e(
         warmup_events: sent and answered before measuring (distinct event ids).
         timeout_s: give up waiting for recommendations after this long.
         preloaded: send everything before starting the workers (see above).
+        profile_dir: sample each worker with py-spy (``--gil``, 100 Hz, not pausing
+            it) from its start (pre-loaded) or the first measured send until the
+            last answer; collapsed stacks go to ``<variant>-<i>.txt`` there (see
+            :mod:`deploy.lab.profile`).
     """
     dep = ScratchDeployment.create(broker, "bench", partitions)
     topics, tag, client = dep.topics, dep.tag, dep.client_config
@@ -315,6 +321,16 @@ def run_e2e(
     # Serialised up front: the load generator shares the cores with the worker, so
     # its per-event work is kept out of the measured loop.
     records = [(topics.for_type(e.event_type), e.user_id, event_payload(e)) for e in events]
+    spies: list[subprocess.Popen[bytes]] = []
+
+    def start_profiles() -> None:
+        if profile_dir is None:
+            return
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        for i, proc in enumerate(procs):
+            if proc.proc is not None:
+                spies.append(start_py_spy(proc.proc.pid, profile_dir / f"{variant.name}-{i}.txt"))
+
     try:
         if preloaded:
             log(f"{variant.name}: pre-loading {len(warmup_events) + len(events)} events")
@@ -326,6 +342,7 @@ def run_e2e(
             t_start = time.time()
             sent_at.update(dict.fromkeys(expected, t_start))
             start_workers()
+            start_profiles()
             before: list[dict[str, float]] = [{} for _ in procs]  # counters start at 0
             cpu0 = 0.0
         else:
@@ -340,6 +357,7 @@ def run_e2e(
                 f"{variant.name}: sending {len(events)} events at "
                 f"{'max rate' if rate <= 0 else f'{rate:.0f}/s'}"
             )
+            start_profiles()
             t_start = time.time()
             mono0 = time.monotonic()
             for i, (ev, (topic, key, value)) in enumerate(zip(events, records, strict=True)):
@@ -354,9 +372,11 @@ def run_e2e(
         while len(received) < len(expected) and time.monotonic() < deadline:
             time.sleep(0.05)
         t_end = max(received.values()) if received else time.time()
+        stop_py_spies(spies)
         cpu1 = sum(_proc_cpu_rss(p.proc.pid)[0] for p in procs if p.proc is not None)
         after = [parse_metrics(p.metrics_text()) for p in procs]
     finally:
+        stop_py_spies(spies)
         stop.set()
         for t in threads:
             t.join(5)
@@ -423,6 +443,33 @@ def run_e2e(
         timeline=timeline,
         latencies_ms=latencies,
     )
+
+
+def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """Sample ``pid`` with py-spy until :func:`stop_py_spies`: collapsed stacks of the
+    thread holding the GIL, 100 Hz, without pausing the process."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        raise FileNotFoundError(f"{exe} missing: pip install py-spy (the test extra has it)")
+    return subprocess.Popen(
+        [str(exe), "record", "--pid", str(pid), "--rate", "100", "--gil", "--nonblocking"]
+        + ["--format", "raw", "--output", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_py_spies(spies: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the samplers (SIGINT: py-spy writes its file) and wait for the files."""
+    for spy in spies:
+        if spy.poll() is None:
+            spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+    spies.clear()
 
 
 def plot_e2e(results: Sequence[E2EResult], path: Path) -> Path | None:

@@ -302,6 +302,13 @@ def bench_e2e(
     bootstrap: Annotated[
         str | None, typer.Option(help="External Kafka (default: embedded).")
     ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            help="Sample the workers with py-spy over the measured span; collapsed stacks "
+            "and a summary go to OUT/profiles."
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Directory for bench.json and bench.png.")] = Path(
         "var/bench"
     ),
@@ -353,6 +360,7 @@ def bench_e2e(
                     workers=workers,
                     warmup_events=warmup,
                     preloaded=preloaded,
+                    profile_dir=out / "profiles" / f"run{r + 1}" if profile else None,
                     log=console.print,
                 )
                 results.append(res)
@@ -378,7 +386,23 @@ def bench_e2e(
     (out / "bench.json").write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     png = plot_e2e(results, out / "bench.png")
     _print_results(summaries)
+    if profile:
+        _print_profiles(out / "profiles")
     console.print(f"wrote {out / 'bench.json'}" + (f" and {png}" if png else ""))
+
+
+def _print_profiles(directory: Path, top: int = 25) -> None:
+    """Each worker's top functions by share of GIL-holding samples (summary.txt too)."""
+    from deploy.lab.profile import summarise
+
+    lines = []
+    for path in sorted(directory.glob("run*/*.txt")):
+        total, shares = summarise(path, top)
+        lines.append(f"{path.relative_to(directory)}: {total} samples; incl % / self %")
+        lines += [f"  {s.inclusive:5.1f} {s.self:5.1f}  {s.function}" for s in shares]
+    text = "\n".join(lines)
+    (directory / "summary.txt").write_text(text + "\n")
+    console.print(text, markup=False, highlight=False)
 
 
 @bench_app.command("soak")

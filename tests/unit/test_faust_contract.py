@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiokafka
 import faust
@@ -20,6 +22,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams import _faust
+from streams.tables import ProfileTable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +76,43 @@ def test_4_rocksdb_store_keeps_one_database_per_partition_in_dbs() -> None:
     assert _faust.rocksdb_databases(object()) == []
     assert _faust.rocksdb_partitions(FakeStore()) == {0: "db0", 1: "db1"}
     assert _faust.rocksdb_partitions(object()) == {}
+
+
+class _Event:
+    """What a table write reads of Faust's current event (weak-referenceable)."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition, topic="clicks")
+
+
+def test_4_profile_reads_take_one_get_in_the_events_partition_as_faust_reads(
+    tmp_path: Path,
+) -> None:
+    app = faust.App(
+        "contract",
+        store="rocksdb://",
+        datadir=str(tmp_path),
+        Table=ProfileTable,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    table = app.Table("profiles", partitions=2, key_type=str, value_type=bytes, default=None)
+    sent: list[tuple[Any, ...]] = []
+    table.changelog_writer = lambda *record: sent.append(record)
+    assert "db.get(key)" in inspect.getsource(faust_rocksdb.Store._get)
+    one, zero = _Event(1), _Event(0)
+    with _faust.as_current_event(one):
+        table["u1"] = b'{"v":1}'
+        for key, default in (("u1", None), ("u2", None), ("u2", b"-")):
+            assert table.get(key, default) == faust.Table.get(table, key, default)
+        assert table.get("u1") == b'{"v":1}' and table.get("u2", b"-") == b"-"
+        assert callable(table._reader)  # read the direct way, not Faust's
+    with _faust.as_current_event(zero):  # another partition's database: not there
+        assert table.get("u1") is None and faust.Table.get(table, "u1") is None
+    assert table.get("u1") == b'{"v":1}'  # no current event: Faust's own search
+    assert sent[0][:4] == ("contract-profiles-changelog", 1, b'"u1"', b'{"v":1}')
+    memory = faust.App("contract-mem", store="memory://", Table=ProfileTable)
+    assert _faust.rocksdb_reader(memory.Table("p", value_type=bytes).data) is None
 
 
 def test_5_table_manager_has_a_recovery_service_with_the_fields_readiness_reads() -> None:

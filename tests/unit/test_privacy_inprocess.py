@@ -140,6 +140,28 @@ def test_pseudonyms_are_keyed_stable_and_distinct() -> None:
     assert plain.state("alice") == "alice" and plain.audit("alice") == pseudonym("alice", "logkey")
 
 
+def test_user_keys_are_remembered_per_user_and_forgotten_on_erasure(harness: Harness) -> None:
+    keys = UserKeys("k1", "logkey")
+    assert keys.state("alice") == keys.state("alice") == pseudonym("alice", "k1")
+    assert keys.marker("bob") == UserKeys("k1", "logkey").marker("bob")
+    assert keys.state.cache_info().currsize == 1  # type: ignore[attr-defined]
+    keys.forget()
+    assert keys.state.cache_info().currsize == keys.marker.cache_info().currsize == 0  # type: ignore[attr-defined]
+    assert keys.state("alice") == pseudonym("alice", "k1")
+
+    h = harness
+
+    async def body(agent: Any) -> None:
+        await send(agent, "clicks", click("e1"), offset=0)
+        await until(lambda: h.profiles.get("u1") is not None)
+        assert h.pipeline.users.marker.cache_info().currsize == 1  # type: ignore[attr-defined]
+        await send(agent, h.config.topics.user_erasure, erasure_request_bytes("u1", NOW), offset=0)
+        await until(lambda: h.profiles.get("u1") is None)
+        assert h.pipeline.users.marker.cache_info().currsize == 0  # type: ignore[attr-defined]
+
+    h.run(body)
+
+
 def test_a_user_erased_while_an_event_is_scored_stays_erased(harness: Harness) -> None:
     h = harness
     erasure = h.config.topics.user_erasure
