@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     gil_switch_interval_ms: float = Field(
         0.5, ge=0, description="Python GIL switch interval in the worker (0 = Python's 5 ms)."
     )
+    gc_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Allocations between the worker's young-generation garbage "
+        "collections; objects alive after start-up (model, catalog) are frozen out of "
+        "them (0 = Python's defaults: 700, nothing frozen).",
+    )
     log_level: LogLevel = Field(
         "INFO", description="Log level. Raw event payloads are never logged at INFO."
     )

@@ -16,11 +16,14 @@ minor version these were checked against.
 3. :func:`changelog_sent`: ``Table.on_key_set`` reads ``fut.message.partition`` from
    what ``send_changelog`` returns; our librdkafka changelog writer returns this
    stand-in instead of Faust's future.
-4. :func:`rocksdb_databases`, :func:`rocksdb_partitions`, :func:`rocksdb_reader`:
+4. :func:`rocksdb_databases`, :func:`rocksdb_partitions`, :func:`rocksdb_reader`,
+   :func:`rocksdb_writer`, :func:`rocksdb_key_encoder`:
    Faust's RocksDB store keeps one database per partition in ``_dbs``; their memory
    properties feed the table-memory gauges, the TTL sweep reads each partition's
    profiles, and the hot path reads a profile with one get in the event's partition
-   (``_db_for_partition``) instead of Faust's two reads through its codec layers.
+   (``_db_for_partition``) instead of Faust's two reads through its codec layers,
+   and writes it with one put and one changelog record (what ``Table.__setitem__``
+   does, less its per-write codec, sensor and partition-check layers).
 5. :func:`table_recovery`: readiness needs the table manager's ``recovery``
    (``in_recovery``, ``completed``, ``active_remaining_total``), which the
    ``TableManagerT`` interface does not declare.
@@ -58,7 +61,9 @@ __all__ = [
     "quiet_worker_class",
     "rocksdb_databases",
     "rocksdb_partitions",
+    "rocksdb_key_encoder",
     "rocksdb_reader",
+    "rocksdb_writer",
     "table_recovery",
     "transport_with_fetch_wait",
 ]
@@ -162,6 +167,31 @@ def rocksdb_reader(store: Any) -> Callable[[int, Any], bytes | None] | None:
         return value
 
     return read
+
+
+def rocksdb_writer(store: Any) -> Callable[[int, bytes, bytes], None] | None:
+    """``write(partition, key_bytes, value_bytes)``: what ``Store._set`` does for the
+    current event's partition (index the key's partition, one put), for a key already
+    encoded (:func:`rocksdb_key_encoder`); None for a store that is not Faust's
+    RocksDB store or whose values Faust would encode."""
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    key_index = getattr(store, "_key_index", None)
+    if db_for_partition is None or key_index is None or not hasattr(store, "_dbs"):
+        return None
+    if getattr(store, "value_serializer", None) != "raw" or store.value_type is not bytes:
+        return None
+
+    def write(partition: int, key: bytes, value: bytes) -> None:
+        key_index[key] = partition
+        db_for_partition(partition).put(key, value)
+
+    return write
+
+
+def rocksdb_key_encoder(store: Any) -> Callable[[Any], bytes]:
+    """The store's own key encoding (``SerializedStore._encode_key``)."""
+    encode: Callable[[Any], bytes] = store._encode_key
+    return encode
 
 
 # 5. Table recovery --------------------------------------------------------------------

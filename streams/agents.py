@@ -172,7 +172,7 @@ class Pipeline:
         app: faust.App,
         config: StreamConfig,
         scorer: Scorer,
-        profiles: TableT[Any, Any],
+        profiles: ProfileTable,
         metrics: Metrics,
         output: OutputSink | None = None,
         text: TextSupport | None = None,
@@ -515,7 +515,7 @@ class Pipeline:
         self._riders = events[:-1]
         try:
             with as_current_event(events[-1]):
-                self.profiles[user] = entry.profile.to_json()
+                self.profiles.put(user, entry.profile.to_json())
         finally:
             self._riders = ()
 

@@ -158,6 +158,7 @@ def create_app(
     )
     # Faust names the changelog itself; topic provisioning relies on that name.
     assert profiles.changelog_topic.get_topic_name() == changelog_topic(config.app_id)
+    assert isinstance(profiles, ProfileTable)  # the app's Table class (above)
     bundle_counts = None
     if co_purchases is not None and config.bundles.enabled:
         # Per-item co-purchase counts (JSON bytes, like the profiles), co-partitioned

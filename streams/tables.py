@@ -26,7 +26,13 @@ from faust import current_event
 from faust.types import TP
 from faust.types.codecs import CodecArg
 
-from streams._faust import changelog_sent, rocksdb_databases, rocksdb_reader
+from streams._faust import (
+    changelog_sent,
+    rocksdb_databases,
+    rocksdb_key_encoder,
+    rocksdb_reader,
+    rocksdb_writer,
+)
 
 __all__ = ["ChangelogWriter", "ProfileTable"]
 
@@ -45,6 +51,8 @@ class ProfileTable(faust.Table[Any, Any]):
         self._unpersisted: dict[TP, int] = {}
         self._persist_scheduled = False
         self._reader: Callable[[int, Any], bytes | None] | None | bool = False  # not looked up
+        self._writer: Callable[[int, bytes, bytes], None] | None | bool = False
+        self._key_bytes: Callable[[Any], bytes] | None = None
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The value of ``key`` or ``default``.
@@ -63,6 +71,38 @@ class ProfileTable(faust.Table[Any, Any]):
             return super().get(key, default)
         value = read(event.message.partition, key)
         return default if value is None else value
+
+    def put(self, key: Any, value: bytes) -> None:
+        """``table[key] = value`` for a raw value, inside stream iteration.
+
+        What Faust's ``__setitem__`` does there (one changelog record in the current
+        event's partition, through the :data:`ChangelogWriter` and tied to that
+        event's ack; one RocksDB put; the key's partition indexed), with the key
+        encoded once and without the codec, sensor and source-topic check layers
+        around each write. Anywhere else (no current event, no writer, a memory
+        store), Faust's own path.
+        """
+        write = self._writer
+        if write is False:
+            direct = not self.is_global and not self.use_partitioner
+            write = self._writer = rocksdb_writer(self.data) if direct else None
+            self._key_bytes = rocksdb_key_encoder(self.data) if write else None
+        event = current_event() if write else None
+        writer = self.changelog_writer
+        if event is None or writer is None or not callable(write) or self._key_bytes is None:
+            self[key] = value
+            return
+        partition = event.message.partition
+        key_bytes = self._key_bytes(key)
+        name = self.changelog_topic.get_topic_name()
+        writer(
+            name,
+            partition,
+            key_bytes,
+            value,
+            functools.partial(self._delivered, TP(name, partition)),
+        )
+        write(partition, key_bytes, value)
 
     def send_changelog(
         self,

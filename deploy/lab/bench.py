@@ -229,7 +229,7 @@ def run_e2e(
         warmup_events: sent and answered before measuring (distinct event ids).
         timeout_s: give up waiting for recommendations after this long.
         preloaded: send everything before starting the workers (see above).
-        profile_dir: sample each worker with py-spy (``--gil``, 100 Hz, not pausing
+        profile_dir: sample each worker with py-spy (``--gil``, 100 Hz, pausing
             it) from its start (pre-loaded) or the first measured send until the
             last answer; collapsed stacks go to ``<variant>-<i>.txt`` there (see
             :mod:`deploy.lab.profile`).
@@ -447,12 +447,12 @@ def run_e2e(
 
 def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
     """Sample ``pid`` with py-spy until :func:`stop_py_spies`: collapsed stacks of the
-    thread holding the GIL, 100 Hz, without pausing the process."""
+    thread holding the GIL, 100 Hz (each sample pauses the process briefly: exact stacks)."""
     exe = Path(sys.executable).with_name("py-spy")
     if not exe.exists():
         raise FileNotFoundError(f"{exe} missing: pip install py-spy (the test extra has it)")
     return subprocess.Popen(
-        [str(exe), "record", "--pid", str(pid), "--rate", "100", "--gil", "--nonblocking"]
+        [str(exe), "record", "--pid", str(pid), "--rate", "100", "--gil"]
         + ["--format", "raw", "--output", str(output)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

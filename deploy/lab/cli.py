@@ -282,7 +282,7 @@ def bench_e2e(
     variants: Annotated[
         str,
         typer.Option(
-            help="Comma list: batched, per-event, inline, gil-5ms, asyncio-loop, "
+            help="Comma list: batched, per-event, inline, gil-5ms, gc-default, asyncio-loop, "
             "faust-changelog, no-feedback, cuda, batch-N; lean (the non-durable reference "
             "loop of deploy.lab.lean, for the ratio: not a worker)."
         ),
@@ -325,6 +325,8 @@ def bench_e2e(
         "per-event": {"max_batch": 1, "max_wait_ms": 0},
         "inline": {"inference_thread": False},
         "gil-5ms": {"gil_switch_interval_ms": 0},
+        # Python's garbage-collector defaults (700 allocations, nothing frozen).
+        "gc-default": {"gc_threshold": 0},
         "asyncio-loop": {"event_loop": "asyncio"},
         "faust-changelog": {"changelog_producer": "faust"},
         # Online feedback off: no remembered lists, one changelog record per event.

@@ -53,21 +53,30 @@ def read_collapsed(path: Path) -> list[tuple[list[str], int]]:
 def summarise(path: Path, top: int = 25) -> tuple[int, list[FunctionShare]]:
     """Total samples and the ``top`` functions by inclusive share.
 
-    A function that recurses counts once per sample.
+    A function that recurses counts once per sample. Wrappers are left out: a
+    function on every stack of the threads it appears in (``main``, the event loop's
+    ``run_forever``...) says nothing about where the time goes.
     """
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    per_root: Counter[str] = Counter()
+    roots_of: dict[str, set[str]] = {}
     total = 0
     for frames, count in read_collapsed(path):
+        if not frames:
+            continue
         total += count
+        root = frames[0]
+        per_root[root] += count
         for name in set(frames):
             inclusive[name] += count
-        if frames:
-            own[frames[-1]] += count
+            roots_of.setdefault(name, set()).add(root)
+        own[frames[-1]] += count
     if total == 0:
         return 0, []
     shares = [
         FunctionShare(name, 100.0 * n / total, 100.0 * own[name] / total)
-        for name, n in inclusive.most_common(top)
+        for name, n in inclusive.most_common()
+        if n < sum(per_root[r] for r in roots_of[name]) or own[name] == n
     ]
-    return total, shares
+    return total, shares[:top]

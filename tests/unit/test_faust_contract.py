@@ -111,6 +111,18 @@ def test_4_profile_reads_take_one_get_in_the_events_partition_as_faust_reads(
         assert table.get("u1") is None and faust.Table.get(table, "u1") is None
     assert table.get("u1") == b'{"v":1}'  # no current event: Faust's own search
     assert sent[0][:4] == ("contract-profiles-changelog", 1, b'"u1"', b'{"v":1}')
+    with _faust.as_current_event(one):  # the direct write, beside Faust's own
+        table.put("u3", b'{"v":3}')
+        table["u4"] = b'{"v":4}'
+        assert callable(table._writer)
+        assert faust.Table.get(table, "u3") == b'{"v":3}' == table.get("u3")
+    direct, faust_own = sent[1], sent[2]
+    assert direct[:4] == ("contract-profiles-changelog", 1, b'"u3"', b'{"v":3}')
+    assert faust_own[:4] == ("contract-profiles-changelog", 1, b'"u4"', b'{"v":4}')
+    assert table.data._key_index[b'"u3"'] == table.data._key_index[b'"u4"'] == 1
+    assert "db.put(key, value)" in inspect.getsource(faust_rocksdb.Store._set)
+    with pytest.raises(TypeError, match="outside of stream iteration"):
+        table.put("u5", b"x")  # no current event: Faust's own path, and its refusal
     memory = faust.App("contract-mem", store="memory://", Table=ProfileTable)
     assert _faust.rocksdb_reader(memory.Table("p", value_type=bytes).data) is None
 
@@ -172,5 +184,8 @@ def test_no_other_module_touches_these_internals(path: Path) -> None:
         ".noack(",
         "on_setup_root_logger",
         "._current_event",
+        "_db_for_partition",
+        "_encode_key",
+        "_key_index",
     ):
         assert private not in text, f"{private} belongs in streams/_faust.py"
