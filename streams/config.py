@@ -280,8 +280,8 @@ class FeedbackConfig(ConfigGroup):
         3,
         ge=0,
         description="Recommendation lists remembered per user profile to count hits on "
-        "(0: no feedback metrics). Each list is a second profile write per event: about "
-        "a quarter of a flooded worker's throughput (docs/BENCHMARKS.md).",
+        "(0: no feedback metrics). Remembered in the profile write of the event that "
+        "triggered the list (one write per user per scored batch).",
     )
     window_s: float = Field(
         3600.0,

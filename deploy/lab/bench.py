@@ -62,6 +62,9 @@ class WorkerVariant:
     #: ``"worker"``: recstream's worker; ``"lean"``: the non-durable reference loop
     #: (``deploy.lab.lean``), measured beside it for the ratio.
     kind: str = "worker"
+    #: Run the worker code of this checkout instead (e.g. the commit before a change,
+    #: measured in the same command; ``git worktree add DIR COMMIT``).
+    source: Path | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("worker", "lean"):
@@ -234,6 +237,8 @@ def run_e2e(
             last answer; collapsed stacks go to ``<variant>-<i>.txt`` there (see
             :mod:`deploy.lab.profile`).
     """
+    # Absolute: a worker of another checkout (``variant.source``) starts there.
+    model_dir, workdir = model_dir.resolve(), workdir.resolve()
     dep = ScratchDeployment.create(broker, "bench", partitions)
     topics, tag, client = dep.topics, dep.tag, dep.client_config
     base = {
@@ -257,6 +262,7 @@ def run_e2e(
             WorkerProcess(
                 dep.worker_settings(model_dir, workdir / tag / f"state-{i}", **base),
                 workdir / tag / f"worker-{i}.log",
+                source=variant.source,
             )
             for i in range(workers)
         ]

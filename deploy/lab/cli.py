@@ -284,7 +284,7 @@ def bench_e2e(
         typer.Option(
             help="Comma list: batched, per-event, inline, gil-5ms, gc-default, asyncio-loop, "
             "faust-changelog, no-feedback, cuda, batch-N; lean (the non-durable reference "
-            "loop of deploy.lab.lean, for the ratio: not a worker)."
+            "loop of deploy.lab.lean, for the ratio: not a worker); baseline (--baseline)."
         ),
     ] = "batched,per-event",
     preloaded: Annotated[
@@ -301,6 +301,13 @@ def bench_e2e(
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     bootstrap: Annotated[
         str | None, typer.Option(help="External Kafka (default: embedded).")
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkout (e.g. `git worktree add /tmp/base HEAD~3`) whose worker runs as "
+            "variant `baseline` (default settings), side by side with this code's."
+        ),
     ] = None,
     profile: Annotated[
         bool,
@@ -338,6 +345,10 @@ def bench_e2e(
     for name in (v.strip() for v in variants.split(",") if v.strip()):
         if name == "lean":
             chosen.append(WorkerVariant(name, kind="lean"))
+        elif name == "baseline":
+            if baseline is None:
+                raise typer.BadParameter("variant baseline needs --baseline CHECKOUT")
+            chosen.append(WorkerVariant(name, source=baseline.resolve()))
         elif name.startswith("batch-"):
             chosen.append(WorkerVariant(name, {"max_batch": int(name.split("-", 1)[1])}))
         elif name in presets:

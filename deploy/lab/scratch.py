@@ -125,11 +125,20 @@ class WorkerProcess:
         settings: the worker's settings; or flat setting names and values, applied to
             :func:`lab_settings` (defaults, a free local web port).
         log_path: file receiving the worker's stdout and stderr.
+        source: run the worker code of this checkout (its root: ``python -m
+            deploy.cli`` starts there), e.g. an older commit measured beside this one;
+            default: the code of this process.
     """
 
-    def __init__(self, settings: Settings | Mapping[str, Any], log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings | Mapping[str, Any],
+        log_path: Path,
+        source: Path | None = None,
+    ) -> None:
         self.settings = settings if isinstance(settings, Settings) else lab_settings(**settings)
         self.log_path = log_path
+        self.source = source
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -148,6 +157,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deploy.cli", "worker"],
             env=env,
+            cwd=self.source,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -67,6 +67,37 @@ def test_preloaded_run_times_the_backlog_on_the_output_side(
         assert all(v == 0 for v in result.stage_us_per_event.values())  # not timed
 
 
+def test_a_baseline_checkout_runs_beside_this_code(
+    broker: Broker,
+    model_dir: Path,
+    shop: SyntheticShop,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A checkout elsewhere (here: this one's packages, linked), started in its root;
+    # the bench's relative paths still resolve from where it was called.
+    root = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "baseline"
+    checkout.mkdir()
+    for package in ("deploy", "streams", "models"):
+        (checkout / package).symlink_to(root / package)
+    monkeypatch.chdir(tmp_path)
+    events = [event_from_dict(dataclasses.asdict(e)) for e in shop.events[:300]]
+    result = run_e2e(
+        broker,
+        model_dir.relative_to(tmp_path) if model_dir.is_relative_to(tmp_path) else model_dir,
+        Path("runs"),
+        events[50:],
+        WorkerVariant("baseline", source=checkout),
+        partitions=2,
+        warmup_events=events[:50],
+        timeout_s=120,
+    )
+    assert result.answered == result.events == 250
+    logs = list((tmp_path / "runs").rglob("worker-0.log"))
+    assert logs and not list(checkout.glob("runs"))  # state and logs where the bench runs
+
+
 def test_soak_samples_rss_rocksdb_memory_and_lag(
     broker: Broker, model_dir: Path, shop: SyntheticShop, tmp_path: Path
 ) -> None:
