@@ -59,6 +59,23 @@ def _credentials(kafka: KafkaConfig) -> Any:
     )
 
 
+def _rocksdb_options(config: StreamConfig) -> dict[str, Any]:
+    """RocksDB options of every table, bounding its memory.
+
+    Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per
+    partition) let a worker's RSS climb for hours. The block cache fills up to its cap
+    whatever the live data size (blocks of compacted-away files stay until evicted),
+    so RocksDB memory is bounded by partitions x (2 x write buffer + block cache):
+    96 MiB per table for 4 partitions with the defaults.
+    """
+    return {
+        "driver": "rocksdict",
+        "write_buffer_size": config.rocksdb.write_buffer_mb * 1024 * 1024,
+        "max_write_buffer_number": 2,
+        "block_cache_size": config.rocksdb.block_cache_mb * 1024 * 1024,
+    }
+
+
 def create_app(
     config: StreamConfig,
     scorer: Scorer,
@@ -142,17 +159,7 @@ def create_app(
         # encoded and decoded by streams.profile with orjson: Faust's json codec
         # took about twice as long on the hot path.
         value_type=bytes,
-        # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per
-        # partition) let a worker's RSS climb for hours. The block cache fills up to
-        # its cap whatever the live data size (blocks of compacted-away files stay
-        # until evicted), so RocksDB memory is bounded by partitions x (2 x write
-        # buffer + block cache): 96 MiB for 4 partitions with the defaults.
-        options={
-            "driver": "rocksdict",
-            "write_buffer_size": config.rocksdb.write_buffer_mb * 1024 * 1024,
-            "max_write_buffer_number": 2,
-            "block_cache_size": config.rocksdb.block_cache_mb * 1024 * 1024,
-        },
+        options=_rocksdb_options(config),
         # Keys and values are JSON in RocksDB and in the changelog, so any Kafka
         # tool can read a profile; see streams/profile.py for the document.
     )
@@ -169,12 +176,7 @@ def create_app(
             partitions=config.partitions,
             key_type=str,
             value_type=bytes,
-            options={
-                "driver": "rocksdict",
-                "write_buffer_size": config.rocksdb.write_buffer_mb * 1024 * 1024,
-                "max_write_buffer_number": 2,
-                "block_cache_size": config.rocksdb.block_cache_mb * 1024 * 1024,
-            },
+            options=_rocksdb_options(config),
         )
         assert bundle_counts.changelog_topic.get_topic_name() == changelog_topic(
             config.app_id, BUNDLE_COUNTS_TABLE

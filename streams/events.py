@@ -17,10 +17,18 @@ from __future__ import annotations
 import math
 import time
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Literal, TypeVar, cast
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from models.contract import (
     MAX_FUTURE_SKEW_S,
@@ -78,6 +86,13 @@ class ReasonCode(StrEnum):
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 
+#: An event time: Unix epoch seconds, or an RFC 3339 string parsed to them.
+EventTime = Annotated[
+    float,
+    BeforeValidator(parse_timestamp),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}),
+]
+
 
 class _EventBase(BaseModel):
     model_config = ConfigDict(
@@ -88,16 +103,10 @@ class _EventBase(BaseModel):
     event_id: Id = Field(description="Globally unique id; replays with the same id apply once.")
     user_id: Id = Field(description="Shopper id; must equal the Kafka record key.")
     item_id: Id = Field(description="Catalog item id (the shop's own SKU or product id).")
-    ts: Annotated[
-        float,
-        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}),
-    ] = Field(description="Event time: Unix epoch seconds (number) or an RFC 3339 string.")
+    ts: EventTime = Field(
+        description="Event time: Unix epoch seconds (number) or an RFC 3339 string."
+    )
     channel: Channel = Field(Channel.WEB, description="web, app or store.")
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _parse_ts(cls, value: Any) -> float:
-        return parse_timestamp(value)
 
     @property
     def event_type(self) -> EventType:
@@ -186,16 +195,10 @@ class SearchEvent(BaseModel):
         description=f"Item ids the shop showed for the query, best first (at most "
         f"{MAX_SEARCH_RESULTS}); optional.",
     )
-    ts: Annotated[
-        float,
-        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "format": "date-time"}]}),
-    ] = Field(description="Event time: Unix epoch seconds (number) or an RFC 3339 string.")
+    ts: EventTime = Field(
+        description="Event time: Unix epoch seconds (number) or an RFC 3339 string."
+    )
     channel: Channel = Field(Channel.WEB, description="web, app or store.")
-
-    @field_validator("ts", mode="before")
-    @classmethod
-    def _parse_ts(cls, value: Any) -> float:
-        return parse_timestamp(value)
 
 
 _MODELS: dict[EventType, type[ClickEvent] | type[BrowseEvent] | type[PurchaseEvent]] = {
