@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment, assign_arm
@@ -121,10 +122,12 @@ def test_lists_and_hits_are_labelled_with_the_experiment_they_were_scored_under(
     h.run(body)
 
 
+@dataclass
 class FakeScorer:
-    def __init__(self, model_version: str) -> None:
-        self.model_version = model_version
-        self.provider = "cpu"
+    """A :class:`~models.scorer.Scorer` of a given version that recommends nothing."""
+
+    model_version: str
+    provider: str = "cpu"
 
     def recommend(
         self,
@@ -135,7 +138,6 @@ class FakeScorer:
         intents: Sequence[Intent | None] | None = None,
         hidden: Collection[str] = frozenset(),
     ) -> list[Recommendation]:
-        exclude = [set(e) | set(hidden) for e in exclude]
         return [Recommendation(items=[], strategy="popular") for _ in histories]
 
 

@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
-from models.scorer import HistoryItem, Intent, Recommendation
 from streams.reload import ModelReloader
-
-
-@dataclass
-class FakeScorer:
-    model_version: str
-    provider: str = "cpu"
-
-    def recommend(
-        self,
-        histories: Sequence[Sequence[HistoryItem]],
-        exclude: Sequence[Collection[str]],
-        k: int,
-        *,
-        intents: Sequence[Intent | None] | None = None,
-        hidden: Collection[str] = frozenset(),
-    ) -> list[Recommendation]:
-        exclude = [set(e) | set(hidden) for e in exclude]
-        return [Recommendation(items=[], strategy="popular") for _ in histories]
+from tests.unit.test_experiment_inprocess import FakeScorer
 
 
 class FakeSource:
