@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.architectures import (
     DEFAULT_ARCH,
@@ -126,6 +127,33 @@ def test_encode_last_is_the_last_position_of_encode(arch: str) -> None:
             assert full.shape == (7, width, module.dim)
             last = module.encode_last(*trimmed)
             torch.testing.assert_close(last, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_position_sees_its_future(arch: str) -> None:
+    """Training scores the next item at every position: position t must depend on
+    positions <= t only (changing the newest event changes nothing before it), while
+    the padding left of a sequence changes nothing at all."""
+    torch.manual_seed(0)
+    module = build_network(_config(arch), N_ITEMS).eval()
+    feeds = {k: torch.from_numpy(v) for k, v in _batch(5, module.max_len, seed=2).items()}
+    items, types, channels = feeds["item_seq"], feeds["type_seq"], feeds["channel_seq"]
+    changed = items.clone()
+    changed[:, -1] = changed[:, -1] % N_ITEMS + 1  # another real item, newest position
+    with torch.no_grad():
+        before, after = (
+            module.encode(items, types, channels),
+            module.encode(changed, types, channels),
+        )
+        torch.testing.assert_close(before[:, :-1], after[:, :-1], atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(before[:, -1], after[:, -1])
+        # Four events behind max_len - 4 padding columns, or with none (a batch trimmed
+        # to its longest row): the same state.
+        events = [s[:1, -4:] for s in (items, types, channels)]
+        padded = [F.pad(s, (module.max_len - 4, 0)) for s in events]
+        torch.testing.assert_close(
+            module.encode_last(*padded), module.encode_last(*events), atol=1e-5, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("batch", [1, 7, 256])
