@@ -64,61 +64,17 @@ class _FilteredBlock(_Block):
         super().__init__(dim, n_heads, dropout)
         self.low_pass = _CausalLowPass(dim, window)
 
-    def mix(self, x: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
-        """``forward`` with the padding mask the filter needs."""
-        h = self.ln1(x)
-        mixed = ALPHA * self.low_pass(h, valid) + (1 - ALPHA) * self.attn(h, attn_bias)
-        x = x + self.drop(mixed)
-        return x + self.drop(self.ffn(self.ln2(x)))  # type: ignore[no-any-return]
+    def mix(self, h: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
+        return ALPHA * self.low_pass(h, valid) + (1 - ALPHA) * super().mix(h, attn_bias, valid)  # type: ignore[no-any-return]
 
-    def mix_last(self, x: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
-        """``mix(...)[:, -1:]`` (eval mode), the feed-forward network on one position."""
-        h = self.ln1(x)
+    def mix_last(self, h: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
         filtered = self.low_pass(h, valid)[:, -1:, :]
-        attended = self.attn.forward_last(h, attn_bias[:, :, -1:, :])
-        last = x[:, -1:, :] + ALPHA * filtered + (1 - ALPHA) * attended
-        return last + self.ffn(self.ln2(last))  # type: ignore[no-any-return]
+        return ALPHA * filtered + (1 - ALPHA) * super().mix_last(h, attn_bias, valid)  # type: ignore[no-any-return]
 
 
 @register_architecture("bsarec")
 class FilteredRecommender(SequentialRecommender):
     """SASRec with BSARec-style filter branches (causal); see the module docstring."""
 
-    def build_encoder(self) -> None:
-        super().build_encoder()
-        self.blocks = nn.ModuleList(
-            _FilteredBlock(self.dim, self.n_heads, self.dropout, self.max_len)
-            for _ in range(self.n_layers)
-        )
-
-    def encode(
-        self,
-        item_seq: Tensor,
-        type_seq: Tensor,
-        channel_seq: Tensor,
-        item_table: Tensor | None = None,
-    ) -> Tensor:
-        """Hidden states [B, L, D]; position t only depends on positions <= t."""
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
-        valid = item_seq != 0
-        for block in self.blocks:
-            assert isinstance(block, _FilteredBlock)
-            x = block.mix(x, attn_bias, valid)
-        return self.final_norm(x)  # type: ignore[no-any-return]
-
-    def encode_last(
-        self,
-        item_seq: Tensor,
-        type_seq: Tensor,
-        channel_seq: Tensor,
-        item_table: Tensor | None = None,
-    ) -> Tensor:
-        """``encode(...)[:, -1]`` (eval mode), the last block on the last position only."""
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
-        valid = item_seq != 0
-        *early, last = self.blocks
-        for block in early:
-            assert isinstance(block, _FilteredBlock)
-            x = block.mix(x, attn_bias, valid)
-        assert isinstance(last, _FilteredBlock)
-        return self.final_norm(last.mix_last(x, attn_bias, valid))[:, 0, :]  # type: ignore[no-any-return]
+    def new_block(self) -> _Block:
+        return _FilteredBlock(self.dim, self.n_heads, self.dropout, self.max_len)

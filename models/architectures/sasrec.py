@@ -71,17 +71,29 @@ class _Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), attn_bias))
+    def mix(self, h: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
+        """The token mixer on normalised ``h`` [B, L, D]: self-attention here.
+
+        ``valid`` [B, L] marks the real (non-padding) positions, for mixers that need
+        it beside the attention bias.
+        """
+        return self.attn(h, attn_bias)  # type: ignore[no-any-return]
+
+    def mix_last(self, h: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
+        """``mix(h, attn_bias, valid)[:, -1:]``, computing only the last position."""
+        return self.attn.forward_last(h, attn_bias[:, :, -1:, :])
+
+    def forward(self, x: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
+        x = x + self.drop(self.mix(self.ln1(x), attn_bias, valid))
         return x + self.drop(self.ffn(self.ln2(x)))  # type: ignore[no-any-return]
 
-    def forward_last(self, x: Tensor, attn_bias: Tensor) -> Tensor:
-        """``forward(x, attn_bias)[:, -1:]`` (eval mode) computing only the last position.
+    def forward_last(self, x: Tensor, attn_bias: Tensor, valid: Tensor) -> Tensor:
+        """``forward(x, attn_bias, valid)[:, -1:]`` (eval mode), only the last position.
 
         Keys and values still come from every position; the feed-forward network,
         two thirds of a block's work, runs on one position instead of L.
         """
-        last = x[:, -1:, :] + self.attn.forward_last(self.ln1(x), attn_bias[:, :, -1:, :])
+        last = x[:, -1:, :] + self.mix_last(self.ln1(x), attn_bias, valid)
         return last + self.ffn(self.ln2(last))  # type: ignore[no-any-return]
 
 
@@ -103,9 +115,7 @@ class SequentialRecommender(Recommender):
         max_len, dim = self.max_len, self.dim
         self.position_embedding = nn.Embedding(max_len, dim)
         self.embed_dropout = nn.Dropout(self.dropout)
-        self.blocks = nn.ModuleList(
-            _Block(dim, self.n_heads, self.dropout) for _ in range(self.n_layers)
-        )
+        self.blocks = nn.ModuleList(self.new_block() for _ in range(self.n_layers))
         self.final_norm = nn.LayerNorm(dim)
         # Constant causal pattern (True = key k visible from query q, i.e. k <= q).
         self.register_buffer(
@@ -115,6 +125,10 @@ class SequentialRecommender(Recommender):
         # A constant, not torch.eye(L) at run time: the latter exports as a bool EyeLike,
         # which onnxruntime does not implement.
         self.register_buffer("eye", torch.eye(max_len, dtype=torch.bool), persistent=False)
+
+    def new_block(self) -> _Block:
+        """One encoder block (an architecture with another token mixer overrides this)."""
+        return _Block(self.dim, self.n_heads, self.dropout)
 
     def encode(
         self,
@@ -137,9 +151,9 @@ class SequentialRecommender(Recommender):
         Returns:
             Final-LayerNorm'd hidden states; position t only depends on positions <= t.
         """
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
+        x, attn_bias, valid = self._embed(item_seq, type_seq, channel_seq, item_table)
         for block in self.blocks:
-            x = block(x, attn_bias)
+            x = block(x, attn_bias, valid)
         return self.final_norm(x)  # type: ignore[no-any-return]
 
     def encode_last(
@@ -157,12 +171,12 @@ class SequentialRecommender(Recommender):
         about 40 % of the encoder's multiply-adds. Eval mode only (no dropout).
         `item_table` is a precomputed `item_table()`, as in `encode`.
         """
-        x, attn_bias = self._embed(item_seq, type_seq, channel_seq, item_table)
+        x, attn_bias, valid = self._embed(item_seq, type_seq, channel_seq, item_table)
         *early, last = self.blocks
         for block in early:
-            x = block(x, attn_bias)
+            x = block(x, attn_bias, valid)
         assert isinstance(last, _Block)
-        hidden = self.final_norm(last.forward_last(x, attn_bias))
+        hidden = self.final_norm(last.forward_last(x, attn_bias, valid))
         return hidden[:, 0, :]  # type: ignore[no-any-return]
 
     def _embed(
@@ -171,8 +185,9 @@ class SequentialRecommender(Recommender):
         type_seq: Tensor,
         channel_seq: Tensor,
         item_table: Tensor | None,
-    ) -> tuple[Tensor, Tensor]:
-        """Input embeddings [B, L, D] and the additive attention bias [B, 1, L, L]."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Input embeddings [B, L, D], the additive attention bias [B, 1, L, L] and the
+        real (non-padding) positions [B, L]."""
         valid = item_seq != 0  # [B, L]
         length = item_seq.shape[1]
         positions, causal, eye = self.positions, self.causal, self.eye
@@ -195,4 +210,4 @@ class SequentialRecommender(Recommender):
             ~allowed, MASKED_SCORE
         )
         attn_bias = attn_bias.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
-        return x, attn_bias
+        return x, attn_bias, valid
