@@ -435,7 +435,8 @@ class Pipeline:
         if self.text_encoder is None:
             # No encoder, no intent: its list would be the user's last one again, so
             # no scoring pass and no list; acked once the profile's changelog is out.
-            self._write_pending(user, entry, [event])
+            entry.waiting += 1  # released at once: written, and forgotten if alone
+            self._release(user, entry, [event])
             self.acks.done(event)
             self._flush_metrics()  # no delivered batch will publish the counts
             return

@@ -347,3 +347,20 @@ def test_an_event_older_than_the_stored_search_gets_no_intent(harness: Harness) 
 
     h.run(body)
     assert scorer.intents[0] is not None and scorer.intents[1] is None
+
+
+def test_a_search_without_an_encoder_writes_the_profile_and_holds_nothing(
+    harness: Harness,
+) -> None:
+    """No encoder: the search is folded and written at once; no unwritten profile stays
+    in memory (the TTL sweep skips users whose profile is held there)."""
+    h = harness
+    assert h.pipeline.text_encoder is None
+
+    async def body(agent: Any) -> None:
+        await send(agent, "searches", search("s1"), offset=1)
+        await until(lambda: h.profiles.get("u1") is not None)
+
+    h.run(body)
+    assert h.pipeline._pending == {}
+    assert orjson.loads(h.profiles.get("u1"))["last_seen"] > 0
