@@ -146,6 +146,19 @@ def rocksdb_partitions(store: Any) -> dict[int, Any]:
     return dict(getattr(store, "_dbs", {}))
 
 
+def _raw_partition_databases(store: Any) -> Callable[[int], Any] | None:
+    """``Store._db_for_partition`` of Faust's RocksDB store holding raw bytes values
+    (what the direct reader and writer need), else None: another store, or values
+    that Faust would encode and decode (its own path then)."""
+    needed = ("_db_for_partition", "_dbs", "_encode_key", "_key_index")
+    if not all(hasattr(store, name) for name in needed):
+        return None
+    if getattr(store, "value_serializer", None) != "raw" or store.value_type is not bytes:
+        return None
+    db_for_partition: Callable[[int], Any] = store._db_for_partition
+    return db_for_partition
+
+
 def rocksdb_reader(store: Any) -> Callable[[int, Any], bytes | None] | None:
     """``read(partition, key)``: the key encoded as the store encodes it, then one get
     in the partition's RocksDB database (opened as Faust opens it); None for a store
@@ -155,12 +168,10 @@ def rocksdb_reader(store: Any) -> Callable[[int, Any], bytes | None] | None:
     extra read of ``__contains__`` and the sensor and decoding layers around it (the
     value is returned as stored: the raw codec's bytes).
     """
-    db_for_partition = getattr(store, "_db_for_partition", None)
-    encode_key = getattr(store, "_encode_key", None)
-    if db_for_partition is None or encode_key is None or not hasattr(store, "_dbs"):
+    db_for_partition = _raw_partition_databases(store)
+    if db_for_partition is None:
         return None
-    if getattr(store, "value_serializer", None) != "raw" or store.value_type is not bytes:
-        return None  # values that Faust would decode: its own path
+    encode_key = store._encode_key
 
     def read(partition: int, key: Any) -> bytes | None:
         value: bytes | None = db_for_partition(partition).get(encode_key(key))
@@ -174,12 +185,10 @@ def rocksdb_writer(store: Any) -> Callable[[int, bytes, bytes], None] | None:
     current event's partition (index the key's partition, one put), for a key already
     encoded (:func:`rocksdb_key_encoder`); None for a store that is not Faust's
     RocksDB store or whose values Faust would encode."""
-    db_for_partition = getattr(store, "_db_for_partition", None)
-    key_index = getattr(store, "_key_index", None)
-    if db_for_partition is None or key_index is None or not hasattr(store, "_dbs"):
+    db_for_partition = _raw_partition_databases(store)
+    if db_for_partition is None:
         return None
-    if getattr(store, "value_serializer", None) != "raw" or store.value_type is not bytes:
-        return None
+    key_index = store._key_index
 
     def write(partition: int, key: bytes, value: bytes) -> None:
         key_index[key] = partition
