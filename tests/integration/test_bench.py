@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import orjson
 import pytest
 
 from deploy.lab.bench import WorkerVariant, run_e2e, soak
@@ -96,6 +97,32 @@ def test_a_baseline_checkout_runs_beside_this_code(
     assert result.answered == result.events == 250
     logs = list((tmp_path / "runs").rglob("worker-0.log"))
     assert logs and not list(checkout.glob("runs"))  # state and logs where the bench runs
+
+
+def test_bench_e2e_command_preloaded_beside_lean_and_a_baseline_with_profiles(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The command BENCHMARKS gives, small: the three variants in one run, profiled."""
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        app,
+        ["bench", "e2e", "--model-dir", str(model_dir), "--events", "300"]
+        + ["--variants", "batched,baseline,lean", "--baseline", str(Path.cwd())]
+        + ["--preloaded", "--profile", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    report = orjson.loads((out / "bench.json").read_bytes())
+    runs = {r["variant"]: r for r in report["results"]}
+    assert list(runs) == ["batched", "baseline", "lean"]
+    assert all(r["answered"] == 300 and r["preloaded"] for r in runs.values())
+    assert runs["batched"]["durable"] and not runs["lean"]["durable"]
+    summary = (out / "profiles" / "summary.txt").read_text()
+    for variant in runs:
+        assert f"run1/{variant}-0.txt" in summary
 
 
 def test_soak_samples_rss_rocksdb_memory_and_lag(
