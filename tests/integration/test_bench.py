@@ -120,9 +120,9 @@ def test_bench_e2e_command_preloaded_beside_lean_and_a_baseline_with_profiles(
     assert list(runs) == ["batched", "baseline", "lean"]
     assert all(r["answered"] == 300 and r["preloaded"] for r in runs.values())
     assert runs["batched"]["durable"] and not runs["lean"]["durable"]
-    summary = (out / "profiles" / "summary.txt").read_text()
-    for variant in runs:
-        assert f"run1/{variant}-0.txt" in summary
+    # The summary is written (300 events can end before py-spy takes a sample, so
+    # which workers it lists is not asserted; tests/unit/test_profile_summary.py is).
+    assert (out / "profiles" / "summary.txt").is_file()
 
 
 def test_soak_samples_rss_rocksdb_memory_and_lag(
