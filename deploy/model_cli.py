@@ -182,6 +182,17 @@ def train(
             "in the history (decides when to show an item again; see models/repeat.py)."
         ),
     ] = True,
+    transition_head: Annotated[
+        bool,
+        typer.Option(
+            help="Train the transition-prior head: the item-transition chain of the training "
+            "data fused into the scores by a learned gate (see models/transitions.py)."
+        ),
+    ] = False,
+    label_smoothing: Annotated[
+        float,
+        typer.Option(help="Label smoothing of the next-item cross-entropy.", min=0.0, max=0.99),
+    ] = 0.0,
     negatives: Annotated[
         int | None,
         typer.Option(
@@ -315,6 +326,7 @@ def train(
         inherited: dict[str, object] = {
             "arch": cfg.arch,
             "repeat_head": cfg.repeat_head,
+            "transition_head": cfg.transition_head,
             "max_len": cfg.max_len,
             "dim": cfg.dim,
             "layers": cfg.n_layers,
@@ -325,6 +337,7 @@ def train(
         given: dict[str, object] = {
             "arch": arch,
             "repeat_head": repeat_head,
+            "transition_head": transition_head,
             "max_len": max_len,
             "dim": dim,
             "layers": layers,
@@ -341,7 +354,7 @@ def train(
             raise typer.BadParameter(
                 "a warm start keeps the parent's architecture: " + ", ".join(clashes)
             )
-        arch, repeat_head = cfg.arch, cfg.repeat_head
+        arch, repeat_head, transition_head = cfg.arch, cfg.repeat_head, cfg.transition_head
         max_len, dim, layers, heads = cfg.max_len, cfg.dim, cfg.n_layers, cfg.n_heads
         similarity, temperature = cfg.similarity, cfg.temperature
         console.print(
@@ -380,6 +393,8 @@ def train(
     config = TrainConfig(
         arch=arch,
         repeat_head=repeat_head,
+        transition_head=transition_head,
+        label_smoothing=label_smoothing,
         max_len=max_len,
         dim=dim,
         n_layers=layers,

@@ -78,7 +78,9 @@ def load_checkpoint(path: Path) -> TrainedModel:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     # Checkpoints written before cosine scoring existed (and became the default) are dot.
     # ... and those written before the repeat-aware head existed have none.
-    config = TrainConfig(**{"similarity": "dot", "repeat_head": False, **payload["config"]})
+    # ... and those before the transition head likewise.
+    defaults = {"similarity": "dot", "repeat_head": False, "transition_head": False}
+    config = TrainConfig(**{**defaults, **payload["config"]})
     arch = payload["arch"]
     vocab = ItemVocab(tuple(payload["vocab"]))
     n = len(vocab)

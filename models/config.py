@@ -84,6 +84,10 @@ class TrainConfig:
             logits of items already in the history, so the model decides when to show
             an item again (default on: it wins on both benchmark datasets, see
             docs/BENCHMARKS.md; checkpoints written before the setting existed have none).
+        transition_head: Train the transition-prior head (`models.transitions`): the
+            item-transition chain fitted on the training data, fused into the logits by
+            a learned gate (checkpoints written before the setting existed have none).
+        label_smoothing: Label smoothing of the next-item cross-entropy (0 = none).
     """
 
     max_len: int = 50
@@ -112,6 +116,8 @@ class TrainConfig:
     temperature: float = 0.07
     arch: str = DEFAULT_ARCH
     repeat_head: bool = True
+    transition_head: bool = False
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -130,6 +136,8 @@ class TrainConfig:
             raise ValueError("temperature must be > 0")
         if self.arch not in architecture_names():
             raise ValueError(f"arch must be one of {architecture_names()}, not {self.arch!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
         if self.n_negatives is not None and self.n_negatives < 0:
             raise ValueError("n_negatives must be >= 0 (or None: by catalog size)")
 

@@ -202,6 +202,7 @@ def export_onnx(
         temperature=cfg.temperature if cfg.similarity == "cosine" else 1.0,
         arch=cfg.arch,
         repeat_head=cfg.repeat_head,
+        transition_head=cfg.transition_head,
         onnx_outputs=output_names,
         item_table=ITEM_TABLE_FILENAME,
     )

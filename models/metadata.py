@@ -137,6 +137,9 @@ class ModelMetadata:
             graph's inputs and outputs are the same for every architecture.
         repeat_head: Whether the graph scores history items with the repeat-aware head
             (`models.repeat`); the worker's ``model`` history policy needs it.
+        transition_head: Whether the graph adds the transition-prior head's term
+            (`models.transitions`) to the newest items' successors. Informational: the
+            graph's inputs and outputs are the same.
         item_table: File name (in the model directory) of the item table the graph
             scores with, `ITEM_TABLE_FILENAME`; "" when the export has none (older).
     """
@@ -165,6 +168,7 @@ class ModelMetadata:
     temperature: float = 1.0
     arch: str = DEFAULT_ARCH
     repeat_head: bool = False
+    transition_head: bool = False
     item_table: str = ""
 
     @property

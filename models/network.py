@@ -22,7 +22,8 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import MASKED_SCORE, SIMILARITIES
-from models.repeat import RepeatHead, uniform_negatives
+from models.repeat import RepeatHead, add_sparse_bias, uniform_negatives
+from models.transitions import TransitionHead
 
 __all__ = ["Recommender", "ServingRecommender"]
 
@@ -55,6 +56,9 @@ class Recommender(nn.Module, ABC):
         temperature: With ``similarity="cosine"``: logits are cosine / temperature.
         repeat_head: Add the repeat-aware head (`models.repeat.RepeatHead`): a learned
             bias on the logits of the items already in the history.
+        transition_head: Add the transition-prior head (`models.transitions`): the
+            item-transition chain's successors of the newest items, fused into the
+            logits by a learned gate (its table is filled by `TransitionHead.fit`).
     """
 
     #: Registry name, set by `models.architectures.register_architecture`.
@@ -77,6 +81,7 @@ class Recommender(nn.Module, ABC):
         similarity: str = "cosine",
         temperature: float = 0.07,
         repeat_head: bool = False,
+        transition_head: bool = False,
     ) -> None:
         super().__init__()
         if n_items < 1 or max_len < 1:
@@ -119,7 +124,11 @@ class Recommender(nn.Module, ABC):
             self.item_content = None
         # Registered last: a seed initialises every other parameter as without the head.
         self.repeat_head = RepeatHead(dim, max_len) if repeat_head else None
+        # After the repeat head, for the same reason.
+        self.transition_head = TransitionHead(dim, n_items) if transition_head else None
         self._init_weights()
+        if self.transition_head is not None:
+            self.transition_head.reset_gate()
 
     @abstractmethod
     def build_encoder(self) -> None:
@@ -248,8 +257,16 @@ class Recommender(nn.Module, ABC):
         if keys is None:
             keys = self.score_keys(table).t()
         scores = self.score_queries(hidden) @ keys
+        return self.add_heads(scores, item_seq, hidden)
+
+    def add_heads(self, scores: Tensor, item_seq: Tensor, hidden: Tensor) -> Tensor:
+        """Last-position `scores` [B, V] with the heads' sparse terms added (the repeat
+        head's on history items, the transition head's on the newest items' successors).
+        """
         if self.repeat_head is not None:
             scores = self.repeat_head.add_to_last(scores, item_seq, hidden)
+        if self.transition_head is not None:
+            scores = self.transition_head.add_to_last(scores, item_seq, hidden)
         return scores
 
     def forward(self, item_seq: Tensor, type_seq: Tensor, channel_seq: Tensor) -> Tensor:
@@ -265,6 +282,7 @@ class Recommender(nn.Module, ABC):
         *,
         n_negatives: int = 0,
         generator: torch.Generator | None = None,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
         """Mean cross-entropy of next-item prediction over non-pad targets.
 
@@ -282,6 +300,7 @@ class Recommender(nn.Module, ABC):
             targets: int64 [B, L] next item per position (0 = no target).
             n_negatives: 0 = full softmax; otherwise sampled negatives per batch.
             generator: RNG for the negatives (CPU generator).
+            label_smoothing: Of the cross-entropy (0 = none).
 
         Returns:
             Scalar loss.
@@ -291,6 +310,10 @@ class Recommender(nn.Module, ABC):
         mask = targets != 0
         y = targets[mask]
         h, keys = self.score_queries(hidden[mask]), self.score_keys(table)  # [N, D], [V, D]
+        transitions: tuple[Tensor, Tensor] | None = None
+        if self.transition_head is not None:
+            t_items, t_bias = self.transition_head.bias(item_seq, hidden, targets)
+            transitions = (t_items[mask], t_bias[mask])  # [N, LAGS * M] each
         if self.repeat_head is not None:
             return self.repeat_head.loss(
                 item_seq,
@@ -301,18 +324,26 @@ class Recommender(nn.Module, ABC):
                 n_items=self.n_items,
                 n_negatives=n_negatives,
                 generator=generator,
+                extra_bias=transitions,
+                label_smoothing=label_smoothing,
             )
         if n_negatives <= 0:
-            return F.cross_entropy(h @ keys.t(), y)
+            logits = h @ keys.t()
+            if transitions is not None:
+                logits = logits.scatter_add(1, *transitions)
+            return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         negatives, log_inv_q = uniform_negatives(
             self.n_items, n_negatives, generator=generator, device=h.device
         )
         pos = (h * keys[y]).sum(dim=-1, keepdim=True)  # [N, 1]
-        neg = (h @ keys[negatives].t() + log_inv_q).masked_fill(
-            negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE
-        )  # [N, S], logQ-corrected
+        neg = h @ keys[negatives].t() + log_inv_q  # [N, S], logQ-corrected
+        if transitions is not None:
+            column = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=h.device)
+            column[negatives] = torch.arange(negatives.numel(), device=h.device)
+            pos, neg, _ = add_sparse_bias(transitions, y, pos, column, neg)
+        neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE)
         logits = torch.cat([pos, neg], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(y))
+        return F.cross_entropy(logits, torch.zeros_like(y), label_smoothing=label_smoothing)
 
 
 class ServingRecommender(nn.Module):
@@ -383,9 +414,7 @@ class ServingRecommender(nn.Module):
         model = self.model
         hidden = model.encode_last(item_seq, type_seq, channel_seq, self.input_table)
         user = model.score_queries(hidden)
-        scores = user @ self.output_keys
-        if model.repeat_head is not None:
-            scores = model.repeat_head.add_to_last(scores, item_seq, hidden)
+        scores = model.add_heads(user @ self.output_keys, item_seq, hidden)
         scores = scores + self.pad_bias
         # zeros_like keeps the exclude shape symbolic in the traced graph.
         masked = torch.zeros_like(exclude, dtype=scores.dtype) + MASKED_SCORE

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from models.metadata import MASKED_SCORE
 
-__all__ = ["RepeatHead"]
+__all__ = ["RepeatHead", "add_sparse_bias", "uniform_negatives"]
 
 
 def uniform_negatives(
@@ -134,6 +134,8 @@ class RepeatHead(nn.Module):
         n_items: int,
         n_negatives: int = 0,
         generator: torch.Generator | None = None,
+        extra_bias: tuple[Tensor, Tensor] | None = None,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
         """Next-item cross-entropy with history biases, over the non-pad targets.
 
@@ -147,6 +149,10 @@ class RepeatHead(nn.Module):
             n_negatives: 0 = full softmax; N = the positive against N shared uniform
                 negatives plus the history items (each once, with their bias).
             generator: RNG of the negatives.
+            extra_bias: Another head's sparse term for the target positions, (items
+                int64 [N, X], bias [N, X]) scatter-added to the logits (see
+                `models.transitions`).
+            label_smoothing: Of the cross-entropy (0 = none).
         """
         bias_all, recent_all = self.bias(item_seq, hidden)
         mask = targets != 0
@@ -154,7 +160,10 @@ class RepeatHead(nn.Module):
         history = item_seq.unsqueeze(1).expand(-1, item_seq.shape[1], -1)[mask]  # [N, L]
         bias, recent = bias_all[mask], recent_all[mask]
         if n_negatives <= 0:
-            return F.cross_entropy((queries @ keys.t()).scatter_add(1, history, bias), y)
+            logits = (queries @ keys.t()).scatter_add(1, history, bias)
+            if extra_bias is not None:
+                logits = logits.scatter_add(1, *extra_bias)
+            return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         negatives, log_inv_q = uniform_negatives(
             n_items, n_negatives, generator=generator, device=queries.device
         )
@@ -181,6 +190,38 @@ class RepeatHead(nn.Module):
         )
         neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE)
         extra = (queries.detach().unsqueeze(1) * keys[history].detach()).sum(-1) + bias
+        if extra_bias is not None:
+            pos, neg, on_history = add_sparse_bias(extra_bias, y, pos, column, neg, history)
+            assert on_history is not None  # noqa: S101 - history given
+            extra = extra + on_history
         extra = extra.masked_fill(~recent | is_target | sampled, MASKED_SCORE)
         logits = torch.cat([pos, neg, extra], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(y))
+        return F.cross_entropy(logits, torch.zeros_like(y), label_smoothing=label_smoothing)
+
+
+def add_sparse_bias(
+    sparse: tuple[Tensor, Tensor],
+    y: Tensor,
+    pos: Tensor,
+    column: Tensor,
+    neg: Tensor,
+    history: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A sparse logit term (items [N, X], bias [N, X]) added to the sampled softmax's
+    candidates: the positive `pos` [N, 1], the sampled negatives `neg` [N, S] (found
+    through `column`, item -> sample column or -1) and, given, the history
+    candidates [N, L] (returned as the third value, summed per history item).
+
+    A term on an item that is not a candidate is left out, as the item's similarity
+    is: the logQ-weighted sample estimates the softmax over the full fused logits.
+    """
+    items, bias = sparse
+    pos = pos + (bias * (items == y.unsqueeze(1)).to(bias.dtype)).sum(-1, keepdim=True)
+    col = column[items]
+    hit = (col >= 0).to(bias.dtype)
+    neg = neg.scatter_add(1, col.clamp(min=0), bias * hit)
+    extra = None
+    if history is not None:
+        match = (history.unsqueeze(2) == items.unsqueeze(1)).to(bias.dtype)  # [N, L, X]
+        extra = (match * bias.unsqueeze(1)).sum(-1)
+    return pos, neg, extra

@@ -135,6 +135,7 @@ class _Trainer:
                 targets,
                 n_negatives=self.config.n_negatives or 0,
                 generator=self.generator,
+                label_smoothing=self.config.label_smoothing,
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -247,6 +248,8 @@ def train_model(
             n_attributes=len(attr_names),
             item_content=content,
         )
+        if model.transition_head is not None:  # counted on this run's training data
+            model.transition_head.fit([s[0] for s in steps] for steps in timelines.values())
         lineage = (
             warm_start(model, vocab, attr_names, init_from, config)
             if init_from is not None

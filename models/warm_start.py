@@ -21,11 +21,18 @@ logger = logging.getLogger("recstream.models.train")
 #: Parameters warm_start maps row by row (by external id) instead of copying whole.
 _ROW_MAPPED = ("item_embedding.weight", "attribute_embedding.weight")
 #: Buffers that describe the current data's catalog; always rebuilt, never carried over.
-_CATALOG_BUFFERS = ("item_attributes", "item_content")
+_CATALOG_BUFFERS = (
+    "item_attributes",
+    "item_content",
+    "transition_head.next_items",
+    "transition_head.next_counts",
+    "transition_head.totals",
+)
 #: Architecture settings a warm start must share with its parent.
 _ARCH_FIELDS = (
     "arch",
     "repeat_head",
+    "transition_head",
     "max_len",
     "dim",
     "n_layers",

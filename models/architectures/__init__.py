@@ -127,4 +127,5 @@ def build_network(
         similarity=config.similarity,
         temperature=config.temperature,
         repeat_head=config.repeat_head,
+        transition_head=config.transition_head,
     )

@@ -41,10 +41,11 @@ ARCHS = architecture_names()
 N_ITEMS = 120
 
 
-def _config(arch: str, repeat_head: bool = True) -> TrainConfig:
+def _config(arch: str, repeat_head: bool = True, transition_head: bool = False) -> TrainConfig:
     return TrainConfig(
         arch=arch,
         repeat_head=repeat_head,
+        transition_head=transition_head,
         max_len=12,
         dim=16,
         n_layers=2,
@@ -65,18 +66,33 @@ def _randomise_repeat_head(module: Recommender) -> None:
         head.gate.weight.copy_(torch.randn(head.gate.weight.shape, generator=generator))
 
 
+def _fit_transition_head(module: Recommender) -> None:
+    """A transition table from random timelines over few items (so that the rows of
+    `_batch` have successors), and a gate that moves scores and the top-K."""
+    head = module.transition_head
+    assert head is not None
+    rng = np.random.default_rng(3)
+    head.fit([rng.integers(1, 8, size=30).tolist() for _ in range(40)])
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        head.gate.weight.copy_(torch.randn(head.gate.weight.shape, generator=generator) * 3)
+
+
 @pytest.fixture(
     scope="module",
-    params=[(arch, head) for arch in ARCHS for head in (True, False)],
-    ids=lambda p: f"{p[0]}-{'repeat' if p[1] else 'plain'}",
+    params=[(arch, heads) for arch in ARCHS for heads in ("repeat", "plain", "transition")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def exported(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[TrainedModel, Path]:
-    arch, repeat_head = request.param
-    trained = untrained_model(N_ITEMS, _config(arch, repeat_head))
+    arch, heads = request.param
+    repeat_head, transition_head = heads != "plain", heads == "transition"
+    trained = untrained_model(N_ITEMS, _config(arch, repeat_head, transition_head))
     if repeat_head:
         _randomise_repeat_head(trained.module)
+    if transition_head:
+        _fit_transition_head(trained.module)
     out = export_onnx(trained, tmp_path_factory.mktemp(arch) / "model", model_version=arch)
     return trained, out
 
@@ -165,6 +181,7 @@ def test_onnx_matches_torch(exported: tuple[TrainedModel, Path], batch: int) -> 
     metadata = ModelMetadata.load(model_dir)
     assert metadata.arch == trained.config.arch
     assert metadata.repeat_head == trained.config.repeat_head
+    assert metadata.transition_head == trained.config.transition_head
     assert metadata.explains
     session, _ = create_session(model_dir / MODEL_FILENAME, "cpu", 1)
     feeds = _batch(batch, metadata.max_len, seed=batch)

@@ -35,6 +35,8 @@ _CLI_FIELDS = {
     "temperature": "temperature",
     "arch": "arch",
     "repeat_head": "repeat_head",
+    "transition_head": "transition_head",
+    "label_smoothing": "label_smoothing",
     "seed": "seed",
 }
 
