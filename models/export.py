@@ -32,6 +32,7 @@ from models.metadata import (
     MODEL_FILENAME,
     ONNX_INPUTS,
     ONNX_OUTPUTS,
+    SUCCESSOR_OUTPUTS,
     ModelMetadata,
     make_model_version,
 )
@@ -93,7 +94,7 @@ def _verify(wrapper: ServingRecommender, model_path: Path, n_items: int, max_len
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     feeds = {name: t.numpy() for name, t in zip(ONNX_INPUTS, inputs, strict=True)}
-    names = _output_names(wrapper.explain)
+    names = _output_names(wrapper.explain, wrapper.model.transition_head is not None)
     ort_out = dict(zip(names, session.run(names, feeds), strict=True))
     ref = ref_out[0].numpy()
     real = ref > MASKED_SCORE / 2  # compare real scores; masked ones are all ~MASKED_SCORE
@@ -121,11 +122,15 @@ _DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "reason_cos": {0: "batch"},
     "user": {0: "batch"},
     "history_scores": {0: "batch", 1: "seq"},
+    "successor_items": {0: "batch"},
+    "successor_scores": {0: "batch"},
 }
 
 
-def _output_names(explain: bool) -> list[str]:
-    return [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS] if explain else list(ONNX_OUTPUTS)
+def _output_names(explain: bool, successors: bool) -> list[str]:
+    if not explain:
+        return list(ONNX_OUTPUTS)
+    return [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS, *(SUCCESSOR_OUTPUTS if successors else ())]
 
 
 def export_onnx(
@@ -178,7 +183,7 @@ def export_onnx(
     # Export a CPU copy so the caller's module keeps its device and train/eval mode.
     module = copy.deepcopy(trained.module).to("cpu").eval()
     wrapper = ServingRecommender(module, max_k=max_k, explain=explain).eval()
-    output_names = _output_names(explain)
+    output_names = _output_names(explain, module.transition_head is not None)
 
     default_version = make_model_version(trained.data_fingerprint)
     if variant != "fp32":

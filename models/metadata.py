@@ -48,6 +48,7 @@ __all__ = [
     "MODEL_FILENAME",
     "ONNX_INPUTS",
     "ONNX_OUTPUTS",
+    "SUCCESSOR_OUTPUTS",
     "SIMILARITIES",
     "VARIANTS",
     "MetadataError",
@@ -71,6 +72,10 @@ ITEM_TABLE_FILENAME = "item_table.npy"
 ONNX_INPUTS: tuple[str, ...] = ("item_seq", "type_seq", "channel_seq", "exclude")
 ONNX_OUTPUTS: tuple[str, ...] = ("scores", "items")
 EXPLAIN_OUTPUTS: tuple[str, ...] = ("reason_pos", "reason_cos", "user", "history_scores")
+#: After `EXPLAIN_OUTPUTS`, graphs with the transition-prior head (`models.transitions`)
+#: add the items it scores beyond the user vector and their final scores, so that the
+#: scorer can score every item exactly as the graph does.
+SUCCESSOR_OUTPUTS: tuple[str, ...] = ("successor_items", "successor_scores")
 #: Numeric variants of an exported graph.
 VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -179,7 +184,8 @@ class ModelMetadata:
     @property
     def explains(self) -> bool:
         """Whether the graph has the explanation outputs (`EXPLAIN_OUTPUTS`)."""
-        return self.onnx_outputs == [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS]
+        explain = [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS]
+        return self.onnx_outputs in (explain, [*explain, *SUCCESSOR_OUTPUTS])
 
     def validate(self) -> None:
         """Check internal consistency.

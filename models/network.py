@@ -360,7 +360,10 @@ class ServingRecommender(nn.Module):
       ``score_keys(item_table)`` is that item's similarity logit (used for items
       outside the top-K and for cold items mapped into the item space);
     * ``history_scores`` float32 [B, L]: the final score of each history position's
-      item (repeat-head bias included), the one part of a logit `user` cannot give.
+      item (repeat-head bias included), the one part of a logit `user` cannot give;
+    * with the transition head, ``successor_items`` int64 [B, LAGS * M] and
+      ``successor_scores`` float32 [B, LAGS * M]: the items the head adds a term to (the
+      newest items' successors, 0 = none) and their final scores, the other part.
 
     Args:
         model: A trained `Recommender` (any architecture) (put into eval mode by the caller).
@@ -433,4 +436,8 @@ class ServingRecommender(nn.Module):
         reason_pos = cosine.argmax(dim=2)
         reason_cos = cosine.gather(2, reason_pos.unsqueeze(2)).squeeze(2)
         history_scores = torch.gather(scores, 1, item_seq)
-        return top_scores, top_items, reason_pos, reason_cos, user, history_scores
+        explained = (top_scores, top_items, reason_pos, reason_cos, user, history_scores)
+        if model.transition_head is None:
+            return explained
+        successors = model.transition_head.successors(item_seq)
+        return (*explained, successors, torch.gather(scores, 1, successors))

@@ -1146,14 +1146,16 @@ class OnnxScorer:
         """Row `j`'s exact top-k of the fused score over the vocabulary and cold items.
 
         `seq` is ``user . keys`` for every vocabulary item; the graph's own values
-        replace it where the graph has them (its top-K, and the history items, which
-        carry the repeat head's bias), so the list is exact over the whole catalog, not
-        a re-ranking of the graph's top-K.
+        replace it where the graph has them (its top-K, the history items, which carry
+        the repeat head's bias, and the transition head's successor items), so the list
+        is exact over the whole catalog, not a re-ranking of the graph's top-K.
         """
         assert self._unit is not None  # noqa: S101 - _fusable
         n_vocab = self.n_items + 1
         known = history != 0
         seq[history[known]] = out["history_scores"][j][known]
+        if "successor_scores" in out:  # the transition head's items (0 = none: masked below)
+            seq[out["successor_items"][j]] = out["successor_scores"][j]
         top_scores, top_items = out["scores"][j], out["items"][j]
         real = top_scores > MASKED_THRESHOLD
         seq[top_items[real]] = top_scores[real]

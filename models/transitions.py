@@ -168,6 +168,10 @@ class TransitionHead(nn.Module):
         flat = (*items.shape[:2], -1)
         return items.reshape(flat), bias.reshape(flat)
 
+    def successors(self, item_seq: Tensor) -> Tensor:
+        """int64 [B, LAGS * M]: the items the last position's term goes to (0 = none)."""
+        return self.next_items[self._lagged(item_seq, 1)[:, 0]].flatten(1)
+
     def add_to_last(self, scores: Tensor, item_seq: Tensor, hidden: Tensor) -> Tensor:
         """`scores` [B, V] of the last position with the head's term added.
 

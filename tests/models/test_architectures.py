@@ -30,6 +30,7 @@ from models.metadata import (
     MODEL_FILENAME,
     ONNX_INPUTS,
     ONNX_OUTPUTS,
+    SUCCESSOR_OUTPUTS,
     ModelMetadata,
 )
 from models.network import Recommender, ServingRecommender
@@ -202,6 +203,15 @@ def test_onnx_matches_torch(exported: tuple[TrainedModel, Path], batch: int) -> 
     hist_real = ref[5] > MASKED_SCORE / 2
     np.testing.assert_allclose(np.asarray(ort_hist)[hist_real], ref[5][hist_real], atol=1e-4)
     assert np.all(np.asarray(ort_hist)[~hist_real] <= MASKED_SCORE / 2)
+    if trained.config.transition_head:  # its items and their scores, for the scorer
+        assert metadata.onnx_outputs[-2:] == list(SUCCESSOR_OUTPUTS)
+        successors, successor_scores = session.run(list(SUCCESSOR_OUTPUTS), feeds)
+        np.testing.assert_array_equal(successors, ref[6])
+        assert (successors != 0).any()
+        known = ref[7] > MASKED_SCORE / 2
+        np.testing.assert_allclose(np.asarray(successor_scores)[known], ref[7][known], atol=1e-4)
+    else:
+        assert len(ref) == 6 and metadata.onnx_outputs == [*ONNX_OUTPUTS, *EXPLAIN_OUTPUTS]
 
 
 def test_checkpoint_rebuilds_the_architecture(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +157,29 @@ def _fused_reference(
     return [int(i) for i in order[:k]], seq, term
 
 
+@pytest.fixture(scope="module")
+def transition_model(
+    tiny_shop: SyntheticShop, tiny_config: TrainConfig, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[TrainedModel, Path]:
+    """The tiny model with the transition-prior head, its gate turned up so that its
+    term moves items (the items it scores are outside the user vector's reach)."""
+    trained = train_model(tiny_shop.interactions(), replace(tiny_config, transition_head=True))
+    assert trained.module.transition_head is not None
+    with torch.no_grad():
+        trained.module.transition_head.gate.bias.fill_(4.0)
+    return trained, export_onnx(trained, tmp_path_factory.mktemp("transition") / "model")
+
+
+@pytest.mark.parametrize("heads", ["default", "transition"])
 def test_intent_fusion_is_exact_over_the_whole_catalog(
-    scorer: OnnxScorer, tiny_trained: TrainedModel, tiny_shop: SyntheticShop
+    heads: str, request: pytest.FixtureRequest, tiny_shop: SyntheticShop
 ) -> None:
+    if heads == "default":
+        tiny_trained: TrainedModel = request.getfixturevalue("tiny_trained")
+        model_dir: Path = request.getfixturevalue("tiny_model_dir")
+    else:
+        tiny_trained, model_dir = request.getfixturevalue("transition_model")
+    scorer = OnnxScorer.load(model_dir, provider="cpu", intra_op_threads=1)
     vectors, directions = _category_vectors(tiny_shop)
     scorer.attach_catalog(_index(vectors))
     scorer.search_weight = 3.0  # large: items far below the graph's top-50 must enter
