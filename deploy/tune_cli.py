@@ -46,6 +46,9 @@ def tune(
     ] = 4,
     arch: Annotated[str, typer.Option(help="Architecture (not searched).")] = "sasrec",
     repeat_head: Annotated[bool, typer.Option(help="Repeat-aware head (not searched).")] = True,
+    transition_head: Annotated[
+        bool, typer.Option(help="Transition-prior head (not searched).")
+    ] = False,
     negatives: Annotated[
         int | None,
         typer.Option(
@@ -81,6 +84,7 @@ def tune(
         base = TrainConfig(
             arch=arch,
             repeat_head=repeat_head,
+            transition_head=transition_head,
             max_len=max_len,
             batch_size=batch_size,
             epochs=epochs,

@@ -73,6 +73,8 @@ def test_cli_defaults_are_the_config_defaults() -> None:
     }
     assert tune_defaults["negatives"] == config.n_negatives
     assert tune_defaults["patience"] == config.val_patience
+    for option in ("arch", "repeat_head", "transition_head"):
+        assert tune_defaults[option] == getattr(config, option), option
 
 
 def test_training_records_the_resolved_loss(
