@@ -193,6 +193,14 @@ def train(
         float,
         typer.Option(help="Label smoothing of the next-item cross-entropy.", min=0.0, max=0.99),
     ] = 0.0,
+    contrastive_weight: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the DuoRec-style contrastive term (two dropout views of each "
+            "sequence; see models/contrastive.py). 0 = off.",
+            min=0.0,
+        ),
+    ] = 0.0,
     negatives: Annotated[
         int | None,
         typer.Option(
@@ -395,6 +403,7 @@ def train(
         repeat_head=repeat_head,
         transition_head=transition_head,
         label_smoothing=label_smoothing,
+        contrastive_weight=contrastive_weight,
         max_len=max_len,
         dim=dim,
         n_layers=layers,

@@ -88,6 +88,8 @@ class TrainConfig:
             item-transition chain fitted on the training data, fused into the logits by
             a learned gate (checkpoints written before the setting existed have none).
         label_smoothing: Label smoothing of the next-item cross-entropy (0 = none).
+        contrastive_weight: Weight of the DuoRec-style contrastive term
+            (`models.contrastive`; 0 = none).
     """
 
     max_len: int = 50
@@ -118,6 +120,7 @@ class TrainConfig:
     repeat_head: bool = True
     transition_head: bool = False
     label_smoothing: float = 0.0
+    contrastive_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ValueError("temperature must be > 0")
         if self.arch not in architecture_names():
             raise ValueError(f"arch must be one of {architecture_names()}, not {self.arch!r}")
+        if self.contrastive_weight < 0:
+            raise ValueError("contrastive_weight must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
         if self.n_negatives is not None and self.n_negatives < 0:

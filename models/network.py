@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 - conventional alias
 
+from models.contrastive import dropout_views_infonce
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import MASKED_SCORE, SIMILARITIES
 from models.repeat import RepeatHead, add_sparse_bias, uniform_negatives
@@ -283,6 +284,7 @@ class Recommender(nn.Module, ABC):
         n_negatives: int = 0,
         generator: torch.Generator | None = None,
         label_smoothing: float = 0.0,
+        contrastive_weight: float = 0.0,
     ) -> Tensor:
         """Mean cross-entropy of next-item prediction over non-pad targets.
 
@@ -301,12 +303,36 @@ class Recommender(nn.Module, ABC):
             n_negatives: 0 = full softmax; otherwise sampled negatives per batch.
             generator: RNG for the negatives (CPU generator).
             label_smoothing: Of the cross-entropy (0 = none).
+            contrastive_weight: Weight of the contrastive term (`models.contrastive`:
+                a second, differently dropped-out view of each window's last state;
+                0 = none).
 
         Returns:
             Scalar loss.
         """
         table = self.item_table()
         hidden = self.encode(item_seq, type_seq, channel_seq, table)
+        loss = self._cross_entropy(
+            item_seq, hidden, table, targets, n_negatives, generator, label_smoothing
+        )
+        if contrastive_weight > 0:
+            second = self.encode_last(item_seq, type_seq, channel_seq, table)
+            loss = loss + contrastive_weight * dropout_views_infonce(
+                hidden[:, -1], second, targets[:, -1]
+            )
+        return loss
+
+    def _cross_entropy(
+        self,
+        item_seq: Tensor,
+        hidden: Tensor,
+        table: Tensor,
+        targets: Tensor,
+        n_negatives: int,
+        generator: torch.Generator | None,
+        label_smoothing: float,
+    ) -> Tensor:
+        """The next-item cross-entropy of `next_item_loss` given the hidden states."""
         mask = targets != 0
         y = targets[mask]
         h, keys = self.score_queries(hidden[mask]), self.score_keys(table)  # [N, D], [V, D]

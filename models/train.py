@@ -136,6 +136,7 @@ class _Trainer:
                 n_negatives=self.config.n_negatives or 0,
                 generator=self.generator,
                 label_smoothing=self.config.label_smoothing,
+                contrastive_weight=self.config.contrastive_weight,
             )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

@@ -37,6 +37,7 @@ _CLI_FIELDS = {
     "repeat_head": "repeat_head",
     "transition_head": "transition_head",
     "label_smoothing": "label_smoothing",
+    "contrastive_weight": "contrastive_weight",
     "seed": "seed",
 }
 

@@ -1,5 +1,5 @@
-"""The transition-prior head: its table, its leave-one-out training term, what it adds
-when serving, and that it trains, saves and warm-starts like the rest of the model."""
+"""The transition-prior head (its table, its leave-one-out training term, what it adds
+when serving, training, saving and warm starts), label smoothing and the contrastive term."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 from models.architectures.sasrec import SequentialRecommender
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import TrainConfig
+from models.contrastive import dropout_views_infonce
 from models.synthetic import SyntheticShop
 from models.train import train_model
 from models.transitions import EPS, LAGS, NEIGHBOURS, TransitionHead, transition_table
@@ -163,3 +164,41 @@ def test_trains_saves_and_warm_starts_with_the_table(
     }
     torch.save(payload, tmp_path / "old.pt")
     assert load_checkpoint(tmp_path / "old.pt").module.transition_head is None
+
+
+def test_contrastive_term_finds_each_view_partner_and_spares_same_next_item_pairs() -> None:
+    first = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    second = torch.tensor([[0.9, 0.1], [0.2, 1.0], [1.0, 0.8]])
+    loss = dropout_views_infonce(first, second, torch.tensor([5, 6, 7]), temperature=0.5)
+    z = F.normalize(torch.cat([first, second]), dim=-1)
+    sim = z @ z.t() / 0.5
+    expected = torch.stack(
+        [
+            torch.logsumexp(torch.cat([sim[i, :i], sim[i, i + 1 :]]), 0) - sim[i, (i + 3) % 6]
+            for i in range(6)
+        ]
+    ).mean()
+    torch.testing.assert_close(loss, expected)
+    # All three share their next item: nothing is a negative, every partner is certain.
+    same = dropout_views_infonce(first, second, torch.tensor([5, 5, 5]), temperature=0.5)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_contrastive_weight_adds_the_term_in_training(
+    tiny_shop: SyntheticShop, tiny_config: TrainConfig
+) -> None:
+    torch.manual_seed(0)
+    model = SequentialRecommender(40, max_len=8, dim=16, n_heads=2, dropout=0.3)
+    items, kinds, channels, targets = _batch()
+    targets[:, -1] = torch.arange(1, 7)  # six different next items: negatives exist
+    torch.manual_seed(1)
+    plain = model.next_item_loss(items, kinds, channels, targets)
+    torch.manual_seed(1)
+    with_term = model.next_item_loss(items, kinds, channels, targets, contrastive_weight=0.5)
+    assert float(with_term) > float(plain) > 0
+    config = replace(tiny_config, epochs=1, contrastive_weight=0.1)
+    trained = train_model(tiny_shop.interactions(), config)
+    assert trained.config.contrastive_weight == 0.1
+    assert np.isfinite(trained.stats.epochs[0].loss)
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        TrainConfig(contrastive_weight=-1.0)
