@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from models.metadata import MASKED_SCORE
 
-__all__ = ["RepeatHead", "add_sparse_bias", "uniform_negatives"]
+__all__ = ["RepeatHead", "add_sparse_bias", "sparse_extras", "uniform_negatives"]
 
 
 def uniform_negatives(
@@ -190,12 +190,16 @@ class RepeatHead(nn.Module):
         )
         neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE)
         extra = (queries.detach().unsqueeze(1) * keys[history].detach()).sum(-1) + bias
+        candidates = [extra]
         if extra_bias is not None:
             pos, neg, on_history = add_sparse_bias(extra_bias, y, pos, column, neg, history)
             assert on_history is not None  # noqa: S101 - history given
             extra = extra + on_history
-        extra = extra.masked_fill(~recent | is_target | sampled, MASKED_SCORE)
-        logits = torch.cat([pos, neg, extra], dim=1)
+            # The history items that are candidates above are not candidates twice.
+            shown = history.masked_fill(~recent | is_target | sampled, -1)
+            candidates.append(sparse_extras(extra_bias, y, column, queries, keys, shown))
+        candidates[0] = extra.masked_fill(~recent | is_target | sampled, MASKED_SCORE)
+        logits = torch.cat([pos, neg, *candidates], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y), label_smoothing=label_smoothing)
 
 
@@ -225,3 +229,44 @@ def add_sparse_bias(
         match = (history.unsqueeze(2) == items.unsqueeze(1)).to(bias.dtype)  # [N, L, X]
         extra = (match * bias.unsqueeze(1)).sum(-1)
     return pos, neg, extra
+
+
+def sparse_extras(
+    sparse: tuple[Tensor, Tensor],
+    y: Tensor,
+    column: Tensor,
+    queries: Tensor,
+    keys: Tensor,
+    shown: Tensor | None = None,
+) -> Tensor:
+    """The items a sparse logit term touches, as extra sampled-softmax candidates.
+
+    A term that raises a handful of items (a chain's successors) is rarely met by a
+    uniform sample: without these candidates the loss would reward it whenever it
+    raises the target and almost never charge it for raising the others, and serving,
+    which ranks them all, would over-trust it. So, like the history items of
+    `RepeatHead.loss`, every touched item that is not already a candidate (the target,
+    a sampled negative, or an item of `shown`) joins once, with its similarity
+    (detached: the encoder learns what it would without the term) plus its summed term.
+
+    Args:
+        sparse: (items int64 [N, X], bias [N, X]); an item may repeat (its biases sum),
+            0 = none.
+        y: int64 [N] targets.
+        column: int64 [n_items + 1] sample column of each item, -1 when not sampled.
+        queries: [N, D] query vectors; keys: [V, D] item keys.
+        shown: int64 [N, L] items that are candidates already (-1 = none).
+
+    Returns:
+        [N, X] logits, `MASKED_SCORE` where the entry is no extra candidate.
+    """
+    items, bias = sparse
+    same = items.unsqueeze(2) == items.unsqueeze(1)  # [N, X, X]
+    total = (same.to(bias.dtype) * bias.unsqueeze(1)).sum(-1)  # each item's summed term
+    earlier = torch.ones(items.shape[1], items.shape[1], dtype=torch.bool, device=items.device)
+    repeated = (same & earlier.tril(-1)).any(-1)  # the same item at an earlier entry
+    keep = (items != 0) & ~repeated & (items != y.unsqueeze(1)) & (column[items] < 0)
+    if shown is not None:
+        keep = keep & ~(items.unsqueeze(2) == shown.unsqueeze(1)).any(-1)
+    similarity = (queries.detach().unsqueeze(1) * keys[items].detach()).sum(-1)
+    return (similarity + total).masked_fill(~keep, MASKED_SCORE)

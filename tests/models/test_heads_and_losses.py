@@ -15,6 +15,8 @@ from models.architectures.sasrec import SequentialRecommender
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import TrainConfig
 from models.contrastive import dropout_views_infonce
+from models.metadata import MASKED_SCORE
+from models.repeat import sparse_extras
 from models.synthetic import SyntheticShop
 from models.train import train_model
 from models.transitions import EPS, LAGS, NEIGHBOURS, TransitionHead, transition_table
@@ -202,3 +204,21 @@ def test_contrastive_weight_adds_the_term_in_training(
     assert np.isfinite(trained.stats.epochs[0].loss)
     with pytest.raises(ValueError, match="contrastive_weight"):
         TrainConfig(contrastive_weight=-1.0)
+
+
+def test_touched_items_join_the_sampled_softmax_once_unless_already_candidates() -> None:
+    """Successors a uniform sample misses are charged for their term all the same."""
+    items = torch.tensor([[3, 3, 5, 0, 7, 9]])
+    bias = torch.tensor([[1.0, 2.0, 4.0, 0.0, 8.0, 16.0]])
+    column = torch.full((10,), -1)
+    column[5] = 0  # 5 was sampled: a candidate through `neg` already
+    queries, keys = torch.ones(1, 2), torch.arange(20.0).view(10, 2)
+    extras = sparse_extras((items, bias), torch.tensor([7]), column, queries, keys)
+    shown = torch.tensor([[9, -1]])  # 9 is a history candidate (repeat head)
+    without_shown = sparse_extras((items, bias), torch.tensor([7]), column, queries, keys, shown)
+    kept = extras > MASKED_SCORE / 2
+    # 3 once (its first entry) with both terms; 9 once; 5 sampled, 7 the target, 0 none.
+    assert kept.tolist() == [[True, False, False, False, False, True]]
+    assert extras[0, 0].item() == pytest.approx(float(keys[3].sum()) + 3.0)
+    assert extras[0, 5].item() == pytest.approx(float(keys[9].sum()) + 16.0)
+    assert (without_shown > MASKED_SCORE / 2).tolist() == [[True] + [False] * 5]
