@@ -216,8 +216,8 @@ def add_sparse_bias(
     through `column`, item -> sample column or -1) and, given, the history
     candidates [N, L] (returned as the third value, summed per history item).
 
-    A term on an item that is not a candidate is left out, as the item's similarity
-    is: the logQ-weighted sample estimates the softmax over the full fused logits.
+    The items it touches that are none of these candidates join through
+    `sparse_extras`.
     """
     items, bias = sparse
     pos = pos + (bias * (items == y.unsqueeze(1)).to(bias.dtype)).sum(-1, keepdim=True)
