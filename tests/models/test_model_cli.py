@@ -211,6 +211,27 @@ def test_models_rollback(app: typer.Typer, tmp_path: Path) -> None:
     assert "nothingtorollback" in _flat(result.output)
 
 
+def test_train_with_the_session_11_levers_and_export(
+    app: typer.Typer, event_log: Path, tmp_path: Path
+) -> None:
+    """The BENCHMARKS commands of the levers: train with each flag, then export."""
+    runner = CliRunner()
+    run_dir, model_dir = tmp_path / "run", tmp_path / "model"
+    levers = ["--transition-head", "--label-smoothing", "0.1", "--contrastive-weight", "0.1"]
+    small = ["--max-len", "20", "--dim", "32", "--epochs", "1", "--threads", "1"]
+    args = ["train", str(event_log), "--format", "events", "--out", str(run_dir)]
+    result = runner.invoke(app, [*args, *small, *levers, "--device", "cpu", "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run_dir / "report.json").read_text())["config"]
+    assert config["transition_head"] is True
+    assert (config["label_smoothing"], config["contrastive_weight"]) == (0.1, 0.1)
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(model_dir)])
+    assert result.exit_code == 0, result.output
+    meta = ModelMetadata.load(model_dir)
+    assert meta.transition_head and meta.explains
+    assert meta.onnx_outputs[-2:] == ["successor_items", "successor_scores"]
+
+
 def test_train_device_cuda_fails_clearly_without_cuda(
     app: typer.Typer, event_log: Path, tmp_path: Path
 ) -> None:
