@@ -23,7 +23,13 @@ from torch.nn import functional as F  # noqa: N812 - conventional alias
 from models.contrastive import dropout_views_infonce
 from models.interactions import CHANNELS, EVENT_TYPES
 from models.metadata import MASKED_SCORE, SIMILARITIES
-from models.repeat import RepeatHead, add_sparse_bias, sparse_extras, uniform_negatives
+from models.repeat import (
+    RepeatHead,
+    add_sparse_bias,
+    sample_columns,
+    sparse_extras,
+    uniform_negatives,
+)
 from models.transitions import TransitionHead
 
 __all__ = ["Recommender", "ServingRecommender"]
@@ -363,14 +369,13 @@ class Recommender(nn.Module, ABC):
         )
         pos = (h * keys[y]).sum(dim=-1, keepdim=True)  # [N, 1]
         neg = h @ keys[negatives].t() + log_inv_q  # [N, S], logQ-corrected
-        candidates = [pos, neg]
+        touched: list[Tensor] = []
         if transitions is not None:
-            column = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=h.device)
-            column[negatives] = torch.arange(negatives.numel(), device=h.device)
+            column = sample_columns(negatives, self.n_items)
             pos, neg, _ = add_sparse_bias(transitions, y, pos, column, neg)
-            candidates = [pos, neg, sparse_extras(transitions, y, column, h, keys)]
-        candidates[1] = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE)
-        logits = torch.cat(candidates, dim=1)
+            touched.append(sparse_extras(transitions, y, column, h, keys))
+        neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE)
+        logits = torch.cat([pos, neg, *touched], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y), label_smoothing=label_smoothing)
 
 

@@ -27,7 +27,13 @@ from torch import Tensor, nn
 
 from models.metadata import MASKED_SCORE
 
-__all__ = ["RepeatHead", "add_sparse_bias", "sparse_extras", "uniform_negatives"]
+__all__ = [
+    "RepeatHead",
+    "add_sparse_bias",
+    "sample_columns",
+    "sparse_extras",
+    "uniform_negatives",
+]
 
 
 def uniform_negatives(
@@ -174,8 +180,7 @@ class RepeatHead(nn.Module):
         # candidates' similarity is detached: the encoder learns what it learns without
         # the head (where a sampled softmax rarely draws a history item), and the head
         # learns how far to move the history items from there.
-        column = torch.full((n_items + 1,), -1, dtype=torch.long, device=queries.device)
-        column[negatives] = torch.arange(negatives.numel(), device=queries.device)
+        column = sample_columns(negatives, n_items)
         neg_col = column[history]
         sampled = neg_col >= 0
         # logQ correction (`uniform_negatives`): the target and the history items are
@@ -190,17 +195,25 @@ class RepeatHead(nn.Module):
         )
         neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), MASKED_SCORE)
         extra = (queries.detach().unsqueeze(1) * keys[history].detach()).sum(-1) + bias
-        candidates = [extra]
+        not_shown = ~recent | is_target | sampled
+        touched: list[Tensor] = []
         if extra_bias is not None:
             pos, neg, on_history = add_sparse_bias(extra_bias, y, pos, column, neg, history)
             assert on_history is not None  # noqa: S101 - history given
             extra = extra + on_history
-            # The history items that are candidates above are not candidates twice.
-            shown = history.masked_fill(~recent | is_target | sampled, -1)
-            candidates.append(sparse_extras(extra_bias, y, column, queries, keys, shown))
-        candidates[0] = extra.masked_fill(~recent | is_target | sampled, MASKED_SCORE)
-        logits = torch.cat([pos, neg, *candidates], dim=1)
+            # The history items that are candidates here are not candidates twice.
+            shown = history.masked_fill(not_shown, -1)
+            touched.append(sparse_extras(extra_bias, y, column, queries, keys, shown))
+        extra = extra.masked_fill(not_shown, MASKED_SCORE)
+        logits = torch.cat([pos, neg, extra, *touched], dim=1)
         return F.cross_entropy(logits, torch.zeros_like(y), label_smoothing=label_smoothing)
+
+
+def sample_columns(negatives: Tensor, n_items: int) -> Tensor:
+    """int64 [n_items + 1]: each item's column among the sampled `negatives`, -1 if none."""
+    column = torch.full((n_items + 1,), -1, dtype=torch.long, device=negatives.device)
+    column[negatives] = torch.arange(negatives.numel(), device=negatives.device)
+    return column
 
 
 def add_sparse_bias(
