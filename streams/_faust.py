@@ -36,24 +36,37 @@ minor version these were checked against.
    Faust's current event: the table and its store take the partition from it, and
    the changelog writer ties the record to that event's ack. Faust sets it through
    the private context variable ``faust.streams._current_event``.
+9. :class:`BatchFeed`: the scoring agent's input records taken from the consumer's
+   fetch loop (``Consumer._drain_messages``) a fetched batch at a time. Faust hands
+   every record to its conductor through ``wait_first`` (four asyncio tasks and an
+   ``asyncio.wait`` per record), which puts it on a channel queue that the agent's
+   stream reads back with its sensors: about a quarter of a busy worker's CPU. The
+   feed keeps what that path guarantees (records in offset order, tracked as
+   unacked so a rebalance waits for them, skipped once the flow stops or the
+   generation changes, the event as Faust's current event while it is handled) and
+   drops the rest. The agent stays registered (its topics, the assignment that
+   co-partitions the tables, its start and stop); only its records come this way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust import streams as faust_streams
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TransportT
 
 __all__ = [
     "TESTED_FAUST_MINOR",
+    "BatchFeed",
     "FetchWaitApp",
     "as_current_event",
     "changelog_sent",
@@ -78,7 +91,8 @@ TESTED_FAUST_MINOR = "0.15"
 def transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Transport]:
     """A transport class whose worker consumer waits at most ``fetch_max_wait_ms``.
 
-    Every other behaviour of the stock aiokafka driver is kept.
+    Its fetch loop also hands the records of the app's :class:`BatchFeed` topics to
+    the feed (9). Every other behaviour of the stock aiokafka driver is kept.
     """
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -92,6 +106,9 @@ def transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Tra
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        async def _drain_messages(self, fetcher: Any) -> None:
+            await _drain_messages(self, fetcher)
 
     class Transport(faust_aiokafka.Transport):
         pass
@@ -107,6 +124,8 @@ class FetchWaitApp(faust.App):
     """A :class:`faust.App` whose consumer fetch wait is :attr:`fetch_max_wait_ms`."""
 
     fetch_max_wait_ms: int = 1500
+    #: Where the fetch loop hands the scoring agent's records (None: Faust's stream).
+    batch_feed: BatchFeed | None = None
 
     def _new_transport(self) -> TransportT:
         cls = transport_with_fetch_wait(self.fetch_max_wait_ms)
@@ -258,3 +277,142 @@ def as_current_event(event: Any) -> Iterator[None]:
         yield
     finally:
         faust_streams._current_event.reset(token)
+
+
+# 9. The batch feed ------------------------------------------------------------------
+
+
+class BatchFeed:
+    """The records of ``topics``, handed to ``handler`` from the consumer's fetch loop.
+
+    ``handler(event)`` is awaited for each record, in offset order per partition,
+    with the event as Faust's current event (as a stream sets it); it acks the event
+    itself (``event.ack()``) once the event is finished, as a ``noack`` stream's
+    body does. A fetched batch is delivered before the next fetch.
+
+    What Faust's conductor, channel and stream would do for each record, kept: the
+    record is tracked as unacked (a rebalance waits for it; the commit follows its
+    ack); a record fetched before the flow stopped (a rebalance) or in an earlier
+    consumer generation is skipped, not tracked, and so read again from the
+    committed offset once the partition is assigned again. Left out: the stream's
+    sensors (Faust's own in-memory monitor; recstream has its own metrics) and the
+    per-record tasks.
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        topics: frozenset[str],
+        handler: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self.topics = topics
+        self.handler = handler
+
+    async def deliver(self, messages: list[Any]) -> None:
+        """Hand fetched records to the handler, one after the other."""
+        app = self.app
+        consumer = app.consumer
+        flow = app.flow_control
+        create_event = app.create_event
+        handler = self.handler
+        current = faust_streams._current_event
+        for message in messages:
+            if not flow.is_active() or message.generation_id != app.consumer_generation_id:
+                continue
+            if not message.tracked:
+                message.tracked = True
+                consumer.track_message(message)
+            event = create_event(message.key, message.value, message.headers, message)
+            token = current.set(weakref.ref(event))
+            try:
+                await handler(event)
+            finally:
+                current.reset(token)
+
+
+#: Records handed to a batch feed in one call at most (then the fetch loop goes on).
+_FEED_CHUNK = 512
+
+
+async def _drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cover
+    """Faust's ``Consumer._drain_messages`` (faust-streaming 0.15), with a batch feed.
+
+    The same loop, line for line, except that a record of the app's
+    :class:`BatchFeed` topics is collected and handed to the feed with the rest of
+    its fetch instead of going to the conductor through ``wait_first``; other
+    topics' records take Faust's path (after the feed's pending records, so one
+    task never reorders them).
+    """
+    feed: BatchFeed | None = getattr(consumer.app, "batch_feed", None)
+    callback = consumer.callback
+    getmany = consumer.getmany
+    consumer_should_stop = consumer._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    get_read_offset = consumer._read_offset.__getitem__
+    set_read_offset = consumer._read_offset.__setitem__
+    flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING
+    set_flag = consumer.diag.set_flag
+    unset_flag = consumer.diag.unset_flag
+    commit_every = consumer._commit_every
+    acks_enabled_for = consumer.app.topics.acks_enabled_for
+    feed_topics = feed.topics if feed is not None else frozenset()
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(flag_consumer_fetching)
+            ait = getmany(timeout=1.0)
+            await consumer.sleep(0)
+            if not consumer.should_stop:
+                pending: list[Any] = []
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset:
+                            if acks_enabled_for(message.topic):
+                                await consumer._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None:
+                            if consumer._n_acked >= commit_every:
+                                consumer._n_acked = 0
+                                await consumer.commit()
+                        if message.topic in feed_topics:
+                            pending.append(message)
+                            set_read_offset(tp, offset)
+                            if len(pending) >= _FEED_CHUNK:
+                                assert feed is not None
+                                await feed.deliver(pending)
+                                pending = []
+                            continue
+                        if pending:
+                            assert feed is not None
+                            await feed.deliver(pending)
+                            pending = []
+                        await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                if pending:
+                    assert feed is not None
+                    await feed.deliver(pending)
+                unset_flag(flag_consumer_fetching)
+    except consumer.consumer_stopped_errors:
+        if consumer.transport.app.should_stop:
+            consumer.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if consumer.transport.app.should_stop:
+            consumer.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        consumer.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(flag_consumer_fetching)

@@ -42,7 +42,13 @@ from faust import current_event
 from models.diversity import CANDIDATE_POOL
 from models.experiment import CANDIDATE, CONTROL, NO_EXPERIMENT, Experiment
 from models.scorer import Intent, Recommendation, Scorer
-from streams._faust import as_current_event, manual_ack_events, rocksdb_partitions
+from streams._faust import (
+    BatchFeed,
+    FetchWaitApp,
+    as_current_event,
+    manual_ack_events,
+    rocksdb_partitions,
+)
 from streams.acks import InOrderAcks
 from streams.batcher import MicroBatcher
 from streams.bundles import (
@@ -198,6 +204,7 @@ class Pipeline:
         self.acks = InOrderAcks()
         self.rules = ItemRules()
         self._rules_task: asyncio.Future[None] | None = None
+        self._started = False  # the batcher and the output pump
         self._bans_ready = False  # see _hold_for_bans
         self.text = text
         self.text_encoder: TextEncoder | None = text.encoder if text is not None else None
@@ -325,8 +332,16 @@ class Pipeline:
         )
 
     def register(self) -> None:
-        """Register the ``score_user_events`` (and ``count_co_purchases``) agents on the app."""
+        """Register the ``score_user_events`` (and ``count_co_purchases``) agents on the app.
+
+        With ``RECSTREAM_BATCH_FEED`` (the default) the agent's records reach
+        :meth:`take` from the consumer's fetch loop (:class:`streams._faust.BatchFeed`).
+        """
         self.app.agent(self.input_topic, name="score_user_events")(self.score_user_events)
+        if self.config.consumer.batch_feed and isinstance(self.app, FetchWaitApp):
+            self.app.batch_feed = BatchFeed(
+                self.app, frozenset(self.input_topic.topics), self._take_fed
+            )
         if self.co_purchases is not None:
             self.app.agent(self.co_purchase_topic, name="count_co_purchases")(
                 self.count_co_purchases
@@ -336,28 +351,45 @@ class Pipeline:
         """Agent body: consume all three input topics, one event at a time."""
         self.batcher.start()
         self.output.start()
+        self._started = True
         try:
+            # With the batch feed (streams._faust, 9) the records come through
+            # take() from the fetch loop instead, and this stream stays empty.
             async for event in manual_ack_events(stream):
-                # Back-pressure: while librdkafka's queue is full (a slow or absent
-                # broker) the output backlog must not grow without bound.
-                await self.output.wait_for_room()
-                self.acks.track(event)
-                try:
-                    await self._handle(event)
-                except Exception as exc:  # never let one record stop the worker
-                    log.exception(
-                        "unexpected error on %s[%d]@%d",
-                        event.message.topic,
-                        event.message.partition,
-                        event.message.offset,
-                    )
-                    await self._dead_letter(
-                        event,
-                        InvalidEvent(code=ReasonCode.PROCESSING_ERROR, reason=repr(exc)[:500]),
-                    )
+                await self.take(event)
         finally:
             await self.batcher.stop()
             await self.output.stop()
+
+    async def _take_fed(self, event: EventT[Any]) -> None:
+        # The feed can deliver before the agent's body first ran: both are idempotent.
+        if not self._started:
+            self.batcher.start()
+            self.output.start()
+            self._started = True
+        await self.take(event)
+
+    async def take(self, event: EventT[Any]) -> None:
+        """Handle one input record (the agent's stream or the batch feed calls this,
+        in offset order, with ``event`` as Faust's current event); it is acked once
+        everything it caused is delivered."""
+        # Back-pressure: while librdkafka's queue is full (a slow or absent broker)
+        # the output backlog must not grow without bound.
+        await self.output.wait_for_room()
+        self.acks.track(event)
+        try:
+            await self._handle(event)
+        except Exception as exc:  # never let one record stop the worker
+            log.exception(
+                "unexpected error on %s[%d]@%d",
+                event.message.topic,
+                event.message.partition,
+                event.message.offset,
+            )
+            await self._dead_letter(
+                event,
+                InvalidEvent(code=ReasonCode.PROCESSING_ERROR, reason=repr(exc)[:500]),
+            )
 
     async def _handle(self, event: EventT[Any]) -> None:
         msg = event.message

@@ -171,6 +171,11 @@ class ConsumerConfig(ConfigGroup):
     session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer session timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval.")
     rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout.")
+    batch_feed: bool = Field(
+        True,
+        description="Hand input records to the scoring agent a fetched batch at a time, "
+        "past Faust's per-record conductor and stream (false: Faust's stream).",
+    )
 
 
 class RocksDBConfig(ConfigGroup):
