@@ -342,6 +342,7 @@ class Pipeline:
             self.app.batch_feed = BatchFeed(
                 self.app, frozenset(self.input_topic.topics), self._take_fed
             )
+            log.info("input records reach the scoring agent through the batch feed")
         if self.co_purchases is not None:
             self.app.agent(self.co_purchase_topic, name="count_co_purchases")(
                 self.count_co_purchases

@@ -5,7 +5,8 @@ happen inside stream iteration so they reach the changelog). It then hands each
 request to the :class:`MicroBatcher`, which collects up to ``max_batch`` requests or
 waits at most ``max_wait_s`` after the first, runs ONE inference call for the batch
 in a worker thread (onnxruntime releases the GIL, so the stream keeps decoding the
-next events meanwhile) and delivers the results in submission order.
+next events meanwhile) and delivers the results in submission order. While a batch
+is delivered, the requests queued meanwhile are already being scored.
 
 Back-pressure: at most ``max_pending`` requests wait; beyond that ``submit`` blocks
 the stream, so a slow model slows consumption instead of growing memory.
@@ -112,34 +113,59 @@ class MicroBatcher(Generic[Req, Res]):
         """Requests queued and not yet taken into a batch."""
         return len(self._buf)
 
+    def _take(self) -> list[Req]:
+        """Up to ``max_batch`` queued requests, oldest first."""
+        n = min(self.max_batch, len(self._buf))
+        batch = [self._buf.popleft() for _ in range(n)]
+        if len(self._buf) < self.max_batch:
+            self._full.clear()
+        if not self._buf:
+            self._has_items.clear()
+        self._space.set()
+        return batch
+
+    async def _results(self, work: Awaitable[Sequence[Res]]) -> Sequence[Res] | BaseException:
+        try:
+            return await work
+        except Exception as exc:  # a scoring bug must not kill the stream
+            log.exception("scoring a batch failed")
+            return exc
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # With a scoring thread, the next batch is scored while this one is delivered
+        # (its requests' snapshots were taken when they were submitted), so inference
+        # and delivery overlap; deliveries stay in submission order.
+        ahead: tuple[list[Req], asyncio.Future[Sequence[Res]]] | None = None
         while True:
-            await self._has_items.wait()
-            if len(self._buf) < self.max_batch and self.max_wait_s > 0:
-                try:
-                    await asyncio.wait_for(self._full.wait(), self.max_wait_s)
-                except TimeoutError:
-                    pass
-            n = min(self.max_batch, len(self._buf))
-            batch = [self._buf.popleft() for _ in range(n)]
-            if len(self._buf) < self.max_batch:
-                self._full.clear()
-            if not self._buf:
-                self._has_items.clear()
-            self._space.set()
-            results: Sequence[Res] | BaseException
-            try:
+            if ahead is None:
+                await self._has_items.wait()
+                if len(self._buf) < self.max_batch and self.max_wait_s > 0:
+                    try:
+                        await asyncio.wait_for(self._full.wait(), self.max_wait_s)
+                    except TimeoutError:
+                        pass
+                batch = self._take()
                 if self._inline:
-                    results = self._score(batch)
+                    try:
+                        results: Sequence[Res] | BaseException = self._score(batch)
+                    except Exception as exc:  # a scoring bug must not kill the stream
+                        log.exception("scoring a batch of %d failed", len(batch))
+                        results = exc
                 else:
-                    results = await loop.run_in_executor(self._executor, self._score, batch)
-            except Exception as exc:  # a scoring bug must not kill the stream
-                log.exception("scoring a batch of %d failed", len(batch))
-                results = exc
+                    work = loop.run_in_executor(self._executor, self._score, batch)
+                    results = await self._results(work)
+            else:
+                batch, work = ahead
+                ahead = None
+                results = await self._results(work)
+            if self._buf and not self._inline:
+                # What arrived meanwhile is scored now, beside this delivery.
+                upcoming = self._take()
+                ahead = (upcoming, loop.run_in_executor(self._executor, self._score, upcoming))
             try:
                 await self._deliver(batch, results)
             except Exception:
                 log.exception("delivering a batch of %d failed", len(batch))
-            if not self._buf:
+            if not self._buf and ahead is None:
                 self._idle.set()

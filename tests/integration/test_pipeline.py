@@ -51,12 +51,15 @@ def unique_by_trigger(recs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["trigger_event_id"]: r for r in recs}
 
 
+@pytest.mark.parametrize("batch_feed", [True, False], ids=["batch-feed", "faust-stream"])
 def test_every_event_gets_a_recommendation_without_purchased_items(
-    deployment: Deployment, shop: SyntheticShop
+    deployment: Deployment, shop: SyntheticShop, batch_feed: bool
 ) -> None:
     events = shop_events(shop, 400)
     assert {e.event_type for e in events} == set(EventType)
-    deployment.start_worker()
+    worker = deployment.start_worker(batch_feed=batch_feed)
+    fed = "through the batch feed" in worker.log_tail(2000)
+    assert fed == batch_feed, "RECSTREAM_BATCH_FEED picks the path of the input records"
     with deployment.producer() as producer:
         for ev in events:
             producer.send(ev)

@@ -119,3 +119,56 @@ def test_submit_blocks_when_max_pending_is_reached() -> None:
 def test_rejects_bad_max_batch() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda xs: xs, None, max_batch=0)  # type: ignore[arg-type]
+
+
+def test_the_next_batch_is_scored_while_the_previous_one_is_delivered() -> None:
+    scoring_started = threading.Event()
+    log: list[str] = []
+
+    def score(batch: Sequence[int]) -> list[int]:
+        log.append(f"score {batch[0]}")
+        if batch[0] == 4:
+            scoring_started.set()
+        return list(batch)
+
+    async def deliver(batch: Sequence[int], results: Sequence[int] | BaseException) -> None:
+        if batch[0] == 0:
+            # The second batch was queued meanwhile: it is scored while this delivery
+            # is still running (in the scoring thread), not after it.
+            started = await asyncio.to_thread(scoring_started.wait, 5)
+            assert started, "the next batch was not scored during this delivery"
+        log.append(f"deliver {batch[0]}")
+
+    async def main() -> None:
+        b: MicroBatcher[int, int] = MicroBatcher(score, deliver, max_batch=4, max_wait_s=0.05)
+        b.start()
+        for i in range(8):
+            await b.submit(i)
+        await b.stop()
+
+    run(main())
+    assert log.index("score 4") < log.index("deliver 0")
+    assert [x for x in log if x.startswith("deliver")] == ["deliver 0", "deliver 4"]
+
+
+def test_inline_scoring_does_not_score_ahead() -> None:
+    log: list[str] = []
+
+    def score(batch: Sequence[int]) -> list[int]:
+        log.append(f"score {batch[0]}")
+        return list(batch)
+
+    async def deliver(batch: Sequence[int], results: Sequence[int] | BaseException) -> None:
+        log.append(f"deliver {batch[0]}")
+
+    async def main() -> None:
+        b: MicroBatcher[int, int] = MicroBatcher(
+            score, deliver, max_batch=4, max_wait_s=0.05, inline=True
+        )
+        b.start()
+        for i in range(8):
+            await b.submit(i)
+        await b.stop()
+
+    run(main())
+    assert log == ["score 0", "deliver 0", "score 4", "deliver 4"]

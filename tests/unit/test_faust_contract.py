@@ -7,6 +7,7 @@ pin in pyproject.toml together.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from pathlib import Path
@@ -167,6 +168,34 @@ def test_8_current_event_is_a_weak_reference_in_a_context_variable() -> None:
     assert faust_streams._current_event.get(None) is None
 
 
+def test_9_the_fetch_loop_copied_for_the_batch_feed_is_fausts_own() -> None:
+    from faust.transport import consumer as faust_consumer
+
+    source = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    assert digest == _faust.DRAIN_MESSAGES_SOURCE_SHA, (
+        "Faust's Consumer._drain_messages changed: port the change to "
+        "streams._faust._drain_messages, then update DRAIN_MESSAGES_SOURCE_SHA"
+    )
+    # What the copy and the feed read on the consumer, the app and a message.
+    for name in ("_read_offset", "_commit_every", "_n_acked", "callback", "suspend_flow"):
+        assert name in source
+    assert callable(faust_consumer.Consumer._add_gap)
+    assert callable(faust_consumer.Consumer.track_message)
+    assert faust_consumer.CONSUMER_FETCHING == "FETCHING"
+    assert "generation_id" in inspect.signature(faust.types.Message.__init__).parameters
+    assert "tracked" in faust.types.Message.__slots__
+    from faust.types.tuples import ConsumerMessage
+
+    assert ConsumerMessage.use_tracking is True  # fetched records start untracked
+    assert callable(faust.App.create_event)
+    stream_source = inspect.getsource(faust.Stream._py_aiter)
+    assert "add_unacked(message)" in stream_source  # the stream tracks as the feed does
+    assert "message.generation_id != self.app.consumer_generation_id" in stream_source
+    transport = _faust.transport_with_fetch_wait(20)
+    assert "_drain_messages" in vars(transport.Consumer)
+
+
 @pytest.mark.parametrize(
     "path",
     sorted(p for p in (ROOT / "streams").glob("*.py") if p.name != "_faust.py")
@@ -187,5 +216,7 @@ def test_no_other_module_touches_these_internals(path: Path) -> None:
         "_db_for_partition",
         "_encode_key",
         "_key_index",
+        "_drain_messages",
+        "track_message",
     ):
         assert private not in text, f"{private} belongs in streams/_faust.py"
