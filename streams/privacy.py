@@ -49,8 +49,16 @@ def pseudonym(user_id: str, key: str) -> str:
     128 bits: no two users of a shop share one. The same function maps a shop's own
     user ids to what recstream stores (:class:`streams.client.Pseudonyms`).
     """
-    digest = hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()
-    return "p:" + digest[:32]
+    keyed = _keyed(key).copy()
+    keyed.update(user_id.encode())
+    return "p:" + keyed.hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(key: str) -> hmac.HMAC:
+    """HMAC-SHA256 with ``key`` and no message yet; copied per pseudonym (half the
+    cost of keying a new HMAC each time, and the same digest)."""
+    return hmac.new(key.encode(), digestmod=hashlib.sha256)
 
 
 #: Users whose state key and marker key a :class:`UserKeys` remembers.

@@ -21,6 +21,8 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams import _faust
 from streams.tables import ProfileTable
@@ -126,6 +128,25 @@ def test_4_profile_reads_take_one_get_in_the_events_partition_as_faust_reads(
         table.put("u5", b"x")  # no current event: Faust's own path, and its refusal
     memory = faust.App("contract-mem", store="memory://", Table=ProfileTable)
     assert _faust.rocksdb_reader(memory.Table("p", value_type=bytes).data) is None
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_4_direct_key_encoding_is_the_stores_own_byte_for_byte(key: str) -> None:
+    app = faust.App("contract-keys", store="memory://", Table=ProfileTable)
+    store = app.Table("p", key_type=str, value_type=bytes).data
+    encode = _faust.rocksdb_key_encoder(store)
+    assert encode(key) == store._encode_key(key)
+
+
+def test_4_keys_the_store_encodes_differently_keep_the_stores_encoding() -> None:
+    class Store:
+        key_type = str
+
+        def _encode_key(self, key: Any) -> bytes:
+            return b"raw:" + str(key).encode()
+
+    assert _faust.rocksdb_key_encoder(Store())("u1") == b"raw:u1"
 
 
 def test_5_table_manager_has_a_recovery_service_with_the_fields_readiness_reads() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from typing import Any
 
 import orjson
@@ -138,6 +140,10 @@ def test_pseudonyms_are_keyed_stable_and_distinct() -> None:
     assert keys.state("alice") != keys.state("bob")
     plain = UserKeys("", "logkey")
     assert plain.state("alice") == "alice" and plain.audit("alice") == pseudonym("alice", "logkey")
+    # What a shop computes on its side (README, "Privacy"): HMAC-SHA256, 32 hex.
+    for user, key in (("alice", "k1"), ("ünï", "k2"), ("", "k1"), ("bob", "k1")):
+        expected = hmac.new(key.encode(), user.encode(), hashlib.sha256).hexdigest()[:32]
+        assert pseudonym(user, key) == "p:" + expected
 
 
 def test_user_keys_are_remembered_per_user_and_forgotten_on_erasure(harness: Harness) -> None:
