@@ -282,8 +282,9 @@ def bench_e2e(
     variants: Annotated[
         str,
         typer.Option(
-            help="Comma list: batched, per-event, inline, gil-5ms, gc-default, asyncio-loop, "
-            "faust-changelog, no-feedback, cuda, batch-N; lean (the non-durable reference "
+            help="Comma list: batched, per-event, inline, gil-5ms, gc-default, gc-N, asyncio-loop, "
+            "faust-changelog, faust-stream, no-feedback, cuda, batch-N, threads-N, or several "
+            "joined by + (inline+batch-256); lean (the non-durable reference "
             "loop of deploy.lab.lean, for the ratio: not a worker); baseline (--baseline)."
         ),
     ] = "batched,per-event",
@@ -336,11 +337,24 @@ def bench_e2e(
         "gc-default": {"gc_threshold": 0},
         "asyncio-loop": {"event_loop": "asyncio"},
         "faust-changelog": {"changelog_producer": "faust"},
+        # Input records through Faust's conductor and stream instead of the batch feed.
+        "faust-stream": {"batch_feed": False},
         # Online feedback off: no remembered lists, one changelog record per event.
         "no-feedback": {"feedback_lists": 0},
         # GPU hosts: CUDA execution provider (fails loudly without one), bigger batches.
         "cuda": {"provider": "cuda", "max_batch": 256},
     }
+    def worker_settings(part: str) -> dict[str, Any]:
+        if part.startswith("batch-") and part[6:].isdigit():
+            return {"max_batch": int(part[6:])}
+        if part.startswith("gc-") and part[3:].isdigit():
+            return {"gc_threshold": int(part[3:])}
+        if part.startswith("threads-") and part[8:].isdigit():
+            return {"intra_op_threads": int(part[8:])}
+        if part in presets:
+            return presets[part]
+        raise typer.BadParameter(f"unknown variant {part!r}")
+
     chosen = []
     for name in (v.strip() for v in variants.split(",") if v.strip()):
         if name == "lean":
@@ -349,12 +363,11 @@ def bench_e2e(
             if baseline is None:
                 raise typer.BadParameter("variant baseline needs --baseline CHECKOUT")
             chosen.append(WorkerVariant(name, source=baseline.resolve()))
-        elif name.startswith("batch-"):
-            chosen.append(WorkerVariant(name, {"max_batch": int(name.split("-", 1)[1])}))
-        elif name in presets:
-            chosen.append(WorkerVariant(name, presets[name]))
-        else:
-            raise typer.BadParameter(f"unknown variant {name!r}")
+        else:  # a preset, or presets joined by "+" (e.g. inline+threads-2)
+            merged: dict[str, Any] = {}
+            for part in name.split("+"):
+                merged.update(worker_settings(part))
+            chosen.append(WorkerVariant(name, merged))
     broker = (ExternalBroker(bootstrap) if bootstrap else EmbeddedBroker()).start()
     results = []
     try:
