@@ -336,7 +336,7 @@ class BatchFeed:
         app = self.app
         consumer = app.consumer
         flow = app.flow_control
-        create_event = app.create_event
+        event_cls = app.conf.Event  # what App.create_event builds, looked up once
         handler = self.handler
         current = faust_streams._current_event
         for message in messages:
@@ -345,7 +345,7 @@ class BatchFeed:
             if not message.tracked:
                 message.tracked = True
                 consumer.track_message(message)
-            event = create_event(message.key, message.value, message.headers, message)
+            event = event_cls(app, message.key, message.value, message.headers, message)
             token = current.set(weakref.ref(event))
             try:
                 await handler(event)

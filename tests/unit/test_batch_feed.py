@@ -35,13 +35,13 @@ def _app(generation: int = 3) -> Any:
         flow_control=_Flow(),
         consumer_generation_id=generation,
     )
-    app.create_event = _Event
+    app.conf = SimpleNamespace(Event=_Event)
     return app
 
 
 class _Event:
-    def __init__(self, key: Any, value: Any, headers: Any, message: Message) -> None:
-        self.key, self.value, self.message = key, value, message
+    def __init__(self, app: Any, key: Any, value: Any, headers: Any, message: Message) -> None:
+        self.app, self.key, self.value, self.message = app, key, value, message
 
 
 def _message(offset: int, generation: int = 3) -> Message:
