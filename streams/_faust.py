@@ -1,6 +1,6 @@
 """The fence around Faust's and aiokafka's internals: every private contact point is here.
 
-recstream uses Faust's public API everywhere else. Eight things have no public API,
+recstream uses Faust's public API everywhere else. Nine things have no public API,
 and each is wrapped here, with the reason, so that a Faust release that changes one
 breaks this module and its contract test (``tests/unit/test_faust_contract.py``)
 instead of a production worker. ``pyproject.toml`` pins ``faust-streaming`` to the
