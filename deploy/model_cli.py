@@ -201,6 +201,15 @@ def train(
             min=0.0,
         ),
     ] = 0.0,
+    weight_ema: Annotated[
+        float,
+        typer.Option(
+            help="Decay of a moving average of the weights, updated every step (e.g. 0.999); "
+            "validation scores it beside the current weights and keeps the better. 0 = off.",
+            min=0.0,
+            max=0.9999,
+        ),
+    ] = 0.0,
     negatives: Annotated[
         int | None,
         typer.Option(
@@ -403,6 +412,7 @@ def train(
         repeat_head=repeat_head,
         transition_head=transition_head,
         label_smoothing=label_smoothing,
+        weight_ema=weight_ema,
         contrastive_weight=contrastive_weight,
         max_len=max_len,
         dim=dim,

@@ -90,6 +90,10 @@ class TrainConfig:
         label_smoothing: Label smoothing of the next-item cross-entropy (0 = none).
         contrastive_weight: Weight of the DuoRec-style contrastive term
             (`models.contrastive`; 0 = none).
+        weight_ema: Decay of an exponential moving average of the weights, updated
+            after every optimizer step (Polyak averaging; 0 = none). Validation then
+            scores the averaged weights beside the current ones, and the better of the
+            two is what selection keeps.
     """
 
     max_len: int = 50
@@ -121,6 +125,7 @@ class TrainConfig:
     transition_head: bool = False
     label_smoothing: float = 0.0
     contrastive_weight: float = 0.0
+    weight_ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -143,6 +148,8 @@ class TrainConfig:
             raise ValueError("contrastive_weight must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError("label_smoothing must be in [0, 1)")
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise ValueError("weight_ema must be in [0, 1)")
         if self.n_negatives is not None and self.n_negatives < 0:
             raise ValueError("n_negatives must be >= 0 (or None: by catalog size)")
 

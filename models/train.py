@@ -94,6 +94,12 @@ class _Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.best_loss = float("inf")
         self.epochs_without_improvement = 0
+        # The weights' moving average (config.weight_ema): one tensor per floating
+        # state entry, updated in place after every step.
+        self._live = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.ema: dict[str, torch.Tensor] | None = None
+        if config.weight_ema > 0:
+            self.ema = {k: v.detach().clone() for k, v in self._live.items()}
 
     def _batches(self) -> list[torch.Tensor]:
         """Shuffled index batches; with bucketing, similar lengths share a batch."""
@@ -143,9 +149,24 @@ class _Trainer:
             if self.config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
+            if self.ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(
+                        list(self.ema.values()),
+                        list(self._live.values()),
+                        1.0 - self.config.weight_ema,
+                    )
             total_loss += float(loss.detach()) * n_targets
             total_targets += n_targets
         return total_loss / max(1, total_targets)
+
+    def averaged_state(self) -> dict[str, torch.Tensor]:
+        """The model's state with the averaged weights (the rest as it is now)."""
+        assert self.ema is not None
+        return {
+            k: (self.ema[k] if k in self.ema else v).detach().clone()
+            for k, v in self.model.state_dict().items()
+        }
 
     @property
     def lr(self) -> float:
@@ -304,8 +325,15 @@ def train_model(
             loss = trainer.train_epoch()
             seconds = time.perf_counter() - e0
             val: dict[str, float] = {}
+            averaged: dict[str, torch.Tensor] | None = None
             if valid and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 val = validate()
+                if trainer.ema is not None:
+                    # The averaged weights, scored the same way; the current ones back.
+                    current, averaged = _snapshot(model), trainer.averaged_state()
+                    model.load_state_dict(averaged)
+                    val |= {f"ema_{k}": v for k, v in validate().items()}
+                    model.load_state_dict(current)
             stats = EpochStats(epoch=epoch, loss=loss, seconds=seconds, valid=val, lr=lr)
             epochs.append(stats)
             postfix = {"loss": f"{loss:.4f}"} | {k: f"{v:.4f}" for k, v in val.items()}
@@ -315,9 +343,13 @@ def train_model(
             stop = False
             if valid:
                 if val:
-                    if val[SELECTION_METRIC] > best_score:
-                        best_score, best_epoch, bad_evals = val[SELECTION_METRIC], epoch, 0
-                        best_state = _snapshot(model)
+                    score = val[SELECTION_METRIC]
+                    use_average = averaged is not None and val[f"ema_{SELECTION_METRIC}"] > score
+                    if use_average:
+                        score = val[f"ema_{SELECTION_METRIC}"]
+                    if score > best_score:
+                        best_score, best_epoch, bad_evals = score, epoch, 0
+                        best_state = averaged if use_average else _snapshot(model)
                     else:
                         bad_evals += 1
                         trainer.decay_lr()
@@ -328,7 +360,12 @@ def train_model(
             if checkpoint_dir is not None:
                 partial = assemble()
                 save_checkpoint(partial, Path(checkpoint_dir) / "last.pt")
-                if best_epoch == epoch:
+                if best_epoch == epoch and best_state is not None and trainer.ema is not None:
+                    current = _snapshot(model)  # the best may be the averaged weights
+                    model.load_state_dict(best_state)
+                    save_checkpoint(assemble(), Path(checkpoint_dir) / "best.pt")
+                    model.load_state_dict(current)
+                elif best_epoch == epoch:
                     save_checkpoint(partial, Path(checkpoint_dir) / "best.pt")
             if stop and epoch < config.epochs:
                 stop_reason = "patience"

@@ -336,7 +336,7 @@ class BatchFeed:
         app = self.app
         consumer = app.consumer
         flow = app.flow_control
-        event_cls = app.conf.Event  # what App.create_event builds, looked up once
+        event_cls: Any = app.conf.Event  # what App.create_event builds, looked up once
         handler = self.handler
         current = faust_streams._current_event
         for message in messages:

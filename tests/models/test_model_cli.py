@@ -218,6 +218,7 @@ def test_train_with_the_session_11_levers_and_export(
     runner = CliRunner()
     run_dir, model_dir = tmp_path / "run", tmp_path / "model"
     levers = ["--transition-head", "--label-smoothing", "0.1", "--contrastive-weight", "0.1"]
+    levers += ["--weight-ema", "0.99"]
     small = ["--max-len", "20", "--dim", "32", "--epochs", "1", "--threads", "1"]
     args = ["train", str(event_log), "--format", "events", "--out", str(run_dir)]
     result = runner.invoke(app, [*args, *small, *levers, "--device", "cpu", "--no-baselines"])
@@ -225,6 +226,7 @@ def test_train_with_the_session_11_levers_and_export(
     config = json.loads((run_dir / "report.json").read_text())["config"]
     assert config["transition_head"] is True
     assert (config["label_smoothing"], config["contrastive_weight"]) == (0.1, 0.1)
+    assert config["weight_ema"] == 0.99
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(model_dir)])
     assert result.exit_code == 0, result.output
     meta = ModelMetadata.load(model_dir)

@@ -207,3 +207,56 @@ def test_lr_decays_without_improvement(split, tiny_config: TrainConfig) -> None:
     assert decays >= 1  # the tiny run plateaus within 20 epochs, so the rule was exercised
     with pytest.raises(ValueError):
         TrainConfig(lr_decay=0.0)
+
+
+def test_weight_average_is_scored_beside_the_weights_and_kept_when_better(
+    split, tiny_config: TrainConfig, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    config = replace(tiny_config, epochs=3, val_patience=0, weight_ema=0.9)
+    trained = train_model(split.train, config, valid=split.valid[:60], checkpoint_dir=tmp_path)
+    stats = trained.stats
+    assert trained.config.weight_ema == 0.9
+    for e in stats.epochs:
+        assert {"ndcg@10", "ema_ndcg@10", "hr@10", "ema_hr@10"} <= e.valid.keys()
+    best = stats.epochs[stats.best_epoch - 1].valid
+    kept = max(best["ndcg@10"], best["ema_ndcg@10"])
+    # Selection compares the better of the two per epoch, and the weights returned
+    # (and written to best.pt) are the ones that scored it.
+    assert kept == max(max(e.valid["ndcg@10"], e.valid["ema_ndcg@10"]) for e in stats.epochs)
+    report = evaluate_ranker(ModuleRanker(trained.module), split.valid[:60], trained.vocab.index)
+    assert report.metrics["ndcg@10"] == pytest.approx(kept, abs=1e-6)
+    saved = load_checkpoint(tmp_path / "best.pt")
+    report = evaluate_ranker(ModuleRanker(saved.module), split.valid[:60], saved.vocab.index)
+    assert report.metrics["ndcg@10"] == pytest.approx(kept, abs=1e-6)
+    with pytest.raises(ValueError, match="weight_ema"):
+        TrainConfig(weight_ema=1.0)
+
+
+def test_weight_average_is_the_moving_average_of_every_step(tiny_config: TrainConfig) -> None:
+    from models.architectures.sasrec import SequentialRecommender
+    from models.train import _Trainer
+    from models.windows import TrainingWindows
+
+    torch.manual_seed(0)
+    model = SequentialRecommender(30, max_len=6, dim=8, n_heads=2, dropout=0.0)
+    n = 10
+    rng = np.random.default_rng(0)
+    seq = rng.integers(1, 30, size=(n, 6)).astype(np.int64)
+    windows = TrainingWindows(
+        item_seq=seq,
+        type_seq=np.ones_like(seq),
+        channel_seq=np.zeros_like(seq),
+        targets=np.roll(seq, -1, axis=1),
+    )
+    config = replace(tiny_config, max_len=6, batch_size=n, weight_ema=0.75, bucket_batches=False)
+    trainer = _Trainer(model, windows, config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.train_epoch()  # one batch: one step
+    after = model.state_dict()
+    averaged = trainer.averaged_state()
+    for key, value in after.items():
+        if value.is_floating_point():
+            expected = before[key] + 0.25 * (value - before[key])
+            assert torch.allclose(averaged[key], expected, atol=1e-6), key
+    floats = [k for k in after if after[k].is_floating_point()]
+    assert any(not torch.equal(averaged[k], after[k]) for k in floats)
