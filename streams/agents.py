@@ -1,6 +1,9 @@
 """The scoring agent: input events -> profile update -> batched scoring -> output.
 
-Per input record, in stream order:
+Per input record, in offset order (:meth:`Pipeline.take`; the records come from the
+consumer's fetch loop a fetched batch at a time through the batch feed,
+``streams._faust.BatchFeed``, or from the agent's Faust stream with
+``RECSTREAM_BATCH_FEED=false``; either way with the record as Faust's current event):
 
 1. decode and validate (:func:`streams.events.decode_event`); a bad record goes to
    the dead-letter topic with its reason and original bytes, and is acked;
