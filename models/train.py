@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -329,11 +330,10 @@ def train_model(
             if valid and (epoch % config.eval_every == 0 or epoch == config.epochs):
                 val = validate()
                 if trainer.ema is not None:
-                    # The averaged weights, scored the same way; the current ones back.
-                    current, averaged = _snapshot(model), trainer.averaged_state()
-                    model.load_state_dict(averaged)
-                    val |= {f"ema_{k}": v for k, v in validate().items()}
-                    model.load_state_dict(current)
+                    # The averaged weights, scored the same way.
+                    averaged = trainer.averaged_state()
+                    with _weights(model, averaged):
+                        val |= {f"ema_{k}": v for k, v in validate().items()}
             stats = EpochStats(epoch=epoch, loss=loss, seconds=seconds, valid=val, lr=lr)
             epochs.append(stats)
             postfix = {"loss": f"{loss:.4f}"} | {k: f"{v:.4f}" for k, v in val.items()}
@@ -341,6 +341,7 @@ def train_model(
             if progress:
                 logger.info("epoch %d/%d %s (%.1fs)", epoch, config.epochs, postfix, seconds)
             stop = False
+            use_average = False
             if valid:
                 if val:
                     score = val[SELECTION_METRIC]
@@ -360,11 +361,10 @@ def train_model(
             if checkpoint_dir is not None:
                 partial = assemble()
                 save_checkpoint(partial, Path(checkpoint_dir) / "last.pt")
-                if best_epoch == epoch and best_state is not None and trainer.ema is not None:
-                    current = _snapshot(model)  # the best may be the averaged weights
-                    model.load_state_dict(best_state)
-                    save_checkpoint(assemble(), Path(checkpoint_dir) / "best.pt")
-                    model.load_state_dict(current)
+                if best_epoch == epoch and use_average:
+                    assert averaged is not None
+                    with _weights(model, averaged):  # the best is the averaged weights
+                        save_checkpoint(assemble(), Path(checkpoint_dir) / "best.pt")
                 elif best_epoch == epoch:
                     save_checkpoint(partial, Path(checkpoint_dir) / "best.pt")
             if stop and epoch < config.epochs:
@@ -391,6 +391,17 @@ def train_model(
 def _snapshot(model: Recommender) -> dict[str, torch.Tensor]:
     """A detached copy of the weights (restored at the end as the best epoch's)."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextmanager
+def _weights(model: Recommender, state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """``model`` with ``state`` loaded inside the block, its own weights back after."""
+    own = _snapshot(model)
+    model.load_state_dict(state)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
 
 
 def _assemble(

@@ -353,9 +353,7 @@ class Pipeline:
 
     async def score_user_events(self, stream: StreamT[Any]) -> None:
         """Agent body: consume all three input topics, one event at a time."""
-        self.batcher.start()
-        self.output.start()
-        self._started = True
+        self._start()
         try:
             # With the batch feed (streams._faust, 9) the records come through
             # take() from the fetch loop instead, and this stream stays empty.
@@ -365,12 +363,15 @@ class Pipeline:
             await self.batcher.stop()
             await self.output.stop()
 
+    def _start(self) -> None:
+        self.batcher.start()
+        self.output.start()
+        self._started = True
+
     async def _take_fed(self, event: EventT[Any]) -> None:
-        # The feed can deliver before the agent's body first ran: both are idempotent.
+        # The feed can deliver before the agent's body first ran (_start is idempotent).
         if not self._started:
-            self.batcher.start()
-            self.output.start()
-            self._started = True
+            self._start()
         await self.take(event)
 
     async def take(self, event: EventT[Any]) -> None:

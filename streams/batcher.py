@@ -124,15 +124,21 @@ class MicroBatcher(Generic[Req, Res]):
         self._space.set()
         return batch
 
-    async def _results(self, work: Awaitable[Sequence[Res]]) -> Sequence[Res] | BaseException:
+    def _start(self, batch: list[Req]) -> asyncio.Future[Sequence[Res]]:
+        """Score ``batch`` in the scoring thread."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, self._score, batch)
+
+    async def _results(
+        self, batch: list[Req], work: Awaitable[Sequence[Res]]
+    ) -> Sequence[Res] | BaseException:
         try:
             return await work
         except Exception as exc:  # a scoring bug must not kill the stream
-            log.exception("scoring a batch failed")
+            log.exception("scoring a batch of %d failed", len(batch))
             return exc
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         # With a scoring thread, the next batch is scored while this one is delivered
         # (its requests' snapshots were taken when they were submitted), so inference
         # and delivery overlap; deliveries stay in submission order.
@@ -153,16 +159,15 @@ class MicroBatcher(Generic[Req, Res]):
                         log.exception("scoring a batch of %d failed", len(batch))
                         results = exc
                 else:
-                    work = loop.run_in_executor(self._executor, self._score, batch)
-                    results = await self._results(work)
+                    results = await self._results(batch, self._start(batch))
             else:
                 batch, work = ahead
                 ahead = None
-                results = await self._results(work)
+                results = await self._results(batch, work)
             if self._buf and not self._inline:
                 # What arrived meanwhile is scored now, beside this delivery.
                 upcoming = self._take()
-                ahead = (upcoming, loop.run_in_executor(self._executor, self._score, upcoming))
+                ahead = (upcoming, self._start(upcoming))
             try:
                 await self._deliver(batch, results)
             except Exception:

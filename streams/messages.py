@@ -195,8 +195,6 @@ def _items_json(
     if reasons is None:
         parts = [_ITEM % (dumps(i), _score_json(s)) for i, s in items]
     else:
-        if len(reasons) != len(items):
-            raise ValueError(f"{len(reasons)} reasons for {len(items)} items")
         parts = [
             _ITEM % (dumps(i), _score_json(s))
             if r is None

@@ -344,6 +344,7 @@ def bench_e2e(
         # GPU hosts: CUDA execution provider (fails loudly without one), bigger batches.
         "cuda": {"provider": "cuda", "max_batch": 256},
     }
+
     def worker_settings(part: str) -> dict[str, Any]:
         if part.startswith("batch-") and part[6:].isdigit():
             return {"max_batch": int(part[6:])}

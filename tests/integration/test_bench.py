@@ -102,7 +102,8 @@ def test_a_baseline_checkout_runs_beside_this_code(
 def test_bench_e2e_command_preloaded_beside_lean_and_a_baseline_with_profiles(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    """The command BENCHMARKS gives, small: the three variants in one run, profiled."""
+    """The command BENCHMARKS gives, small: the variants in one run, profiled (and
+    presets joined by +)."""
     from typer.testing import CliRunner
 
     from deploy.cli import app
@@ -111,13 +112,14 @@ def test_bench_e2e_command_preloaded_beside_lean_and_a_baseline_with_profiles(
     result = CliRunner().invoke(
         app,
         ["bench", "e2e", "--model-dir", str(model_dir), "--events", "300"]
-        + ["--variants", "batched,baseline,lean", "--baseline", str(Path.cwd())]
+        + ["--variants", "batched,baseline,faust-stream,lean,gc-100000+threads-1"]
+        + ["--baseline", str(Path.cwd())]
         + ["--preloaded", "--profile", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     report = orjson.loads((out / "bench.json").read_bytes())
     runs = {r["variant"]: r for r in report["results"]}
-    assert list(runs) == ["batched", "baseline", "lean"]
+    assert list(runs) == ["batched", "baseline", "faust-stream", "lean", "gc-100000+threads-1"]
     assert all(r["answered"] == 300 and r["preloaded"] for r in runs.values())
     assert runs["batched"]["durable"] and not runs["lean"]["durable"]
     # The summary is written (300 events can end before py-spy takes a sample, so
