@@ -32,3 +32,14 @@ def test_catalog_scoring_bench_compares_both_ways_and_builds_the_view() -> None:
     assert "exclude=own|hidden" in out and "exclude=own, hidden=" in out
     out = _run("docs/bench/catalog_scoring.py", "build")
     assert "view build at 50000 items" in out and "texts precomputed in the view" in out
+
+
+def test_hot_path_encoding_bench_compares_equal_documents() -> None:
+    out = _run("docs/bench/hot_path_encoding.py", "50")  # asserts equal outputs itself
+    for name in (
+        "list message, dict per item (kept)",
+        "list message, one fragment (tried)",
+        "pseudonym, before",
+        "pseudonym, after",
+    ):
+        assert f"{name}: " in out
